@@ -1,0 +1,178 @@
+"""The `llamagate` command: `serve` runs the server; the other commands are its clients."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from proxy.client import Client, ClientError
+from proxy.modelfile import ModelfileError, parse
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def human_bytes(n: int) -> str:
+    """Decimal units, as `ollama list` shows sizes."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
+def human_since(when: datetime) -> str:
+    seconds = max(0.0, time.time() - when.timestamp())
+    for unit, size in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400),
+                       ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{'About an' if unit == 'hour' and n == 1 else n} {unit}{'s' if n > 1 else ''} ago"
+    return "Less than a minute ago" if seconds >= 1 else "Less than a second ago"
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("    ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """llamagate: Ollama's API in front of llama.cpp's llama-server."""
+
+
+@main.command()
+@click.option("--llama-server", "llama_server", help="Path of the llama-server binary to run models with.")
+@click.option("--threads", type=int, help="CPU threads per llama-server (default: half the logical CPUs).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every request.")
+def serve(llama_server: str | None, threads: int | None, verbose: bool) -> None:
+    """Serve the Ollama and OpenAI APIs on OLLAMA_HOST (default 127.0.0.1:11434)."""
+    import uvicorn
+
+    from proxy.app import create_app
+    from supervisor.config import Config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = Config.from_env(llama_server=llama_server, threads=threads)
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        loop="auto",
+        http="httptools",
+        access_log=verbose,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@main.command("list")
+def list_() -> None:
+    """List the models in the store."""
+    try:
+        models = Client().request("GET", "/api/tags").json()["models"]
+    except ClientError as e:
+        _fail(str(e))
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for m in models:
+        modified = datetime.fromisoformat(m["modified_at"])
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_since(modified)])
+    _table(rows)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+@main.command()
+@click.argument("name")
+@click.option("-f", "--file", "modelfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default="Modelfile", show_default=True, help="The Modelfile to build from.")
+def create(name: str, modelfile: Path) -> None:
+    """Create a model from a Modelfile (FROM a local .gguf file or an existing model)."""
+    try:
+        mf = parse(modelfile.read_text())
+    except (ModelfileError, OSError) as e:
+        _fail(f"{modelfile}: {e}")
+    client = Client()
+    body: dict[str, Any] = {"model": name, "parameters": mf.parameters, "messages": mf.messages}
+    for key, value in (("template", mf.template), ("system", mf.system)):
+        if value is not None:
+            body[key] = value
+    if mf.license:
+        body["license"] = mf.license
+    source = (modelfile.parent / Path(mf.from_).expanduser()).resolve()
+    try:
+        if source.is_file():
+            click.echo("gathering model components")
+            digest = _sha256(source)
+            exists = client.http.head(f"/api/blobs/{digest}").status_code == 200
+            if not exists:
+                click.echo(f"copying file {digest}")
+                with open(source, "rb") as f:
+                    client.request("POST", f"/api/blobs/{digest}", content=f)
+            body["files"] = {source.name: digest}
+        else:
+            body["from"] = mf.from_
+        for status in client.stream("/api/create", body):
+            click.echo(status["status"])
+    except ClientError as e:
+        _fail(str(e))
+
+
+def _chat(client: Client, model: str, messages: list[dict[str, str]]) -> str:
+    """Stream one answer to the terminal; return its text for the conversation."""
+    parts = []
+    for chunk in client.stream("/api/chat", {"model": model, "messages": messages}):
+        text = chunk.get("message", {}).get("content", "")
+        parts.append(text)
+        click.echo(text, nl=False)
+    click.echo()
+    return "".join(parts)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("prompt", nargs=-1)
+def run(model: str, prompt: tuple[str, ...]) -> None:
+    """Answer PROMPT with MODEL, or chat with it until /bye when no prompt is given."""
+    client = Client()
+    text = " ".join(prompt)
+    if not text and not sys.stdin.isatty():
+        text = sys.stdin.read()
+    try:
+        if text:
+            _chat(client, model, [{"role": "user", "content": text}])
+            return
+        client.stream("/api/chat", {"model": model, "messages": []}).__next__()
+        messages: list[dict[str, str]] = []
+        while True:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                click.echo()
+                return
+            if line.strip() in ("/bye", "/exit"):
+                return
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line})
+            messages.append({"role": "assistant", "content": _chat(client, model, messages)})
+    except ClientError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        click.echo()

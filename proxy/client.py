@@ -1,0 +1,62 @@
+"""The CLI's client of a running llamagate (or Ollama) server at OLLAMA_HOST."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from supervisor.config import parse_host
+
+
+class ClientError(Exception):
+    pass
+
+
+def base_url() -> str:
+    scheme, host, port = parse_host(os.environ.get("OLLAMA_HOST", ""))
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+class Client:
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or base_url()
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=None))
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            response.read()
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text.strip() or f"HTTP {response.status_code}"
+            raise ClientError(message)
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._check(self.http.request(method, path, **kwargs))
+        except httpx.ConnectError as e:
+            raise ClientError(f"could not connect to a running server at {self.url} ({e}); "
+                              "start one with `llamagate serve`") from e
+
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST and yield each NDJSON object; an `error` line becomes a ClientError."""
+        try:
+            with self.http.stream("POST", path, json=body) as response:
+                self._check(response)
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    obj = json.loads(line)
+                    if obj.get("error"):
+                        raise ClientError(obj["error"])
+                    yield obj
+        except httpx.ConnectError as e:
+            raise ClientError(f"could not connect to a running server at {self.url} ({e}); "
+                              "start one with `llamagate serve`") from e

@@ -1,0 +1,23 @@
+"""The server's long-lived parts, built once from the Config and shared by every route."""
+
+from __future__ import annotations
+
+from supervisor.config import Config
+from supervisor.scheduler import Scheduler
+from supervisor.store import Store
+
+from proxy.inference import Inference
+from proxy.upstream import Upstream
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.models_dir)
+        self.scheduler = Scheduler(config)
+        self.upstream = Upstream()
+        self.inference = Inference(self.scheduler, self.upstream)
+
+    async def aclose(self) -> None:
+        await self.scheduler.shutdown()
+        await self.upstream.aclose()

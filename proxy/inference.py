@@ -1,0 +1,51 @@
+"""From a resolved model to llama-server's stream: lease a ready runner, send, and time it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import msgspec
+
+from proxy.upstream import Upstream
+from supervisor.scheduler import LoadOptions, Scheduler
+from supervisor.store import StoredModel
+
+T = TypeVar("T")
+
+
+@dataclass
+class Timer:
+    """A request's clock: total time from arrival, load time until a runner was ready."""
+
+    started: int = field(default_factory=time.monotonic_ns)
+    load_ns: int = 0
+
+    def total_ns(self) -> int:
+        return time.monotonic_ns() - self.started
+
+
+class Inference:
+    def __init__(self, scheduler: Scheduler, upstream: Upstream) -> None:
+        self.scheduler = scheduler
+        self.upstream = upstream
+
+    async def stream(
+        self,
+        model: StoredModel,
+        load: LoadOptions,
+        path: str,
+        body: msgspec.Struct,
+        chunk_type: type[T],
+        timer: Timer,
+    ) -> AsyncIterator[T]:
+        async with self.scheduler.lease(model, load) as runner:
+            timer.load_ns = timer.total_ns()
+            async for chunk in self.upstream.stream(runner, path, body, chunk_type):
+                yield chunk
+
+    async def load(self, model: StoredModel, load: LoadOptions) -> None:
+        async with self.scheduler.lease(model, load):
+            pass

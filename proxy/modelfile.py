@@ -1,0 +1,92 @@
+"""Modelfiles as `ollama create` reads them: FROM, PARAMETER, TEMPLATE, SYSTEM, MESSAGE, LICENSE."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from proxy.ollama.schemas import Options
+
+_COMMAND = re.compile(r"^\s*([A-Za-z]+)\s+(.*)$", re.DOTALL)
+_ROLES = {"system", "user", "assistant", "tool"}
+
+
+class ModelfileError(ValueError):
+    pass
+
+
+@dataclass
+class Modelfile:
+    from_: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None
+    system: str | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+    license: list[str] = field(default_factory=list)
+
+
+def _instructions(text: str) -> list[tuple[str, str, int]]:
+    """(command, argument, line) triples; an argument in triple quotes may span lines."""
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line, lineno = lines[i], i + 1
+        i += 1
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _COMMAND.match(line)
+        if not m:
+            raise ModelfileError(f"line {lineno}: expected a command and an argument: {line.strip()!r}")
+        command, arg = m.group(1).upper(), m.group(2).strip()
+        if arg.startswith('"""'):
+            body = arg[3:]
+            while '"""' not in body:
+                if i >= len(lines):
+                    raise ModelfileError(f"line {lineno}: unterminated \"\"\"")
+                body += "\n" + lines[i]
+                i += 1
+            arg = body[: body.index('"""')]
+        elif len(arg) >= 2 and arg[0] == arg[-1] == '"':
+            arg = arg[1:-1]
+        out.append((command, arg, lineno))
+    return out
+
+
+def parse(text: str) -> Modelfile:
+    mf = Modelfile()
+    raw: dict[str, Any] = {}
+    for command, arg, lineno in _instructions(text):
+        if command == "FROM":
+            mf.from_ = arg
+        elif command == "PARAMETER":
+            key, _, value = arg.partition(" ")
+            key, value = key.strip(), value.strip().strip('"')
+            if key not in Options.__struct_fields__:
+                raise ModelfileError(f"line {lineno}: unknown parameter {key!r}")
+            if key == "stop":
+                raw.setdefault("stop", []).append(value)
+            else:
+                raw[key] = value
+        elif command == "TEMPLATE":
+            mf.template = arg
+        elif command == "SYSTEM":
+            mf.system = arg
+        elif command == "MESSAGE":
+            role, _, content = arg.partition(" ")
+            if role not in _ROLES:
+                raise ModelfileError(f"line {lineno}: MESSAGE role must be one of {sorted(_ROLES)}")
+            mf.messages.append({"role": role, "content": content.strip()})
+        elif command == "LICENSE":
+            mf.license.append(arg)
+        else:
+            raise ModelfileError(f"line {lineno}: unsupported command {command}")
+    if not mf.from_:
+        raise ModelfileError("no FROM line")
+    try:
+        options = msgspec.convert(raw, Options, strict=False)
+    except msgspec.ValidationError as e:
+        raise ModelfileError(f"invalid PARAMETER: {e}") from e
+    mf.parameters = {k: v for k, v in msgspec.structs.asdict(options).items() if v is not None}
+    return mf

@@ -1,0 +1,1 @@
+"""The supervisor: llama-server binaries, the model store and the runner processes."""

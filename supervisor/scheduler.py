@@ -1,0 +1,76 @@
+"""Model → a ready runner: one runner per model file, shared starts, load options, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.binary import Binary, find_llama_server
+from supervisor.config import Config
+from supervisor.runner import LaunchSpec, Runner
+from supervisor.store import StoredModel
+
+log = logging.getLogger("llamagate.scheduler")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """The request options that shape the process rather than one generation (None = default)."""
+
+    num_ctx: int | None = None
+    keep_alive: float | None = None
+
+
+class Scheduler:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        # Keyed by model file, so aliases made with `cp` share one process.
+        self._runners: dict[Path, Runner] = {}
+
+    def binary(self) -> Binary:
+        """Looked up at every load, so that installing llama-server needs no restart of ours."""
+        return find_llama_server(self.config.llama_server, self.config.runtime_dir)
+
+    def num_ctx(self, model: StoredModel, requested: int | None) -> int:
+        """Request, else the model's PARAMETER, else the server default; capped by training."""
+        num_ctx = requested or int(model.params.get("num_ctx") or 0) or self.config.context_length
+        trained = model.config.context_length
+        if trained:
+            num_ctx = min(num_ctx, trained)
+        return max(num_ctx, 4)
+
+    @asynccontextmanager
+    async def lease(self, model: StoredModel, load: LoadOptions) -> AsyncIterator[Runner]:
+        """A ready runner for `model`, held for the duration of one request."""
+        spec = LaunchSpec(
+            binary=self.binary().path,
+            model_path=model.model_path,
+            num_ctx=self.num_ctx(model, load.num_ctx),
+            threads=self.config.threads,
+            parallel=self.config.num_parallel,
+        )
+        runner = self._runners.get(spec.model_path)
+        if runner is None:
+            runner = self._runners[spec.model_path] = Runner(
+                model.name.display, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
+            )
+        await runner.acquire(spec, load.keep_alive)
+        try:
+            yield runner
+        finally:
+            await runner.release()
+
+    async def unload(self, model: StoredModel) -> None:
+        runner = self._runners.get(model.model_path)
+        if runner is not None:
+            await runner.unload()
+
+    def runners(self) -> list[Runner]:
+        return list(self._runners.values())
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(r.stop() for r in self._runners.values()), return_exceptions=True)

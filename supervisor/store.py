@@ -1,0 +1,334 @@
+"""The model store, in Ollama's on-disk layout: `manifests/<host>/<ns>/<model>/<tag>` and `blobs/`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from supervisor.errors import bad_request, not_found
+from supervisor.gguf import human_number, read_gguf
+from supervisor.names import ModelName
+
+MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
+MODEL = "application/vnd.ollama.image.model"
+PROJECTOR = "application/vnd.ollama.image.projector"
+ADAPTER = "application/vnd.ollama.image.adapter"
+TEMPLATE = "application/vnd.ollama.image.template"
+SYSTEM = "application/vnd.ollama.image.system"
+PARAMS = "application/vnd.ollama.image.params"
+MESSAGES = "application/vnd.ollama.image.messages"
+LICENSE = "application/vnd.ollama.image.license"
+
+_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
+_CHUNK = 1 << 20
+
+
+class Layer(msgspec.Struct, omit_defaults=True):
+    mediaType: str
+    digest: str
+    size: int
+    from_: str = msgspec.field(default="", name="from")
+
+
+class Manifest(msgspec.Struct):
+    config: Layer
+    layers: list[Layer]
+    schemaVersion: int = 2
+    mediaType: str = MANIFEST_TYPE
+
+
+class ModelConfig(msgspec.Struct, omit_defaults=True):
+    """The config blob: what /api/tags reports as `details` without opening the GGUF."""
+
+    model_format: str = ""
+    model_family: str = ""
+    model_families: list[str] | None = None
+    model_type: str = ""
+    file_type: str = ""
+    architecture: str = "amd64"
+    os: str = "linux"
+    context_length: int = 0
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    role: str
+    content: str = ""
+
+
+def digest_hex(digest: str) -> str:
+    """The 64 hex digits of `sha256:<hex>` or `sha256-<hex>`; anything else (a path trick) is a 400."""
+    m = _DIGEST.fullmatch(digest)
+    if not m:
+        raise bad_request(f"invalid digest format {digest!r}")
+    return m.group(1).lower()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write then rename, so a reader or a crash sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class StoredModel:
+    """One manifest in the store and what its layers say."""
+
+    store: Store
+    name: ModelName
+    manifest_path: Path
+    manifest_bytes: bytes
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        return msgspec.json.decode(self.manifest_bytes, type=Manifest)
+
+    @property
+    def digest(self) -> str:
+        """Ollama's model digest: the SHA-256 of the manifest file's bytes."""
+        return hashlib.sha256(self.manifest_bytes).hexdigest()
+
+    @property
+    def modified_at(self) -> datetime:
+        return datetime.fromtimestamp(self.manifest_path.stat().st_mtime).astimezone()
+
+    @property
+    def size(self) -> int:
+        return self.manifest.config.size + sum(layer.size for layer in self.manifest.layers)
+
+    def _layer(self, media_type: str) -> Layer | None:
+        return next((la for la in self.manifest.layers if la.mediaType == media_type), None)
+
+    def _text(self, media_type: str) -> str:
+        layer = self._layer(media_type)
+        return self.store.blob_path(layer.digest).read_text() if layer else ""
+
+    @property
+    def model_path(self) -> Path:
+        layer = self._layer(MODEL)
+        if layer is None:
+            raise bad_request(f"{self.name.display} has no model layer")
+        return self.store.blob_path(layer.digest)
+
+    @cached_property
+    def config(self) -> ModelConfig:
+        path = self.store.blob_path(self.manifest.config.digest)
+        try:
+            return msgspec.json.decode(path.read_bytes(), type=ModelConfig)
+        except (OSError, msgspec.DecodeError):
+            return ModelConfig()
+
+    @property
+    def template(self) -> str:
+        return self._text(TEMPLATE)
+
+    @property
+    def system(self) -> str:
+        return self._text(SYSTEM)
+
+    @cached_property
+    def params(self) -> dict[str, Any]:
+        text = self._text(PARAMS)
+        return msgspec.json.decode(text) if text else {}
+
+    @cached_property
+    def messages(self) -> list[Message]:
+        text = self._text(MESSAGES)
+        return msgspec.json.decode(text, type=list[Message]) if text else []
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs"
+        self.manifests = root / "manifests"
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs / f"sha256-{digest_hex(digest)}"
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    # Reading -----------------------------------------------------------------------------------
+
+    def _iter_manifest_paths(self) -> Iterator[Path]:
+        if self.manifests.is_dir():
+            yield from (p for p in self.manifests.glob("*/*/*/*") if p.is_file() and not p.name.startswith("."))
+
+    def _load(self, path: Path) -> StoredModel:
+        host, namespace, model, tag = path.relative_to(self.manifests).parts
+        return StoredModel(self, ModelName(host, namespace, model, tag), path, path.read_bytes())
+
+    def list(self) -> list[StoredModel]:
+        """Every model, newest first, as /api/tags lists them; unreadable manifests are left out."""
+        models = []
+        for path in self._iter_manifest_paths():
+            try:
+                model = self._load(path)
+                model.manifest  # noqa: B018 - decode now so a corrupt manifest is skipped here
+            except (OSError, msgspec.DecodeError, ValueError):
+                continue
+            models.append(model)
+        return sorted(models, key=lambda m: m.manifest_path.stat().st_mtime, reverse=True)
+
+    def _existing_path(self, name: ModelName) -> Path | None:
+        """The manifest for `name`, each part matched case-insensitively as Ollama does."""
+        path = self.manifests
+        for part in name.parts:
+            exact = path / part
+            if exact.exists():
+                path = exact
+                continue
+            if not path.is_dir():
+                return None
+            match = next((p for p in path.iterdir() if p.name.lower() == part.lower()), None)
+            if match is None:
+                return None
+            path = match
+        return path if path.is_file() else None
+
+    def get(self, name: ModelName) -> StoredModel | None:
+        path = self._existing_path(name)
+        return self._load(path) if path else None
+
+    def require(self, text: str) -> StoredModel:
+        """Resolve a model name sent by a client: 400 if malformed, 404 if absent."""
+        model = self.get(ModelName.parse(text))
+        if model is None:
+            raise not_found(f"model '{text}' not found")
+        return model
+
+    # Writing -----------------------------------------------------------------------------------
+
+    def _new_blob_tmp(self) -> tuple[int, str]:
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=self.blobs, prefix=".upload-", suffix=".tmp")
+
+    def _commit_blob(self, tmp: str, hex_digest: str) -> Path:
+        final = self.blobs / f"sha256-{hex_digest}"
+        os.replace(tmp, final)
+        _fsync_dir(self.blobs)
+        return final
+
+    def add_blob_bytes(self, data: bytes, media_type: str) -> Layer:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not self.has_blob(digest):
+            _atomic_write(self.blob_path(digest), data)
+        return Layer(media_type, digest, len(data))
+
+    def add_blob_file(self, src: Path, media_type: str) -> Layer:
+        """Hash a local file into a blob (a copy: the store must not depend on the original)."""
+        fd, tmp = self._new_blob_tmp()
+        h = hashlib.sha256()
+        try:
+            with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                while chunk := fin.read(_CHUNK):
+                    h.update(chunk)
+                    fout.write(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+            path = self._commit_blob(tmp, h.hexdigest())
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return Layer(media_type, "sha256:" + h.hexdigest(), path.stat().st_size)
+
+    async def add_blob_stream(self, digest: str, chunks: AsyncIterator[bytes]) -> bool:
+        """Store an uploaded blob if its bytes hash to `digest`; False if it was already there.
+
+        A mismatch is a 400 and leaves nothing behind.
+        """
+        want = digest_hex(digest)
+        if self.has_blob(digest):
+            async for _ in chunks:
+                pass
+            return False
+        fd, tmp = self._new_blob_tmp()
+        h = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks:
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if h.hexdigest() != want:
+                raise bad_request(f'digest mismatch, expected "sha256:{want}", got "sha256:{h.hexdigest()}"')
+            self._commit_blob(tmp, want)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return True
+
+    def write_manifest(self, name: ModelName, manifest: Manifest) -> StoredModel:
+        """Write a manifest last, once every blob it names is in place."""
+        for layer in [manifest.config, *manifest.layers]:
+            if not self.has_blob(layer.digest):
+                raise bad_request(f"blob {layer.digest} is missing from the store")
+        existing = self._existing_path(name)
+        path = existing or self.manifests.joinpath(*name.parts)
+        _atomic_write(path, msgspec.json.encode(manifest))
+        return self._load(path)
+
+    def create(
+        self,
+        name: ModelName,
+        model_layer: Layer,
+        *,
+        template: str = "",
+        system: str = "",
+        params: dict[str, Any] | None = None,
+        messages: list[Message] | None = None,
+        license: str = "",
+    ) -> StoredModel:
+        """Write a model from a GGUF blob already in the store plus its text layers."""
+        info = read_gguf(self.blob_path(model_layer.digest))
+        arch = info.architecture
+        config = ModelConfig(
+            model_format="gguf",
+            model_family=arch,
+            model_families=[arch] if arch else None,
+            model_type=human_number(info.parameter_count),
+            file_type=info.file_type,
+            context_length=info.context_length,
+        )
+        layers = [model_layer]
+        for media_type, text in ((TEMPLATE, template), (SYSTEM, system), (LICENSE, license)):
+            if text:
+                layers.append(self.add_blob_bytes(text.encode(), media_type))
+        if params:
+            layers.append(self.add_blob_bytes(msgspec.json.encode(params), PARAMS))
+        if messages:
+            layers.append(self.add_blob_bytes(msgspec.json.encode(messages), MESSAGES))
+        config_layer = self.add_blob_bytes(msgspec.json.encode(config), CONFIG_TYPE)
+        return self.write_manifest(name, Manifest(config=config_layer, layers=layers))
