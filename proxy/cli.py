@@ -126,6 +126,8 @@ def create(name: str, modelfile: Path) -> None:
                 with open(source, "rb") as f:
                     client.request("POST", f"/api/blobs/{digest}", content=f)
             body["files"] = {source.name: digest}
+        elif mf.from_.startswith((".", "/", "~")) or mf.from_.endswith(".gguf"):
+            _fail(f"FROM {mf.from_}: file not found")
         else:
             body["from"] = mf.from_
         for status in client.stream("/api/create", body):

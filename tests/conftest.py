@@ -1,0 +1,152 @@
+"""The test rig: real `llamagate serve` processes, a real llama-server and real GGUF models."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "contrib"))
+
+import default_model  # noqa: E402
+
+from supervisor.binary import find_llama_server  # noqa: E402
+from tinymodel import write_tiny_model  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def llamagate_cmd() -> list[str]:
+    return [sys.executable, "-c", "from proxy.cli import main; main()"]
+
+
+class Server:
+    """A `llamagate serve` subprocess on a free port with its own model store."""
+
+    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.models = tmp / "models"
+        self.log_path = tmp / "serve.log"
+        self.env = {
+            **os.environ,
+            "OLLAMA_HOST": f"127.0.0.1:{self.port}",
+            "OLLAMA_MODELS": str(self.models),
+            "LLAMAGATE_THREADS": "1",
+            **(env or {}),
+        }
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [*llamagate_cmd(), "serve", *extra], env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llamagate serve exited:\n{self.log()}")
+            try:
+                if httpx.get(self.url, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"llamagate serve did not come up:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*llamagate_cmd(), *args], env=self.env, capture_output=True, text=True, input=input,
+            check=check, timeout=300,
+        )
+
+    def create(self, name: str, gguf: Path, *lines: str) -> None:
+        modelfile = self.models.parent / f"{name.replace(':', '_').replace('/', '_')}.Modelfile"
+        modelfile.write_text("\n".join([f"FROM {gguf}", *lines]) + "\n")
+        self.cli("create", name, "-f", str(modelfile))
+
+    def runner_pids(self) -> list[int]:
+        """The llama-server processes serving this server's store."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(b"llama-server" in part for part in cmdline[:1]) and any(
+                str(self.models).encode() in part for part in cmdline
+            ):
+                pids.append(int(proc.name))
+        return pids
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    return default_model.fetch()
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The suite needs a real llama-server: missing one is a failure, not a skip."""
+    return find_llama_server("", tmp_path_factory.mktemp("no-runtime")).path
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2: Path, tiny_gguf: Path, llama_server_binary: Path) -> Iterator[Server]:
+    """One shared server with smollm2:135m and tiny:latest imported through `llamagate create`."""
+    srv = Server(tmp_path_factory.mktemp("server"))
+    try:
+        srv.create("smollm2:135m", smollm2)
+        srv.create("tiny", tiny_gguf)
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path, smollm2: Path, tiny_gguf: Path, llama_server_binary: Path) -> Iterator[Server]:
+    """A server of the test's own, for tests that kill things or count starts."""
+    srv = Server(tmp_path)
+    try:
+        srv.create("tiny", tiny_gguf)
+        yield srv
+    finally:
+        srv.stop()

@@ -1,0 +1,70 @@
+"""The CLI as a user types it: run (one-shot, piped, interactive until /bye) and create."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import time
+
+from conftest import llamagate_cmd
+
+
+def test_run_with_a_prompt(server):
+    out = server.cli("run", "smollm2:135m", "Say", "this", "is", "a", "test").stdout
+    assert out.strip()
+
+
+def test_run_reads_a_piped_prompt(server):
+    out = server.cli("run", "smollm2:135m", input="What is the capital of France?").stdout
+    assert out.strip()
+
+
+def test_run_unknown_model_is_a_clear_error(server):
+    r = server.cli("run", "nosuch", "hi", check=False)
+    assert r.returncode == 1 and "model 'nosuch' not found" in r.stderr
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 60) -> bytes:
+    buf, deadline = b"", time.monotonic() + timeout
+    while marker not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                buf += os.read(fd, 4096)
+            except OSError:
+                break
+    return buf
+
+
+def test_run_chat_loop_until_bye(server):
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*llamagate_cmd(), "run", "tiny"], env=server.env,
+                            stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    try:
+        assert b">>> " in _read_until(leader, b">>> ")
+        os.write(leader, b"hello\n")
+        # The answer, then the prompt again for the next turn.
+        assert b">>> " in _read_until(leader, b">>> ")
+        os.write(leader, b"/bye\n")
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        os.close(leader)
+
+
+def test_create_from_an_existing_model_and_bad_modelfiles(server, tmp_path):
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM smollm2:135m\nSYSTEM You always answer in French.\nPARAMETER temperature 0.1\n")
+    out = server.cli("create", "smollm2-fr", "-f", str(mf)).stdout
+    assert out.strip().endswith("success")
+    assert "smollm2-fr:latest" in server.cli("list").stdout
+    mf.write_text("FROM smollm2:135m\nPARAMETER temperature warm\n")
+    r = server.cli("create", "bad", "-f", str(mf), check=False)
+    assert r.returncode == 1 and "temperature" in r.stderr
+    mf.write_text(f"FROM {tmp_path / 'missing.gguf'}\n")
+    r = server.cli("create", "bad", "-f", str(mf), check=False)
+    assert r.returncode == 1 and "not found" in r.stderr
+    assert "bad:latest" not in server.cli("list").stdout

