@@ -61,6 +61,9 @@ def create_app(config: Config) -> Litestar:
         except LlamagateError as e:
             log.warning("%s", e.message)
         log.info("models: %s", config.models_dir)
+        for name, urls in config.upstreams.items():
+            log.info("upstream %s: %s", name, ", ".join(urls))
+        gate.start()
         try:
             yield
         finally:

@@ -14,6 +14,8 @@ import click
 
 from proxy.client import Client, ClientError
 from proxy.modelfile import ModelfileError, parse
+from supervisor.errors import LlamagateError
+from supervisor.names import ModelName
 
 
 def _fail(message: str) -> None:
@@ -54,8 +56,16 @@ def main() -> None:
 @main.command()
 @click.option("--llama-server", "llama_server", help="Path of the llama-server binary to run models with.")
 @click.option("--threads", type=int, help="CPU threads per llama-server (default: half the logical CPUs).")
+@click.option("--upstream", multiple=True, metavar="NAME=URL[,URL…]",
+              help="Serve NAME from an already running llama-server (repeatable; several URLs share the load).")
+@click.option("--rpc", multiple=True, metavar="NAME=HOST:PORT[,HOST:PORT…]",
+              help="Split model NAME over llama.cpp RPC workers (repeatable).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML file with [upstreams] and [rpc] tables (default: LLAMAGATE_CONFIG, or "
+                   "config.toml in llamagate's config folder when it exists).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request.")
-def serve(llama_server: str | None, threads: int | None, verbose: bool) -> None:
+def serve(llama_server: str | None, threads: int | None, upstream: tuple[str, ...], rpc: tuple[str, ...],
+          config_file: Path | None, verbose: bool) -> None:
     """Serve the Ollama and OpenAI APIs on OLLAMA_HOST (default 127.0.0.1:11434)."""
     import uvicorn
 
@@ -63,7 +73,13 @@ def serve(llama_server: str | None, threads: int | None, verbose: bool) -> None:
     from supervisor.config import Config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = Config.from_env(llama_server=llama_server, threads=threads)
+    try:
+        config = Config.from_env(llama_server=llama_server, threads=threads)
+        config.add_endpoints(config_file, upstream, rpc)
+        for name in config.upstreams:
+            ModelName.parse(name)
+    except (ValueError, OSError, LlamagateError) as e:
+        _fail(str(e.message if isinstance(e, LlamagateError) else e))
     uvicorn.run(
         create_app(config),
         host=config.host,

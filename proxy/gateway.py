@@ -5,6 +5,7 @@ from __future__ import annotations
 from supervisor.config import Config
 from supervisor.scheduler import Scheduler
 from supervisor.store import Store
+from supervisor.upstreams import Upstreams
 
 from proxy.inference import Inference
 from proxy.upstream import Upstream
@@ -13,11 +14,16 @@ from proxy.upstream import Upstream
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = Store(config.models_dir)
+        self.upstreams = Upstreams(config.upstreams)
+        self.store = Store(config.models_dir, self.upstreams)
         self.scheduler = Scheduler(config)
         self.upstream = Upstream()
         self.inference = Inference(self.scheduler, self.upstream)
 
+    def start(self) -> None:
+        self.upstreams.start()
+
     async def aclose(self) -> None:
+        await self.upstreams.aclose()
         await self.scheduler.shutdown()
         await self.upstream.aclose()

@@ -10,8 +10,10 @@ from typing import TypeVar
 import msgspec
 
 from proxy.upstream import Upstream
+from supervisor.errors import LlamagateError
 from supervisor.scheduler import LoadOptions, Scheduler
 from supervisor.store import StoredModel
+from supervisor.upstreams import RemoteModel
 
 T = TypeVar("T")
 
@@ -34,18 +36,29 @@ class Inference:
 
     async def stream(
         self,
-        model: StoredModel,
+        model: StoredModel | RemoteModel,
         load: LoadOptions,
         path: str,
         body: msgspec.Struct,
         chunk_type: type[T],
         timer: Timer,
     ) -> AsyncIterator[T]:
-        async with self.scheduler.lease(model, load) as runner:
-            timer.load_ns = timer.total_ns()
-            async for chunk in self.upstream.stream(runner, path, body, chunk_type):
-                yield chunk
+        attempts = len(model.pool.endpoints) if isinstance(model, RemoteModel) else 1
+        for attempt in range(attempts):
+            sent = False
+            try:
+                async with self.scheduler.lease(model, load) as runner:
+                    timer.load_ns = timer.total_ns()
+                    async for chunk in self.upstream.stream(runner, path, body, chunk_type):
+                        sent = True
+                        yield chunk
+                return
+            except LlamagateError as e:
+                # An upstream that failed before answering is out of rotation now: the next
+                # one in rotation gets the request. Once tokens went out, the error stands.
+                if sent or e.status != 502 or attempt == attempts - 1:
+                    raise
 
-    async def load(self, model: StoredModel, load: LoadOptions) -> None:
+    async def load(self, model: StoredModel | RemoteModel, load: LoadOptions) -> None:
         async with self.scheduler.lease(model, load):
             pass

@@ -15,6 +15,7 @@ import msgspec
 from proxy.llama import ErrorEnvelope
 from supervisor.errors import LlamagateError
 from supervisor.runner import Runner
+from supervisor.upstreams import Endpoint
 
 _TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
 
@@ -29,11 +30,11 @@ def _error_message(body: bytes) -> str:
 
 class Upstream:
     def __init__(self) -> None:
-        self._clients: dict[int, tuple[tuple[int, str], httpx.AsyncClient]] = {}
+        self._clients: dict[int, tuple[tuple[str, str], httpx.AsyncClient]] = {}
 
-    def _client(self, runner: Runner) -> httpx.AsyncClient:
+    def _client(self, runner: Runner | Endpoint) -> httpx.AsyncClient:
         # A restarted runner has a new port and key: its old pool is closed and replaced.
-        key = (runner.port, runner.api_key)
+        key = (runner.base_url, runner.api_key)
         entry = self._clients.get(id(runner))
         if entry and entry[0] == key:
             return entry[1]
@@ -48,11 +49,7 @@ class Upstream:
         self._clients[id(runner)] = (key, client)
         return client
 
-    def _failure(self, runner: Runner, e: Exception) -> LlamagateError:
-        detail = f"; its last output:\n{runner.log_tail}" if runner.pid and runner.state.value != "ready" else ""
-        return LlamagateError(500, f"llama-server for {runner.name} failed: {e or type(e).__name__}{detail}")
-
-    async def stream(self, runner: Runner, path: str, body: msgspec.Struct, chunk_type: type) -> AsyncIterator:
+    async def stream(self, runner: Runner | Endpoint, path: str, body: msgspec.Struct, chunk_type: type) -> AsyncIterator:
         """POST `body` and yield each SSE event decoded as `chunk_type`.
 
         An error status before the stream starts is raised with llama-server's status and
@@ -64,7 +61,7 @@ class Upstream:
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as e:
-            raise self._failure(runner, e) from e
+            raise await runner.failure(e) from e
         try:
             if response.status_code != 200:
                 raise LlamagateError(response.status_code, _error_message(await response.aread()))
@@ -85,7 +82,7 @@ class Upstream:
                         # llama-server builds before Nov 2025 sent mid-stream errors this way.
                         raise LlamagateError(500, _error_message(line[6:].strip()))
         except httpx.HTTPError as e:
-            raise self._failure(runner, e) from e
+            raise await runner.failure(e) from e
         finally:
             await response.aclose()
 

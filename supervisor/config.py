@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,54 @@ def _env_int(name: str, default: int) -> int:
 def _env_seconds(name: str, default: str) -> float:
     text = _env(name) or default
     return float(text) if text.lstrip("-").isdigit() else parse_go_duration(text)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `8GB`, `512MiB` or a plain number; a typo is an error at start, not a silent 0."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r} (expected e.g. 8GB, 512MiB or a number of bytes)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_pairs(items: list[str] | tuple[str, ...], what: str) -> dict[str, list[str]]:
+    """`NAME=value[,value…]` items (repeatable flags) as name → values, in order."""
+    pairs: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name.strip() or not values.strip():
+            raise ValueError(f"{what} {item!r}: expected NAME=VALUE[,VALUE…]")
+        pairs.setdefault(name.strip(), []).extend(v.strip() for v in values.split(",") if v.strip())
+    return pairs
+
+
+def default_config_file() -> Path:
+    return platformdirs.user_config_path("llamagate") / "config.toml"
+
+
+def read_config_file(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The `[upstreams]` and `[rpc]` tables of a TOML config file: name → a URL or list of URLs,
+    name → a `host:port` or list of them."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+
+    def table(key: str) -> dict[str, list[str]]:
+        raw = data.get(key, {})
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: [{key}] must be a table")
+        out = {}
+        for name, value in raw.items():
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values) or not values:
+                raise ValueError(f"{path}: {key}.{name} must be a string or a list of strings")
+            out[name] = [v for item in values for v in item.split(",") if v]
+        return out
+
+    return table("upstreams"), table("rpc")
 
 
 def parse_host(text: str) -> tuple[str, str, int]:
@@ -76,6 +125,14 @@ class Config:
     keep_alive: float = 300.0
     load_timeout: float = 300.0
     stop_grace: float = 5.0
+    # Scheduling (README, Configuration).
+    max_loaded_models: int = 3
+    max_queue: int = 512
+    max_memory: int = 0
+    hang_timeout: float = 300.0
+    # Existing llama-servers by model name, and RPC workers for supervised models by model name.
+    upstreams: dict[str, list[str]] = field(default_factory=dict)
+    rpc: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -90,6 +147,11 @@ class Config:
             num_parallel=max(1, _env_int("OLLAMA_NUM_PARALLEL", 1)),
             keep_alive=parse_keep_alive(_env_seconds("OLLAMA_KEEP_ALIVE", "5m")),
             load_timeout=_env_seconds("OLLAMA_LOAD_TIMEOUT", "5m"),
+            # Ollama's 0 means "3 per GPU, or 3 on CPU"; llamagate counts no GPUs, so 3.
+            max_loaded_models=_env_int("OLLAMA_MAX_LOADED_MODELS", 0) or 3,
+            max_queue=max(1, _env_int("OLLAMA_MAX_QUEUE", 512)),
+            max_memory=parse_size(_env("LLAMAGATE_MAX_MEMORY") or "0"),
+            hang_timeout=_env_seconds("LLAMAGATE_HANG_TIMEOUT", "5m"),
         )
         if models := _env("OLLAMA_MODELS"):
             cfg.models_dir = Path(models).expanduser()
@@ -97,3 +159,13 @@ class Config:
             if value is not None:
                 setattr(cfg, key, value)
         return cfg
+
+    def add_endpoints(self, config_file: Path | None, upstream: tuple[str, ...], rpc: tuple[str, ...]) -> None:
+        """Upstreams and RPC workers from the config file (`--config`, `LLAMAGATE_CONFIG`, or the
+        default path when it exists), then from flags; a name given as a flag replaces the file's."""
+        explicit = config_file or (Path(_env("LLAMAGATE_CONFIG")).expanduser() if _env("LLAMAGATE_CONFIG") else None)
+        path = explicit or default_config_file()
+        if explicit or path.is_file():
+            self.upstreams, self.rpc = read_config_file(path)
+        self.upstreams.update(parse_pairs(upstream, "--upstream"))
+        self.rpc.update(parse_pairs(rpc, "--rpc"))

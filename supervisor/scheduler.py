@@ -1,4 +1,5 @@
-"""Model → a ready runner: one runner per model file, shared starts, load options, shutdown."""
+"""Model → a ready runner: one runner per model file, shared starts, load options, room for a
+load (model count and memory, evicting idle runners), the queue limit, and shutdown."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor import memory
 from supervisor.binary import Binary, find_llama_server
 from supervisor.config import Config
+from supervisor.errors import LlamagateError
 from supervisor.runner import LaunchSpec, Runner
 from supervisor.store import StoredModel
+from supervisor.upstreams import Endpoint, RemoteModel
 
 log = logging.getLogger("llamagate.scheduler")
+
+# Ollama's text, two spaces included: clients match on it.
+SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,17 @@ class LoadOptions:
 
     num_ctx: int | None = None
     keep_alive: float | None = None
+    num_gpu: int | None = None
+    num_thread: int | None = None
+    num_batch: int | None = None
+
+
+def _option(requested: int | None, model: StoredModel, name: str) -> int | None:
+    """A load option from the request, else the model's PARAMETER, else None."""
+    if requested is not None:
+        return requested
+    value = model.params.get(name)
+    return int(value) if isinstance(value, (int, float)) else None
 
 
 class Scheduler:
@@ -30,6 +48,11 @@ class Scheduler:
         self.config = config
         # Keyed by model file, so aliases made with `cp` share one process.
         self._runners: dict[Path, Runner] = {}
+        # One load is admitted at a time, in arrival order; `_changed` wakes the one waiting for
+        # room when a runner goes idle or lets its memory go.
+        self._admission = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._pending = 0
 
     def binary(self) -> Binary:
         """Looked up at every load, so that installing llama-server needs no restart of ours."""
@@ -43,28 +66,96 @@ class Scheduler:
             num_ctx = min(num_ctx, trained)
         return max(num_ctx, 4)
 
-    @asynccontextmanager
-    async def lease(self, model: StoredModel, load: LoadOptions) -> AsyncIterator[Runner]:
-        """A ready runner for `model`, held for the duration of one request."""
-        spec = LaunchSpec(
+    def launch_spec(self, model: StoredModel, load: LoadOptions) -> LaunchSpec:
+        return LaunchSpec(
             binary=self.binary().path,
             model_path=model.model_path,
             num_ctx=self.num_ctx(model, load.num_ctx),
-            threads=self.config.threads,
+            threads=_option(load.num_thread, model, "num_thread") or self.config.threads,
             parallel=self.config.num_parallel,
+            gpu_layers=_option(load.num_gpu, model, "num_gpu"),
+            batch=_option(load.num_batch, model, "num_batch"),
+            rpc=tuple(self.config.rpc.get(model.name.display, ())),
         )
+
+    @asynccontextmanager
+    async def lease(self, model: StoredModel | RemoteModel, load: LoadOptions) -> AsyncIterator[Runner | Endpoint]:
+        """A ready runner (or an existing upstream) for `model`, held for one request."""
+        if isinstance(model, RemoteModel):
+            async with model.pool.lease() as endpoint:
+                yield endpoint
+            return
+        spec = self.launch_spec(model, load)
         runner = self._runners.get(spec.model_path)
         if runner is None:
             runner = self._runners[spec.model_path] = Runner(
-                model.name.display, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
+                model.name.display, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace,
+                hang_timeout=self.config.hang_timeout, admit=self._admit, on_change=self._changed.set,
             )
-        await runner.acquire(spec, load.keep_alive)
+        # Requests that need a load or a restart queue, up to OLLAMA_MAX_QUEUE; requests for a
+        # runner already serving go straight to it, as in Ollama.
+        queued = not runner.serving(spec)
+        if queued:
+            if self._pending >= self.config.max_queue:
+                raise LlamagateError(503, SERVER_BUSY)
+            self._pending += 1
+        try:
+            await runner.acquire(spec, load.keep_alive)
+        finally:
+            if queued:
+                self._pending -= 1
         try:
             yield runner
-        finally:
+        except BaseException:
             await runner.release()
+            raise
+        await runner.release(served=True)
 
-    async def unload(self, model: StoredModel) -> None:
+    @asynccontextmanager
+    async def _admit(self, runner: Runner, spec: LaunchSpec) -> AsyncIterator[None]:
+        """Held by a runner about to start: returns once it fits, and the runner marks itself
+        as holding memory before the next load is considered."""
+        async with self._admission:
+            await self._make_room(runner, spec)
+            yield
+
+    async def _make_room(self, runner: Runner, spec: LaunchSpec) -> None:
+        """Evict idle runners, shortest remaining keep_alive first, until the new one fits under
+        OLLAMA_MAX_LOADED_MODELS and in memory; wait while only busy runners are in the way."""
+        need = memory.estimate(spec.model_path, spec.ctx_total)
+        while True:
+            self._changed.clear()
+            others = [r for r in self._runners.values() if r is not runner and r.holds is not None]
+            starting = [r for r in others if not r.serving(r.holds)]  # type: ignore[arg-type]
+            estimates = {r: memory.estimate(r.holds.model_path, r.holds.ctx_total) for r in others}  # type: ignore[union-attr]
+            room = len(others) < self.config.max_loaded_models
+            fits = memory.fits(
+                need,
+                loaded=[estimates[r] for r in others if r not in starting],
+                starting=[estimates[r] for r in starting],
+                available=memory.available_bytes(),
+                budget=self.config.max_memory,
+            )
+            if room and fits:
+                return
+            if runner.active == 0:
+                raise LlamagateError(499, "request canceled")  # every client waiting for it left
+            for victim in sorted((r for r in others if r.idle), key=lambda r: r.expires_at):
+                reason = "model limit" if not room else "memory"
+                log.info("[%s] needs room (%s): evicting %s", runner.name, reason, victim.name)
+                if await victim.evict():
+                    break
+            else:
+                if room and not any(not r.idle for r in others):
+                    log.warning("[%s] may not fit in memory (needs ~%d MB), loading anyway: nothing else to "
+                                "unload", runner.name, need.total >> 20)
+                    return
+                log.info("[%s] waiting for a busy model to finish before loading", runner.name)
+                await self._changed.wait()
+
+    async def unload(self, model: StoredModel | RemoteModel) -> None:
+        if isinstance(model, RemoteModel):
+            return
         runner = self._runners.get(model.model_path)
         if runner is not None:
             await runner.unload()

@@ -1,4 +1,5 @@
-"""The model store, in Ollama's on-disk layout: `manifests/<host>/<ns>/<model>/<tag>` and `blobs/`."""
+"""The model store, in Ollama's on-disk layout: `manifests/<host>/<ns>/<model>/<tag>` and `blobs/`,
+plus the models of existing llama-servers (`--upstream`), which are listed and resolved with them."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from supervisor.errors import bad_request, not_found
 from supervisor.gguf import human_number, read_gguf
 from supervisor.names import ModelName
+
+if TYPE_CHECKING:
+    from supervisor.upstreams import RemoteModel, Upstreams
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -166,8 +170,9 @@ class StoredModel:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: Upstreams | None = None) -> None:
         self.root = root
+        self.remote = remote
         self.blobs = root / "blobs"
         self.manifests = root / "manifests"
 
@@ -187,8 +192,13 @@ class Store:
         host, namespace, model, tag = path.relative_to(self.manifests).parts
         return StoredModel(self, ModelName(host, namespace, model, tag), path, path.read_bytes())
 
-    def list(self) -> list[StoredModel]:
-        """Every model, newest first, as /api/tags lists them; unreadable manifests are left out."""
+    def list(self) -> list[StoredModel | RemoteModel]:
+        """Every model, newest first, as /api/tags lists them; unreadable manifests are left out.
+        Upstream models come first, in the order they were configured."""
+        remote: list[StoredModel | RemoteModel] = list(self.remote.models.values()) if self.remote else []
+        return remote + self._list_stored()
+
+    def _list_stored(self) -> list[StoredModel]:
         models = []
         for path in self._iter_manifest_paths():
             try:
@@ -215,11 +225,14 @@ class Store:
             path = match
         return path if path.is_file() else None
 
-    def get(self, name: ModelName) -> StoredModel | None:
+    def get(self, name: ModelName) -> StoredModel | RemoteModel | None:
+        """An upstream model of that name, else the stored one."""
+        if self.remote and (remote := self.remote.get(name)):
+            return remote
         path = self._existing_path(name)
         return self._load(path) if path else None
 
-    def require(self, text: str) -> StoredModel:
+    def require(self, text: str) -> StoredModel | RemoteModel:
         """Resolve a model name sent by a client: 400 if malformed, 404 if absent."""
         model = self.get(ModelName.parse(text))
         if model is None:

@@ -59,6 +59,11 @@ def _keep_alive(value: schemas.KeepAlive) -> float | None:
     return None if value is None else parse_keep_alive(value)
 
 
+def _load(options: schemas.Options | None, num_ctx: int, keep_alive: float | None) -> LoadOptions:
+    o = options or schemas.Options()
+    return LoadOptions(num_ctx, keep_alive, num_gpu=o.num_gpu, num_thread=o.num_thread, num_batch=o.num_batch)
+
+
 async def _ndjson(first: msgspec.Struct, rest: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
     try:
         yield _encode(first) + b"\n"
@@ -146,7 +151,7 @@ async def chat(request: Request) -> Response[Any]:
         )
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     body = translate.chat_request(req, _defaults(model), num_ctx)
-    chunks = _chat_chunks(gate, req.model, model, LoadOptions(num_ctx, keep_alive), body)
+    chunks = _chat_chunks(gate, req.model, model, _load(req.options, num_ctx, keep_alive), body)
     return await _respond(chunks, req.stream is not False, _merge_chat)
 
 
@@ -210,7 +215,7 @@ async def generate(request: Request) -> Response[Any]:
         )
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     body = translate.generate_request(req, _defaults(model), num_ctx)
-    chunks = _generate_chunks(gate, req.model, model, LoadOptions(num_ctx, keep_alive), body)
+    chunks = _generate_chunks(gate, req.model, model, _load(req.options, num_ctx, keep_alive), body)
     return await _respond(chunks, req.stream is not False, _merge_generate)
 
 

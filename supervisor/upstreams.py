@@ -1,0 +1,211 @@
+"""Existing llama-servers behind a model name (`--upstream NAME=URL`): picked by requests in
+flight, a failed one taken out of rotation and probed back in, metadata read from `/props`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+import msgspec
+
+from supervisor.errors import LlamagateError, bad_request
+from supervisor.gguf import FILE_TYPES, human_number
+from supervisor.names import ModelName
+from supervisor.store import Manifest, Message, ModelConfig
+
+log = logging.getLogger("llamagate.upstreams")
+
+PROBE_EVERY = 2.0
+_QUANT = re.compile("|".join(sorted((re.escape(q) for q in FILE_TYPES.values()), key=len, reverse=True)), re.I)
+
+
+class _Settings(msgspec.Struct):
+    n_ctx: int = 0
+
+
+class _Props(msgspec.Struct):
+    """The parts of llama-server's GET /props that describe its model."""
+
+    model_path: str = ""
+    default_generation_settings: _Settings = msgspec.field(default_factory=_Settings)
+    total_slots: int = 0
+    build_info: str = ""
+
+
+class _Meta(msgspec.Struct):
+    n_params: int = 0
+    n_ctx_train: int = 0
+    size: int = 0
+
+
+class _ModelEntry(msgspec.Struct):
+    id: str = ""
+    meta: _Meta | None = None
+
+
+class _Models(msgspec.Struct):
+    """llama-server's GET /v1/models: the sizes that /props leaves out."""
+
+    data: list[_ModelEntry] = []
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One upstream llama-server; what `proxy.upstream` needs of a runner."""
+
+    name: str
+    base_url: str
+    api_key: str = ""
+    active: int = 0
+    served: int = 0
+    down: str = ""  # why it is out of rotation; "" while in
+
+    async def failure(self, error: Exception) -> LlamagateError:
+        """A broken request takes the server out of rotation until a probe finds it again."""
+        self.mark_down(f"{type(error).__name__}: {error}")
+        return LlamagateError(502, f"upstream llama-server {self.base_url} for {self.name} failed: {error}")
+
+    def mark_down(self, why: str) -> None:
+        if not self.down:
+            log.warning("[%s] upstream %s out of rotation: %s", self.name, self.base_url, why)
+        self.down = why or "unreachable"
+
+
+@dataclass(eq=False)
+class Pool:
+    """Every upstream for one model name."""
+
+    name: str
+    endpoints: list[Endpoint]
+    props: _Props | None = None
+    meta: _Meta | None = None
+
+    @classmethod
+    def of(cls, name: str, urls: list[str]) -> Pool:
+        return cls(name, [Endpoint(name, url.rstrip("/")) for url in urls])
+
+    def pick(self) -> Endpoint:
+        """The server with the fewest requests in flight (then the fewest served, so that
+        sequential requests alternate); none in rotation is a 503 naming why."""
+        up = [e for e in self.endpoints if not e.down]
+        if not up:
+            reasons = "; ".join(f"{e.base_url}: {e.down}" for e in self.endpoints)
+            raise LlamagateError(503, f"no upstream llama-server for {self.name} is reachable ({reasons})")
+        return min(up, key=lambda e: (e.active, e.served))
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[Endpoint]:
+        endpoint = self.pick()
+        endpoint.active += 1
+        endpoint.served += 1
+        try:
+            yield endpoint
+        finally:
+            endpoint.active -= 1
+
+    async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint) -> None:
+        try:
+            response = await client.get(f"{endpoint.base_url}/health")
+            healthy = response.status_code == 200
+            why = f"/health answered {response.status_code}"
+        except httpx.HTTPError as e:
+            healthy, why = False, f"{type(e).__name__}: {e}"
+        if healthy and endpoint.down:
+            log.info("[%s] upstream %s back in rotation", self.name, endpoint.base_url)
+            endpoint.down = ""
+        elif not healthy:
+            endpoint.mark_down(why)
+        if healthy and self.props is None:
+            await self._read_metadata(client, endpoint)
+
+    async def _read_metadata(self, client: httpx.AsyncClient, endpoint: Endpoint) -> None:
+        try:
+            self.props = msgspec.json.decode((await client.get(f"{endpoint.base_url}/props")).content, type=_Props)
+            models = msgspec.json.decode((await client.get(f"{endpoint.base_url}/v1/models")).content, type=_Models)
+            self.meta = next((m.meta for m in models.data if m.meta), None)
+        except (httpx.HTTPError, msgspec.DecodeError) as e:
+            log.warning("[%s] could not read %s/props: %s", self.name, endpoint.base_url, e)
+
+    async def watch(self) -> None:
+        """Probe every upstream now, then the ones out of rotation every PROBE_EVERY seconds."""
+        async with httpx.AsyncClient(timeout=5) as client:
+            await asyncio.gather(*(self._probe(client, e) for e in self.endpoints))
+            while True:
+                await asyncio.sleep(PROBE_EVERY)
+                await asyncio.gather(*(self._probe(client, e) for e in self.endpoints if e.down or self.props is None))
+
+
+class RemoteModel:
+    """A model served by existing llama-servers: read like a `StoredModel` by the routes (name,
+    details, no Modelfile layers), leased by the scheduler from its pool."""
+
+    def __init__(self, name: ModelName, pool: Pool, started: datetime) -> None:
+        self.name = name
+        self.pool = pool
+        self.modified_at = started
+        self.template = ""
+        self.system = ""
+        self.params: dict[str, Any] = {}
+        self.messages: list[Message] = []
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(" ".join([self.name.display, *(e.base_url for e in self.pool.endpoints)]).encode()).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return self.pool.meta.size if self.pool.meta else 0
+
+    @property
+    def config(self) -> ModelConfig:
+        props, meta = self.pool.props, self.pool.meta
+        quant = _QUANT.search(props.model_path.rsplit("/", 1)[-1]) if props else None
+        return ModelConfig(
+            model_format="gguf",
+            model_type=human_number(meta.n_params) if meta and meta.n_params else "",
+            file_type=quant.group(0).upper() if quant else "",
+            context_length=(meta.n_ctx_train if meta else 0) or (props.default_generation_settings.n_ctx if props else 0),
+        )
+
+    def _no_file(self) -> LlamagateError:
+        urls = ", ".join(e.base_url for e in self.pool.endpoints)
+        return bad_request(f"{self.name.display} is served by an existing llama-server ({urls}) and has no file here")
+
+    @property
+    def manifest(self) -> Manifest:
+        raise self._no_file()
+
+    @property
+    def model_path(self) -> Any:
+        raise self._no_file()
+
+
+class Upstreams:
+    """Every `--upstream` model by name, and the probes that keep their pools current."""
+
+    def __init__(self, config: dict[str, list[str]]) -> None:
+        started = datetime.now().astimezone()
+        self.models: dict[str, RemoteModel] = {}
+        for text, urls in config.items():
+            name = ModelName.parse(text)
+            self.models[name.display.lower()] = RemoteModel(name, Pool.of(name.display, urls), started)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def get(self, name: ModelName) -> RemoteModel | None:
+        return self.models.get(name.display.lower())
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(m.pool.watch()) for m in self.models.values()]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
