@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,6 +63,17 @@ def test_load_failure_reports_llama_servers_reason(tmp_path, fresh_server):
     # The next request tries again rather than reusing a dead process.
     assert _generate(fresh_server, "broken", prompt="hi").status_code == 500
     assert fresh_server.log().count("[broken:latest] starting:") == 2
+    # Failing again at once: it backs off, and says why with llama-server's own last lines.
+    r = _generate(fresh_server, "broken", prompt="hi")
+    assert r.status_code == 500
+    assert "failed 2 times in a row; not retrying for another 1s" in r.json()["error"]
+    assert "while loading:" in r.json()["error"]
+    assert fresh_server.log().count("[broken:latest] starting:") == 2
+    time.sleep(1.1)
+    assert _generate(fresh_server, "broken", prompt="hi").status_code == 500
+    assert fresh_server.log().count("[broken:latest] starting:") == 3
+    # Other models are not held back by it.
+    assert _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 2}).status_code == 200
 
 
 def test_num_ctx_change_restarts_the_runner(fresh_server):
@@ -99,7 +112,9 @@ def test_runner_crash_mid_stream_ends_with_an_error_line(tmp_path, smollm2, llam
                     (pid,) = srv.runner_pids()
                     os.kill(pid, signal.SIGKILL)
         assert "error" in lines[-1] and not lines[-1].get("done")
+        assert "exited unexpectedly with code -9" in lines[-1]["error"]
         assert all("response" in line for line in lines[:3])
+        assert wait_until(lambda: not _alive(pid))
         # The next request restarts the runner.
         r = _generate(srv, "smollm2", prompt="hi", options={"num_predict": 3})
         assert r.status_code == 200 and r.json()["done"]
@@ -182,3 +197,88 @@ def test_binary_search_order(tmp_path, monkeypatch):
     downloaded.write_text("")
     assert find_llama_server("", tmp_path / "runtime").source == "downloaded release"
     assert find_llama_server(str(exe), tmp_path / "runtime").path == exe
+
+
+# A llama-server that binds and answers /health 503 forever: STUCK prints nothing more, SLOW
+# prints a loader line every 0.2 s for three seconds and then becomes healthy.
+_FAKE = """#!{python}
+import http.server, sys, threading, time
+MODE = "{mode}"
+ready = threading.Event()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        code = 200 if ready.is_set() else 503
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{{"status":"ok"}}' if code == 200 else b'{{"error":{{"message":"Loading model"}}}}')
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("main: server is listening on http://127.0.0.1:%d" % srv.server_address[1], flush=True)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+if MODE == "slow":
+    for i in range(15):
+        print("load_tensors: loading %d" % i, flush=True)
+        time.sleep(0.2)
+    ready.set()
+time.sleep(3600)
+"""
+
+
+def _fake_llama_server(tmp_path: Path, mode: str) -> Path:
+    path = tmp_path / f"fake-{mode}" / "llama-server"
+    path.parent.mkdir()
+    path.write_text(_FAKE.format(python=sys.executable, mode=mode))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["stuck", "slow"])
+def test_load_timeout_tells_slow_from_stuck(tmp_path, tiny_gguf, mode):
+    fake = _fake_llama_server(tmp_path, mode)
+    srv = Server(tmp_path, "--llama-server", str(fake), env={"OLLAMA_LOAD_TIMEOUT": "1.5s"})
+    try:
+        srv.create("tiny", tiny_gguf)
+        started = time.monotonic()
+        r = _generate(srv, "tiny", prompt="")  # load only
+        elapsed = time.monotonic() - started
+        if mode == "stuck":
+            assert r.status_code == 500 and "is stuck: no progress" in r.json()["error"]
+            assert "listening on" in r.json()["error"]  # its last output
+            assert 1.5 < elapsed < 8
+            assert wait_until(lambda: srv.runner_pids() == [] and "fake-stuck" not in _children(srv))
+        else:
+            # Three seconds of loading, twice the timeout, but moving all along.
+            assert r.status_code == 200 and r.json()["done_reason"] == "load"
+            assert elapsed > 2.5
+    finally:
+        srv.stop()
+
+
+def _children(server: Server) -> str:
+    return subprocess.run(["ps", "--ppid", str(server.proc.pid), "-o", "args="], capture_output=True,
+                          text=True).stdout
+
+
+def test_hung_runner_is_killed_and_replaced(tmp_path, smollm2, llama_server_binary):
+    srv = Server(tmp_path, env={"LLAMAGATE_HANG_TIMEOUT": "2s"})
+    srv.create("smollm2", smollm2)
+    try:
+        body = {"model": "smollm2", "prompt": "Write a very long story.", "options": {"num_predict": 500}}
+        lines = []
+        with httpx.stream("POST", f"{srv.url}/api/generate", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                lines.append((time.monotonic(), json.loads(line)))
+                if len(lines) == 3:
+                    (pid,) = srv.runner_pids()
+                    os.kill(pid, signal.SIGSTOP)
+        error = lines[-1][1]
+        assert "stopped responding for 2s with requests in flight and was killed" in error["error"]
+        assert lines[-1][0] - lines[2][0] < 10
+        assert wait_until(lambda: not _alive(pid))
+        r = _generate(srv, "smollm2", prompt="hi", options={"num_predict": 3})
+        assert r.status_code == 200 and r.json()["done"]
+        assert srv.runner_pids() != [pid]
+    finally:
+        srv.stop()
