@@ -17,13 +17,14 @@ import pytest
 from conftest import Server, wait_until
 from tinymodel import write_tiny_model
 
-LONG = "Write a very long story about a dragon and a knight."
+# A raw continuation (no chat template) rarely meets an end-of-text token: streams run to num_predict.
+LONG = {"prompt": "Once upon a time, in a land far away, there lived a dragon and a knight. Every day,", "raw": True}
 
 
 def _stream(server: Server, model: str, num_predict: int, **body) -> list[tuple[float, dict]]:
     """Every NDJSON line of a streamed generate, with the time it arrived."""
     lines = []
-    payload = {"model": model, "prompt": LONG, "options": {"num_predict": num_predict}, **body}
+    payload = {"model": model, **LONG, "options": {"num_predict": num_predict}, **body}
     with httpx.stream("POST", f"{server.url}/api/generate", json=payload, timeout=120) as r:
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
@@ -67,7 +68,7 @@ def test_swap_waits_for_the_stream_in_flight(one_model):
 
     def long_stream():
         lines = []
-        payload = {"model": "smollm2", "prompt": LONG, "options": {"num_predict": 60}}
+        payload = {"model": "smollm2", **LONG, "options": {"num_predict": 60}}
         with httpx.stream("POST", f"{one_model.url}/api/generate", json=payload, timeout=120) as r:
             for line in r.iter_lines():
                 lines.append((time.monotonic(), json.loads(line)))
@@ -96,7 +97,7 @@ def test_full_queue_answers_503_with_ollamas_message(one_model):
     done = threading.Event()
 
     def long_stream():
-        payload = {"model": "smollm2", "prompt": LONG, "options": {"num_predict": 60}}
+        payload = {"model": "smollm2", **LONG, "options": {"num_predict": 60}}
         with httpx.stream("POST", f"{one_model.url}/api/generate", json=payload, timeout=120) as r:
             for _ in r.iter_lines():
                 first_line.set()
@@ -105,8 +106,9 @@ def test_full_queue_answers_503_with_ollamas_message(one_model):
     with ThreadPoolExecutor(2) as pool:
         pool.submit(long_stream)
         assert first_line.wait(60)
+        waits = one_model.log().count("waiting for a busy model")
         queued = pool.submit(_generate, one_model, "tiny")  # waits for smollm2: the one queue place
-        assert wait_until(lambda: one_model.log().count("waiting for a busy model") >= 2, timeout=30)
+        assert wait_until(lambda: one_model.log().count("waiting for a busy model") > waits, timeout=30)
         r = _generate(one_model, "tiny")
         assert r.status_code == 503
         assert r.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
