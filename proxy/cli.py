@@ -78,7 +78,7 @@ def serve(llama_server: str | None, threads: int | None, upstream: tuple[str, ..
     try:
         config = Config.from_env(llama_server=llama_server, threads=threads)
         config.add_endpoints(config_file, upstream, rpc)
-        for name in config.upstreams:
+        for name in [*config.upstreams, *config.rpc]:
             ModelName.parse(name)
     except (ValueError, OSError, LlamagateError) as e:
         _fail(str(e.message if isinstance(e, LlamagateError) else e))

@@ -14,6 +14,7 @@ from supervisor import memory
 from supervisor.binary import Binary, find_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
+from supervisor.names import ModelName
 from supervisor.runner import LaunchSpec, Runner
 from supervisor.store import StoredModel
 from supervisor.upstreams import Endpoint, RemoteModel
@@ -53,6 +54,7 @@ class Scheduler:
         self._admission = asyncio.Lock()
         self._changed = asyncio.Event()
         self._pending = 0
+        self._rpc = {ModelName.parse(name).display.lower(): tuple(workers) for name, workers in config.rpc.items()}
 
     def binary(self) -> Binary:
         """Looked up at every load, so that installing llama-server needs no restart of ours."""
@@ -75,7 +77,7 @@ class Scheduler:
             parallel=self.config.num_parallel,
             gpu_layers=_option(load.num_gpu, model, "num_gpu"),
             batch=_option(load.num_batch, model, "num_batch"),
-            rpc=tuple(self.config.rpc.get(model.name.display, ())),
+            rpc=self._rpc.get(model.name.display.lower(), ()),
         )
 
     @asynccontextmanager
