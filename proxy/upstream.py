@@ -42,7 +42,9 @@ class Upstream:
             asyncio.create_task(entry[1].aclose())
         client = httpx.AsyncClient(
             base_url=runner.base_url,
-            headers={"Authorization": f"Bearer {runner.api_key}", "Content-Type": "application/json"},
+            headers={"Content-Type": "application/json",
+                     # Upstreams added with --upstream have no key of ours.
+                     **({"Authorization": f"Bearer {runner.api_key}"} if runner.api_key else {})},
             timeout=_TIMEOUT,
             limits=httpx.Limits(max_keepalive_connections=32),
         )
