@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,7 +21,7 @@ from tinymodel import write_tiny_model
 LONG = {"prompt": "Once upon a time, in a land far away, there lived a dragon and a knight. Every day,", "raw": True}
 
 
-def _stream(server: Server, model: str, num_predict: int, **body) -> list[tuple[float, dict]]:
+def _stream(server: Server, model: str, num_predict: int, on_line=lambda: None, **body) -> list[tuple[float, dict]]:
     """Every NDJSON line of a streamed generate, with the time it arrived."""
     lines = []
     payload = {"model": model, **LONG, "options": {"num_predict": num_predict}, **body}
@@ -29,7 +29,16 @@ def _stream(server: Server, model: str, num_predict: int, **body) -> list[tuple[
         assert r.status_code == 200, r.read()
         for line in r.iter_lines():
             lines.append((time.monotonic(), json.loads(line)))
+            on_line()
     return lines
+
+
+def _streaming(pool: ThreadPoolExecutor, server: Server) -> Future:
+    """A long smollm2 stream in the background, returned once its first line arrived."""
+    first_line = threading.Event()
+    future = pool.submit(_stream, server, "smollm2", 60, first_line.set)
+    assert first_line.wait(60)
+    return future
 
 
 def _generate(server: Server, model: str, **body) -> httpx.Response:
@@ -49,40 +58,30 @@ def tinies(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [write_tiny_model(folder / f"t{i}.gguf", context_length=256 + i) for i in range(3)]
 
 
+def _server(tmp: Path, smollm2: Path, tiny: Path, env: dict[str, str]) -> Server:
+    srv = Server(tmp, env=env)
+    srv.create("smollm2", smollm2)
+    srv.create("tiny", tiny)
+    return srv
+
+
 @pytest.fixture(scope="module")
 def one_model(tmp_path_factory, smollm2, tinies, llama_server_binary) -> Iterator[Server]:
     """At most one model loaded and one request queued."""
-    srv = Server(tmp_path_factory.mktemp("one"), env={"OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_MAX_QUEUE": "1"})
-    try:
-        srv.create("smollm2", smollm2)
-        srv.create("tiny", tinies[0])
-        yield srv
-    finally:
-        srv.stop()
+    srv = _server(tmp_path_factory.mktemp("one"), smollm2, tinies[0],
+                  {"OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_MAX_QUEUE": "1"})
+    yield srv
+    srv.stop()
 
 
 def test_swap_waits_for_the_stream_in_flight(one_model):
     """A request for another model waits for the running stream to finish, then swaps."""
-    results: dict[str, object] = {}
-    first_line = threading.Event()
-
-    def long_stream():
-        lines = []
-        payload = {"model": "smollm2", **LONG, "options": {"num_predict": 60}}
-        with httpx.stream("POST", f"{one_model.url}/api/generate", json=payload, timeout=120) as r:
-            for line in r.iter_lines():
-                lines.append((time.monotonic(), json.loads(line)))
-                first_line.set()
-        results["smollm2"] = lines
-
-    t = threading.Thread(target=long_stream)
-    t.start()
-    assert first_line.wait(60)
-    started = time.monotonic()
-    r = _generate(one_model, "tiny")
-    answered = time.monotonic()
-    t.join()
-    lines = results["smollm2"]
+    with ThreadPoolExecutor(1) as pool:
+        stream = _streaming(pool, one_model)
+        started = time.monotonic()
+        r = _generate(one_model, "tiny")
+        answered = time.monotonic()
+        lines = stream.result()
     assert r.status_code == 200 and r.json()["done"]
     # The stream was not cut: it ran to its end, and the swap came after it.
     assert lines[-1][1]["done"] is True and lines[-1][1]["done_reason"] == "length"
@@ -93,19 +92,8 @@ def test_swap_waits_for_the_stream_in_flight(one_model):
 
 
 def test_full_queue_answers_503_with_ollamas_message(one_model):
-    first_line = threading.Event()
-    done = threading.Event()
-
-    def long_stream():
-        payload = {"model": "smollm2", **LONG, "options": {"num_predict": 60}}
-        with httpx.stream("POST", f"{one_model.url}/api/generate", json=payload, timeout=120) as r:
-            for _ in r.iter_lines():
-                first_line.set()
-        done.set()
-
     with ThreadPoolExecutor(2) as pool:
-        pool.submit(long_stream)
-        assert first_line.wait(60)
+        stream = _streaming(pool, one_model)
         waits = one_model.log().count("waiting for a busy model")
         queued = pool.submit(_generate, one_model, "tiny")  # waits for smollm2: the one queue place
         assert wait_until(lambda: one_model.log().count("waiting for a busy model") > waits, timeout=30)
@@ -117,20 +105,16 @@ def test_full_queue_answers_503_with_ollamas_message(one_model):
             ollama.Client(host=one_model.url).generate(model="tiny", prompt="hi")
         assert e.value.status_code == 503
         assert queued.result().status_code == 200
-        assert done.wait(60)
+        assert stream.result()[-1][1]["done"] is True
     # A request for the loaded model is not queued, whatever the queue holds.
     assert _generate(one_model, "tiny").status_code == 200
 
 
 @pytest.fixture(scope="module")
 def two_slots(tmp_path_factory, smollm2, tinies, llama_server_binary) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("two"), env={"OLLAMA_NUM_PARALLEL": "2"})
-    try:
-        srv.create("smollm2", smollm2)
-        srv.create("tiny", tinies[0])
-        yield srv
-    finally:
-        srv.stop()
+    srv = _server(tmp_path_factory.mktemp("two"), smollm2, tinies[0], {"OLLAMA_NUM_PARALLEL": "2"})
+    yield srv
+    srv.stop()
 
 
 def test_num_parallel_two_streams_at_once(two_slots):
