@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from supervisor.config import Config
+from supervisor.httpclient import tls_context
 from supervisor.scheduler import Scheduler
 from supervisor.store import Store
 from supervisor.upstreams import Upstreams
@@ -21,6 +22,7 @@ class Gateway:
         self.inference = Inference(self.scheduler, self.upstream)
 
     def start(self) -> None:
+        tls_context()  # built now rather than inside the first model load
         self.upstreams.start()
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ import msgspec
 
 from proxy.llama import ErrorEnvelope
 from supervisor.errors import LlamagateError
+from supervisor.httpclient import async_client
 from supervisor.runner import Runner
 from supervisor.upstreams import Endpoint
 
@@ -40,7 +41,7 @@ class Upstream:
             return entry[1]
         if entry:
             asyncio.create_task(entry[1].aclose())
-        client = httpx.AsyncClient(
+        client = async_client(
             base_url=runner.base_url,
             headers={"Content-Type": "application/json",
                      # Upstreams added with --upstream have no key of ours.

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from supervisor.errors import LlamagateError
+from supervisor.httpclient import async_client
 
 log = logging.getLogger("llamagate.runner")
 
@@ -397,7 +398,7 @@ class Runner:
         seen_output = self._last_output
         activity = _activity(proc.pid)
         try:
-            async with httpx.AsyncClient(timeout=5) as client:
+            async with async_client(timeout=5) as client:
                 while True:
                     if exited.done():
                         raise self._exited_error(proc.returncode)
@@ -435,7 +436,7 @@ class Runner:
         every = min(5.0, self.hang_timeout / 2)
         headers = {"Authorization": f"Bearer {self.api_key}"}
         try:
-            async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.hang_timeout) as client:
+            async with async_client(base_url=self.base_url, headers=headers, timeout=self.hang_timeout) as client:
                 while not exited.done():
                     await asyncio.wait({exited}, timeout=every)
                     if exited.done() or self.active == 0 or self.state is not State.READY:

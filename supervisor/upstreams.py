@@ -18,6 +18,7 @@ import msgspec
 
 from supervisor.errors import LlamagateError, bad_request
 from supervisor.gguf import FILE_TYPES, human_number
+from supervisor.httpclient import async_client
 from supervisor.names import ModelName
 from supervisor.store import Manifest, Message, ModelConfig
 
@@ -136,7 +137,7 @@ class Pool:
 
     async def watch(self) -> None:
         """Probe every upstream now, then the ones out of rotation every PROBE_EVERY seconds."""
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with async_client(timeout=5) as client:
             await asyncio.gather(*(self._probe(client, e) for e in self.endpoints))
             while True:
                 await asyncio.sleep(PROBE_EVERY)
