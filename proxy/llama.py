@@ -39,8 +39,9 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
 
 class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     messages: list[ChatMessage]
-    stream: bool = True
-    cache_prompt: bool = True
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
+    stream: bool
+    cache_prompt: bool
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -48,8 +49,8 @@ class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
 
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
     prompt: str | list[int]
-    stream: bool = True
-    cache_prompt: bool = True
+    stream: bool
+    cache_prompt: bool
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
 

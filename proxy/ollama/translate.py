@@ -81,6 +81,8 @@ def chat_request(req: schemas.ChatRequest, defaults: ModelDefaults, num_ctx: int
     return llama.ChatRequest(
         messages=chat_messages(defaults, req.messages or []),
         response_format=response_format(req.format),
+        stream=True,
+        cache_prompt=True,
         **sampling(defaults, req.options, num_ctx),
     )
 
@@ -98,7 +100,9 @@ def generate_request(
         schema = None
         if fmt is not None:
             schema = fmt["json_schema"]["schema"] if fmt["type"] == "json_schema" else {"type": "object"}
-        return llama.CompletionRequest(prompt=req.prompt, json_schema=schema, **options)
+        return llama.CompletionRequest(
+            prompt=req.prompt, json_schema=schema, stream=True, cache_prompt=True, **options
+        )
     if req.template:
         raise bad_request("template overrides are not supported: the model's own chat template is used")
     messages = [schemas.Message("user", req.prompt)]
@@ -107,6 +111,8 @@ def generate_request(
     return llama.ChatRequest(
         messages=chat_messages(defaults, messages),
         response_format=response_format(req.format),
+        stream=True,
+        cache_prompt=True,
         **options,
     )
 
