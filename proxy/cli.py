@@ -73,7 +73,7 @@ def serve(llama_server: str | None, threads: int | None, upstream: tuple[str, ..
     from supervisor.config import Config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request at INFO: health checks and probes would drown the runners' logs.
+    # httpx logs every request to the runners at INFO: that is our own traffic, not news.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         config = Config.from_env(llama_server=llama_server, threads=threads)
