@@ -68,7 +68,8 @@ _client = httpx.Client(timeout=120)
 
 
 def first_token(url: str, model: str) -> float:
-    body = {"model": model, "prompt": "Hi", "options": {"num_predict": 1}}
+    # An explicit keep_alive: the unload's 0 must not stick to the next load.
+    body = {"model": model, "prompt": "Hi", "options": {"num_predict": 1}, "keep_alive": "5m"}
     started = time.monotonic()
     with _client.stream("POST", f"{url}/api/generate", json=body) as r:
         for line in r.iter_lines():

@@ -58,17 +58,18 @@ def tinies(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [write_tiny_model(folder / f"t{i}.gguf", context_length=256 + i) for i in range(3)]
 
 
-def _server(tmp: Path, smollm2: Path, tiny: Path, env: dict[str, str]) -> Server:
+def _server(tmp: Path, smollm2: Path, tinies: list[Path], env: dict[str, str]) -> Server:
     srv = Server(tmp, env=env)
     srv.create("smollm2", smollm2)
-    srv.create("tiny", tiny)
+    srv.create("tiny", tinies[0])
+    srv.create("tiny2", tinies[1])
     return srv
 
 
 @pytest.fixture(scope="module")
 def one_model(tmp_path_factory, smollm2, tinies, llama_server_binary) -> Iterator[Server]:
     """At most one model loaded and one request queued."""
-    srv = _server(tmp_path_factory.mktemp("one"), smollm2, tinies[0],
+    srv = _server(tmp_path_factory.mktemp("one"), smollm2, tinies,
                   {"OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_MAX_QUEUE": "1"})
     yield srv
     srv.stop()
@@ -110,9 +111,29 @@ def test_full_queue_answers_503_with_ollamas_message(one_model):
     assert _generate(one_model, "tiny").status_code == 200
 
 
+def test_expiry_and_swaps_racing_requests(tmp_path, smollm2, tinies):
+    """keep_alive of 50 ms and two models for one place: expiries, evictions and new requests
+    collide all the time, and no request may fail or lose its stream."""
+    srv = _server(tmp_path, smollm2, tinies, {"OLLAMA_MAX_LOADED_MODELS": "1"})
+
+    def ask(i: int) -> dict:
+        lines = _stream(srv, ("tiny", "tiny2")[i % 2], 20, keep_alive=0.05)
+        time.sleep((i % 3) * 0.03)
+        return lines[-1][1]
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            ends = list(pool.map(ask, range(24)))
+        assert all(end.get("done") is True and "error" not in end for end in ends)
+        assert "evicting" in srv.log() and "stopping" in srv.log()
+        assert wait_until(lambda: srv.runner_pids() == [], timeout=10)
+    finally:
+        srv.stop()
+
+
 @pytest.fixture(scope="module")
 def two_slots(tmp_path_factory, smollm2, tinies, llama_server_binary) -> Iterator[Server]:
-    srv = _server(tmp_path_factory.mktemp("two"), smollm2, tinies[0], {"OLLAMA_NUM_PARALLEL": "2"})
+    srv = _server(tmp_path_factory.mktemp("two"), smollm2, tinies, {"OLLAMA_NUM_PARALLEL": "2"})
     yield srv
     srv.stop()
 
