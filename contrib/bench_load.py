@@ -1,14 +1,17 @@
-"""Measure load times: llama-server's own (spawn → /health 200), llamagate's cold start (request →
-first token for an unloaded model) and swap (the same with OLLAMA_MAX_LOADED_MODELS=1 and another
-model loaded), for the tiny test model and SmolLM2. Prints the README's table (medians).
+"""Measure load times: llama-server's own (spawn → /health 200), llamagate's runner start (the
+same, as its log reports it), cold start (request → first token for an unloaded model), swap (the
+same with OLLAMA_MAX_LOADED_MODELS=1 and another model loaded) and the first token of a loaded
+model, for the tiny test model and SmolLM2. Prints the README's table (medians).
 
 Usage: python contrib/bench_load.py [RUNS]
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -67,9 +70,14 @@ def llama_server_load(binary: Path, model: Path, num_ctx: int) -> float:
 _client = httpx.Client(timeout=120)
 
 
+_prompts = itertools.count()
+
+
 def first_token(url: str, model: str) -> float:
-    # An explicit keep_alive: the unload's 0 must not stick to the next load.
-    body = {"model": model, "prompt": "Hi", "options": {"num_predict": 1}, "keep_alive": "5m"}
+    """Request → first token; each prompt differs, so none is answered from the prompt cache.
+    An explicit keep_alive: an unload's 0 must not stick to the next load."""
+    prompt = f"Say hello to visitor number {next(_prompts)}."
+    body = {"model": model, "prompt": prompt, "options": {"num_predict": 1}, "keep_alive": "5m"}
     started = time.monotonic()
     with _client.stream("POST", f"{url}/api/generate", json=body) as r:
         for line in r.iter_lines():
@@ -85,8 +93,9 @@ class Gate:
         self.env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(folder / "models"),
                     "LLAMAGATE_THREADS": "1", **env}
         cmd = [sys.executable, "-c", "from proxy.cli import main; main()"]
-        self.proc = subprocess.Popen([*cmd, "serve"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.log = folder / "serve.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([*cmd, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
         _wait(self.url)
         for name, path in models.items():
             (folder / "Modelfile").write_text(f"FROM {path}\n")
@@ -96,6 +105,10 @@ class Gate:
     def unload(self, model: str) -> None:
         _client.post(f"{self.url}/api/generate", json={"model": model, "keep_alive": 0})
         time.sleep(0.3)
+
+    def starts(self, model: str) -> list[float]:
+        """Spawn → ready of each runner start, as llamagate logged it."""
+        return [float(t) for t in re.findall(rf"\[{model}:latest\] ready on port \d+ in ([\d.]+)s", self.log.read_text())]
 
     def close(self) -> None:
         self.proc.terminate()
@@ -112,7 +125,7 @@ def main() -> None:
         own = {m: statistics.median(llama_server_load(binary, p, ctx[m]) for _ in range(runs)) for m, p in models.items()}
         (folder / "cold").mkdir()
         gate = Gate(folder / "cold", models, {})
-        cold, warm = {}, {}
+        cold, warm, start = {}, {}, {}
         try:
             for m in models:
                 samples = []
@@ -121,6 +134,7 @@ def main() -> None:
                     samples.append(first_token(gate.url, m))
                 cold[m] = statistics.median(samples)
                 warm[m] = statistics.median(first_token(gate.url, m) for _ in range(runs))
+                start[m] = statistics.median(gate.starts(m))
         finally:
             gate.close()
         (folder / "swap").mkdir()
@@ -133,11 +147,11 @@ def main() -> None:
                     swap[m].append(first_token(gate.url, m))
         finally:
             gate.close()
-    print("| Model | llama-server load (spawn → /health 200) | llamagate cold start (request → first token) "
-          "| swap (other model loaded, max 1) | first token, loaded |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| Model | llama-server load (spawn → /health 200) | llamagate runner start (same, from its log) "
+          "| cold start (request → first token) | swap (other model loaded, max 1) | first token, loaded |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for m in models:
-        print(f"| {m} | {own[m]:.2f} s | {cold[m]:.2f} s | {statistics.median(swap[m]):.2f} s | "
+        print(f"| {m} | {own[m]:.2f} s | {start[m]:.2f} s | {cold[m]:.2f} s | {statistics.median(swap[m]):.2f} s | "
               f"{warm[m] * 1000:.0f} ms |")
 
 
