@@ -131,14 +131,14 @@ class Scheduler:
         need = memory.estimate(spec.model_path, spec.ctx_total)
         while True:
             self._changed.clear()
-            others = [r for r in self._runners.values() if r is not runner and r.holds is not None]
-            starting = [r for r in others if not r.serving(r.holds)]  # type: ignore[arg-type]
-            estimates = {r: memory.estimate(r.holds.model_path, r.holds.ctx_total) for r in others}  # type: ignore[union-attr]
+            held = {r: r.holds for r in self._runners.values() if r is not runner and r.holds is not None}
+            others = list(held)
+            estimates = {r: memory.estimate(h.model_path, h.ctx_total) for r, h in held.items()}
             room = len(others) < self.config.max_loaded_models
             fits = memory.fits(
                 need,
-                loaded=[estimates[r] for r in others if r not in starting],
-                starting=[estimates[r] for r in starting],
+                loaded=[estimates[r] for r, h in held.items() if r.serving(h)],
+                starting=[estimates[r] for r, h in held.items() if not r.serving(h)],
                 available=memory.available_bytes(),
                 budget=self.config.max_memory,
             )
