@@ -11,6 +11,7 @@ from pathlib import Path
 
 from supervisor.binary import Binary, find_llama_server
 from supervisor.config import Config
+from supervisor.gguf import embedding_pooling
 from supervisor.runner import LaunchSpec, Runner
 from supervisor.store import StoredModel
 
@@ -23,13 +24,15 @@ class LoadOptions:
 
     num_ctx: int | None = None
     keep_alive: float | None = None
+    embedding: bool = False
 
 
 class Scheduler:
     def __init__(self, config: Config) -> None:
         self.config = config
-        # Keyed by model file, so aliases made with `cp` share one process.
-        self._runners: dict[Path, Runner] = {}
+        # Keyed by model file, so aliases made with `cp` share one process, and by purpose, so
+        # one model can serve completions and embeddings at once.
+        self._runners: dict[tuple[Path, bool], Runner] = {}
 
     def binary(self) -> Binary:
         """Looked up at every load, so that installing llama-server needs no restart of ours."""
@@ -52,11 +55,15 @@ class Scheduler:
             num_ctx=self.num_ctx(model, load.num_ctx),
             threads=self.config.threads,
             parallel=self.config.num_parallel,
+            embedding=load.embedding,
+            pooling=embedding_pooling(model.model_path) if load.embedding else "",
         )
-        runner = self._runners.get(spec.model_path)
+        key = (spec.model_path, load.embedding)
+        runner = self._runners.get(key)
         if runner is None:
-            runner = self._runners[spec.model_path] = Runner(
-                model.name.display, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
+            name = model.name.display + (" (embedding)" if load.embedding else "")
+            runner = self._runners[key] = Runner(
+                name, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
             )
         await runner.acquire(spec, load.keep_alive)
         try:
@@ -65,9 +72,10 @@ class Scheduler:
             await runner.release()
 
     async def unload(self, model: StoredModel) -> None:
-        runner = self._runners.get(model.model_path)
-        if runner is not None:
-            await runner.unload()
+        for embedding in (False, True):
+            runner = self._runners.get((model.model_path, embedding))
+            if runner is not None:
+                await runner.unload()
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())
