@@ -47,9 +47,14 @@ class LaunchSpec:
     # completions); `pooling` is "" to keep the GGUF's own pooling type.
     embedding: bool = False
     pooling: str = ""
+    projector: Path | None = None  # --mmproj: a vision model's image encoder
+    adapters: tuple[Path, ...] = ()  # --lora
 
     def args(self, api_key: str) -> list[str]:
-        return [*self._base_args(api_key), *self._embedding_args()]
+        extra = ["--mmproj", str(self.projector)] if self.projector else []
+        for adapter in self.adapters:
+            extra += ["--lora", str(adapter)]
+        return [*self._base_args(api_key), *self._embedding_args(), *extra]
 
     def _embedding_args(self) -> list[str]:
         if not self.embedding:
