@@ -39,7 +39,8 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
 
 class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     messages: list[ChatMessage]
-    stream: bool = True
+    # No default: omit_defaults would drop it, and llama-server doesn't stream unless told to.
+    stream: bool
     cache_prompt: bool = True
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
@@ -51,7 +52,8 @@ class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
     # A string, or token ids and strings mixed (a generate `context` followed by the new prompt).
     prompt: str | list[int | str]
-    stream: bool = True
+    # No default: omit_defaults would drop it, and llama-server doesn't stream unless told to.
+    stream: bool
     cache_prompt: bool = True
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
@@ -64,7 +66,8 @@ class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
     input_prefix: str
     input_suffix: str
     prompt: str = ""
-    stream: bool = True
+    # No default: omit_defaults would drop it, and llama-server doesn't stream unless told to.
+    stream: bool
     cache_prompt: bool = True
     n_probs: int | None = None
 
