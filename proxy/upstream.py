@@ -95,8 +95,14 @@ class Upstream:
     async def post(self, runner: Runner, path: str, body: msgspec.Struct, response_type: type[T]) -> T:
         """POST `body` and decode the whole JSON answer (embeddings, tokenize, apply-template)."""
         client = self._client(runner)
+        content = msgspec.json.encode(body)
         try:
-            response = await client.post(path, content=msgspec.json.encode(body))
+            try:
+                response = await client.post(path, content=content)
+            except httpx.RemoteProtocolError:
+                # A pooled connection llama-server closed while it sat idle (its keep-alive
+                # timeout is 5 s): these calls have no side effects, so once more on a new one.
+                response = await client.post(path, content=content)
         except httpx.HTTPError as e:
             raise self._failure(runner, e) from e
         if response.status_code != 200:

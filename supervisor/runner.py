@@ -101,7 +101,7 @@ class Runner:
 
     def __init__(self, name: str, keep_alive: float, load_timeout: float, stop_grace: float) -> None:
         self.name = name
-        self.keep_alive = keep_alive
+        self.keep_alive = self.default_keep_alive = keep_alive
         self.load_timeout = load_timeout
         self.stop_grace = stop_grace
         self.spec: LaunchSpec | None = None
@@ -149,6 +149,10 @@ class Runner:
             self.active += 1
             if keep_alive is not None:
                 self.keep_alive = keep_alive
+            elif self.state is State.STOPPED:
+                # A keep_alive sticks to a loaded runner only: a new load starts from the default
+                # (else an unload's 0 would unload the model after every later request).
+                self.keep_alive = self.default_keep_alive
             self.expires_at = math.inf
             if self._expiry_task:
                 self._expiry_task.cancel()

@@ -97,6 +97,9 @@ def test_tool_calls_are_assembled_with_object_arguments():
         ("id0", 0, "f", {}), ("id1", 1, "g", {"x": "y"})]
     with pytest.raises(LlamagateError):
         translate.tool_calls({0: ("i", "f", ["{not json"])})
+    # A call cut off by num_predict is dropped, the complete ones kept.
+    cut = translate.tool_calls({0: ("a", "f", ['{"x": 1}']), 1: ("b", "f", ['{"x": '])}, truncated=True)
+    assert [c.id for c in cut] == ["a"]
 
 
 def test_chat_request_checks_capabilities():

@@ -130,7 +130,7 @@ async def _chat_chunks(
                 message = schemas.OutMessage("assistant", d.content or "", d.reasoning_content or "")
                 yield schemas.ChatChunk(name, now_rfc3339(), message, False, logprobs=logprobs)
     # Whole calls, one per line: Zed reads only the first call of a line.
-    for call in translate.tool_calls(calls):
+    for call in translate.tool_calls(calls, truncated=finish == "length"):
         yield schemas.ChatChunk(name, now_rfc3339(), schemas.OutMessage("assistant", "", tool_calls=[call]), False)
     yield schemas.ChatChunk(
         name,
@@ -446,8 +446,11 @@ async def delete(request: Request) -> Response[None]:
     model = gate.store.get(name)
     if model is None:
         raise not_found(f"model '{text}' not found")
-    # Stopped first (after its requests in flight), so no runner outlives its model.
-    await gate.scheduler.unload(model)
+    # Its runner is stopped first (after the requests in flight) unless another name (a copy)
+    # still uses the model file, so that no runner outlives its model.
+    model_layer = model.model_path.name.replace("sha256-", "sha256:")
+    if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.list()) == 1:
+        await gate.scheduler.unload(model)
     pruned = gate.store.delete(model)
     log.info("deleted %s; pruned %d blob(s)", model.name.display, len(pruned))
     return Response(None, status_code=200)

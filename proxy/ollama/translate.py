@@ -180,9 +180,10 @@ def chat_request(
     )
 
 
-def tool_calls(pieces: dict[int, tuple[str, str, list[str]]]) -> list[schemas.OutToolCall]:
+def tool_calls(pieces: dict[int, tuple[str, str, list[str]]], truncated: bool = False) -> list[schemas.OutToolCall]:
     """Tool calls assembled from llama-server's streamed pieces ({index: (id, name, argument
-    pieces)}), with their arguments decoded into the JSON object Ollama's wire carries."""
+    pieces)}), with their arguments decoded into the JSON object Ollama's wire carries. A call
+    cut short by the token limit (`truncated`) is dropped; otherwise bad JSON is an error."""
     out = []
     for index in sorted(pieces):
         call_id, name, parts = pieces[index]
@@ -190,6 +191,8 @@ def tool_calls(pieces: dict[int, tuple[str, str, list[str]]]) -> list[schemas.Ou
         try:
             arguments = msgspec.json.decode(text)
         except msgspec.DecodeError as e:
+            if truncated:
+                continue
             raise server_error(f"the model called {name} with arguments that are not JSON: {text!r}") from e
         if not isinstance(arguments, dict):
             arguments = {"value": arguments}
