@@ -444,3 +444,89 @@ def test_cli_ps_layout(own):
     assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
     assert row.startswith("tiny:latest") and "100% CPU" in row and "512" in row and "minutes from now" in row
     own.client.generate(model="tiny", keep_alive=0)
+
+
+# Conformance details (ollama-clients.md §12) not covered above --------------------------------
+
+
+def test_content_types_and_default_streaming(own):
+    """§12 items 4 and 15: one JSON object where Ollama never streams, NDJSON by default where it does."""
+    for method, path, body in (("GET", "/api/tags", None), ("GET", "/api/ps", None),
+                               ("POST", "/api/show", {"model": "tiny"}),
+                               ("POST", "/api/embed", {"model": "tiny", "input": "x"})):
+        r = httpx.request(method, f"{own.url}{path}", json=body, timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), path
+        json.loads(r.content)
+    for path, body in (("/api/chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}),
+                       ("/api/generate", {"model": "tiny", "prompt": "x"}),
+                       ("/api/create", {"model": "tiny-again", "from": "tiny"})):
+        body["options"] = {"num_predict": 3}
+        r = httpx.post(f"{own.url}{path}", json=body, timeout=60)
+        assert r.headers["content-type"] == "application/x-ndjson", path
+        lines = r.text.split("\n")
+        assert lines[-1] == "" and all(lines[:-1]) and len(lines) > 2
+    own.client.generate(model="tiny", keep_alive=0)
+
+
+def test_stream_lines_carry_what_clients_require(own):
+    """§12 items 9 and 10: every line of a stream has the fields strict clients (Zed) parse."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 5}}
+    for line in httpx.post(f"{own.url}/api/chat", json=body, timeout=60).text.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj["model"], str) and datetime.fromisoformat(obj["created_at"])
+        assert obj["message"]["role"] == "assistant" and isinstance(obj["message"]["content"], str)
+        assert isinstance(obj["done"], bool)
+    body = {"model": "tiny", "prompt": "x", "options": {"num_predict": 5}}
+    for line in httpx.post(f"{own.url}/api/generate", json=body, timeout=60).text.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj["response"], str) and isinstance(obj["done"], bool) and obj["model"] == "tiny"
+
+
+def test_what_clients_send_is_accepted(own):
+    """§12 items 6, 7, 16, 21, 23, 33: headers, unknown keys, nulls and the message shapes
+    real clients send never cause a 4xx."""
+    # "Bearer " with its empty key as Copilot sends it (h11 trims the trailing space).
+    headers = {"Authorization": "Bearer", "Accept": "application/json"}
+    assert httpx.get(f"{own.url}/api/tags", headers=headers).status_code == 200
+    body = {
+        "model": "tiny", "stream": False, "tools": [], "think": None, "format": "", "keep_alive": "5m",
+        "unknown_top_level": {"x": 1},
+        "options": {"num_predict": 3, "temperature": None, "top_p": None, "min_p": 0.1, "num_ctx": 10**9,
+                    "use_mmap": True, "tfs_z": 1.0, "custom_param": "x"},
+        "messages": [
+            {"role": "system", "content": "s", "extra": 1},
+            {"role": "user"},
+            {"role": "assistant", "content": "", "thinking": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"index": 0, "name": "f", "arguments": {"a": 1}}}]},
+            {"role": "tool", "content": "1", "tool_name": "f", "tool_call_id": "c1"},
+            {"role": "user", "content": "x"},
+        ],
+    }
+    r = httpx.post(f"{own.url}/api/chat", json=body, headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    # A huge num_ctx is capped at the model's training context, a tiny one raised to 4.
+    assert _loaded(own)["tiny:latest"].context_length == 512
+    body["options"]["num_ctx"] = 1
+    assert httpx.post(f"{own.url}/api/chat", json=body, timeout=60).status_code == 200
+    assert _loaded(own)["tiny:latest"].context_length == 4
+    embed = {"model": "tiny", "input": ["a", "b"], "truncate": True, "keep_alive": 0, "dimensions": 8,
+             "options": {"mirostat": None, "num_ctx": None, "top_p": None}, "unknown": True}
+    r = httpx.post(f"{own.url}/api/embed", json=embed, timeout=60)
+    assert r.status_code == 200 and [len(v) for v in r.json()["embeddings"]] == [8, 8]
+    own.client.generate(model="tiny", keep_alive=0)
+
+
+def test_open_webui_unload_request(own):
+    """§12 item 24: Open WebUI's unload sends no `stream` key and needs one object back."""
+    own.client.generate(model="tiny", prompt="", keep_alive="5m")
+    r = httpx.post(f"{own.url}/api/generate", json={"model": "tiny", "keep_alive": 0, "prompt": ""})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert r.json()["done"] is True and r.json()["done_reason"] == "unload"
+    assert wait_until(lambda: "tiny:latest" not in _loaded(own), timeout=5)
+
+
+def test_delete_accepts_name(own):
+    """§12 item 35: ollama-js and Continue send `name`."""
+    own.client.copy("tiny", "by-name")
+    r = httpx.request("DELETE", f"{own.url}/api/delete", json={"name": "by-name"})
+    assert r.status_code == 200 and "by-name:latest" not in {m.model for m in own.client.list().models}
