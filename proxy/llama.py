@@ -39,9 +39,9 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
 
 class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     messages: list[ChatMessage]
-    # No default: omit_defaults would drop it, and llama-server doesn't stream unless told to.
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
-    cache_prompt: bool = True
+    cache_prompt: bool
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -52,9 +52,9 @@ class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
     # A string, or token ids and strings mixed (a generate `context` followed by the new prompt).
     prompt: str | list[int | str]
-    # No default: omit_defaults would drop it, and llama-server doesn't stream unless told to.
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
-    cache_prompt: bool = True
+    cache_prompt: bool
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
     n_probs: int | None = None
@@ -66,9 +66,9 @@ class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
     input_prefix: str
     input_suffix: str
     prompt: str = ""
-    # No default: omit_defaults would drop it, and llama-server doesn't stream unless told to.
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
-    cache_prompt: bool = True
+    cache_prompt: bool
     n_probs: int | None = None
 
 

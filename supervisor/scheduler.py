@@ -35,10 +35,14 @@ class Scheduler:
         self._runners: dict[tuple[Path, bool], Runner] = {}
         # The model each runner last served, for /api/ps.
         self._served: dict[tuple[Path, bool], StoredModel] = {}
+        self._binary: Binary | None = None
 
     def binary(self) -> Binary:
-        """Looked up at every load, so that installing llama-server needs no restart of ours."""
-        return find_llama_server(self.config.llama_server, self.config.runtime_dir)
+        """Found once; a failure is not remembered, so installing llama-server later needs no
+        restart of ours."""
+        if self._binary is None:
+            self._binary = find_llama_server(self.config.llama_server, self.config.runtime_dir)
+        return self._binary
 
     def num_ctx(self, model: StoredModel, requested: int | None) -> int:
         """Request, else the model's PARAMETER, else the server default; capped by training."""

@@ -185,12 +185,3 @@ def test_model_info():
 def test_capabilities(metadata, projector, expected):
     assert capabilities(GGUFInfo(metadata), projector=projector) == expected
 
-
-def test_requests_to_llama_server_ask_for_a_stream():
-    import msgspec
-
-    chat = translate.chat_request(schemas.ChatRequest(model="m", messages=[schemas.Message("user", "x")]),
-                                  translate.ModelDefaults(), 100)
-    raw = translate.generate_request(schemas.GenerateRequest(model="m", prompt="x", raw=True), translate.ModelDefaults(), 100)
-    for body in (chat, raw):
-        assert msgspec.json.decode(msgspec.json.encode(body))["stream"] is True

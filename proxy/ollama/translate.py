@@ -169,7 +169,7 @@ def chat_request(
         require("vision", "images", name, capabilities)
     top = top_logprobs(req.logprobs, req.top_logprobs)
     return llama.ChatRequest(
-        stream=True,
+        stream=True, cache_prompt=True,
         messages=chat_messages(defaults, messages),
         response_format=response_format(req.format),
         tools=req.tools or None,
@@ -282,17 +282,17 @@ def generate_request(
             raise bad_request("raw mode does not support template, system, or context")
     if req.suffix:
         require("insert", "insert", name, capabilities)
-        return llama.InfillRequest(stream=True, input_prefix=req.prompt, input_suffix=req.suffix, n_probs=n_probs, **options)
+        return llama.InfillRequest(stream=True, cache_prompt=True, input_prefix=req.prompt, input_suffix=req.suffix, n_probs=n_probs, **options)
     if req.raw or req.template:
         if req.images:
             raise bad_request("images need the model's chat template: drop raw and template")
         prompt = req.prompt if req.raw else render_template(req.template or "", req.system or defaults.system, req.prompt)
-        return llama.CompletionRequest(stream=True, prompt=prompt, json_schema=_json_schema(response_format(req.format)), n_probs=n_probs, **options)
+        return llama.CompletionRequest(stream=True, cache_prompt=True, prompt=prompt, json_schema=_json_schema(response_format(req.format)), n_probs=n_probs, **options)
     messages = [schemas.Message("user", req.prompt, images=req.images)]
     if req.system:
         messages.insert(0, schemas.Message("system", req.system))
     return llama.ChatRequest(
-        stream=True,
+        stream=True, cache_prompt=True,
         messages=chat_messages(defaults, messages),
         response_format=response_format(req.format),
         chat_template_kwargs=think(req.think, name, capabilities),
@@ -307,7 +307,7 @@ def with_context(chat: llama.ChatRequest, rendered: str, context: list[int]) -> 
     turn as the model's template rendered it, sent to /completion (which takes such a mix)."""
     sampling_fields = {k: getattr(chat, k) for k in _SAMPLING_FIELDS}
     return llama.CompletionRequest(
-        stream=True, prompt=[*context, rendered], json_schema=_json_schema(chat.response_format),
+        stream=True, cache_prompt=True, prompt=[*context, rendered], json_schema=_json_schema(chat.response_format),
         n_probs=None if chat.top_logprobs is None and not chat.logprobs else max(chat.top_logprobs or 0, 1),
         **sampling_fields,
     )
