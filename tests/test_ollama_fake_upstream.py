@@ -72,6 +72,9 @@ def test_show_capabilities_from_the_gguf(fake):
     assert caps["vision"] == ["completion", "vision"]
     shown = httpx.post(f"{fake.url}/api/show", json={"model": "vision"}).json()
     assert shown["projector_info"]["general.architecture"] == "clip"
+    # What LiteLLM and Continue look for in a template to turn tools and FIM on.
+    assert ".Tools" in fake.client.show("thinker").template and ".Suffix" not in fake.client.show("thinker").template
+    assert ".Suffix" in fake.client.show("fim").template
 
 
 def test_thinking_streams_separately_from_content(fake):

@@ -157,11 +157,11 @@ def test_show(client, server):
 
 def test_show_parameters_system_license(own):
     own.client.create(model="dressed", from_="tiny", system="Be brief.", license=["MIT", "BSD"],
-                      parameters={"stop": ["<|im_end|>", "END"], "temperature": 0.3, "num_ctx": 256})
+                      parameters={"stop": ["<|im_end|>", "END"], "temperature": 0.3, "num_ctx": 100000})
     r = own.client.show("dressed")
     lines = r.parameters.splitlines()
     assert 'stop                           "<|im_end|>"' in lines and 'stop                           "END"' in lines
-    assert "num_ctx                        256" in lines
+    assert "num_ctx                        512" in lines  # what the server will use: the training context
     assert r.license == "MIT\nBSD"
     assert _show(own, "dressed")["system"] == "Be brief."
     assert 'SYSTEM """Be brief."""' in r.modelfile and "PARAMETER temperature 0.3" in r.modelfile

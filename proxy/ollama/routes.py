@@ -7,9 +7,9 @@ import math
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -25,8 +25,8 @@ from proxy.ollama import schemas, translate
 from supervisor.capabilities import capabilities
 from supervisor.durations import parse_keep_alive
 from supervisor.errors import LlamagateError, bad_request, not_found
-from supervisor.names import ModelName
 from supervisor.gguf import cached_info, read_gguf
+from supervisor.names import ModelName
 from supervisor.scheduler import LoadOptions
 from supervisor.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
 
@@ -472,19 +472,22 @@ async def show(request: Request) -> Response[bytes]:
     info = read_gguf(model.model_path, max_array=1 << 62) if req.verbose else cached_info(model.model_path)
     projector = model.projector_path
     system = req.system if req.system is not None else model.system
+    caps = capabilities(info, projector=projector is not None)
+    params = dict(model.params)
+    if "num_ctx" in params:  # shown as the context the server will really use (clients read it)
+        params["num_ctx"] = _gate(request).scheduler.num_ctx(model, None)
     return _json(schemas.ShowResponse(
         modelfile=translate.modelfile_text(
             model.name.display, str(model.model_path), template=model.template, system=system,
             params=model.params, messages=[(m.role, m.content) for m in model.messages],
             licenses=model.licenses, projector=str(projector or ""), adapters=[str(a) for a in model.adapter_paths],
         ),
-        parameters=translate.parameters_text(model.params),
-        # A Go TEMPLATE layer when the model has one, else the Jinja template llama-server runs.
-        template=model.template or info.chat_template,
+        parameters=translate.parameters_text(params),
+        template=model.template or translate.shown_template(info.chat_template, caps),
         license="\n".join(model.licenses),
         details=details(model),
         model_info=translate.model_info(info.metadata, info.parameter_count, req.verbose, model.name.model),
-        capabilities=capabilities(info, projector=projector is not None),
+        capabilities=caps,
         modified_at=model.modified_at.isoformat(),
         system=system,
         messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,

@@ -362,6 +362,16 @@ def model_info(metadata: dict[str, Any], parameter_count: int, verbose: bool, na
     return dict(sorted(info.items()))
 
 
+def shown_template(jinja: str, capabilities: list[str]) -> str:
+    """The GGUF's Jinja chat template as /api/show's `template`, headed by a Go comment naming
+    `.Tools` and `.Suffix` when the model takes them: clients look for those names in Ollama's
+    Go templates (LiteLLM for tools, Continue for fill-in-the-middle)."""
+    takes = [name for cap, name in (("tools", ".Tools"), ("insert", ".Suffix")) if cap in capabilities]
+    if not takes:
+        return jinja
+    return f"{{{{/* llamagate renders this Jinja template; the model takes {' and '.join(takes)} */}}}}\n{jinja}"
+
+
 def _go_quote(value: Any) -> str:
     return msgspec.json.encode(value).decode() if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
 
