@@ -45,12 +45,13 @@ def client(server) -> ollama.Client:
 
 
 @pytest.fixture(scope="module")
-def own(tmp_path_factory, tiny_gguf, llama_server_binary):
+def own(tmp_path_factory, tiny_gguf, smollm2, llama_server_binary):
     """A server of this module's own, for tests that unload, delete and count blobs."""
     tmp = tmp_path_factory.mktemp("more")
     srv = Server(tmp)
     try:
         srv.create("tiny", tiny_gguf)
+        srv.create("smol", smollm2)
         tools = write_tiny_model(tmp / "tools.gguf", context_length=2048, chat_template=TOOLS_TEMPLATE,
                                  extra_tokens=("<tool_call>", "</tool_call>"), favour="<tool_call>")
         srv.create("tools", tools)
@@ -217,6 +218,22 @@ def test_keep_alive_negative_keeps_and_sticks(own):
     assert wait_until(lambda: "tiny:latest" not in _loaded(own), timeout=5)
     r = own.cli("stop", "tiny", check=False)
     assert r.returncode == 1 and "couldn't find model" in r.stderr
+
+
+def test_unload_waits_for_the_request_in_flight(own):
+    """An unload (keep_alive 0) answers at once but stops the runner only after the requests in
+    flight: the generation runs to its end, then the process goes."""
+    body = {"model": "smol", "prompt": "Write a long story about a dragon.",
+            "options": {"num_predict": 40, "temperature": 0}}
+    with httpx.stream("POST", f"{own.url}/api/generate", json=body, timeout=120) as r:
+        lines = r.iter_lines()
+        json.loads(next(lines))
+        unload = httpx.post(f"{own.url}/api/generate", json={"model": "smol", "keep_alive": 0}, timeout=10)
+        assert unload.json()["done_reason"] == "unload"
+        assert "smol:latest" in _loaded(own)  # still serving the stream
+        final = json.loads(list(lines)[-1])
+    assert final["done"] and final["eval_count"] == 40
+    assert wait_until(lambda: "smol:latest" not in _loaded(own), timeout=10)
 
 
 def test_keep_alive_strings_and_numbers(own):
