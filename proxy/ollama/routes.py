@@ -8,6 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from supervisor.durations import parse_keep_alive
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.gguf import cached_info, read_gguf
 from supervisor.names import ModelName
+from supervisor.runner import Runner
 from supervisor.scheduler import LoadOptions
 from supervisor.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
 
@@ -112,33 +114,70 @@ def _add_tool_call(calls: dict[int, tuple[str, str, list[str]]], piece: llama.To
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
+@dataclass
+class _Ending:
+    """How llama-server ended a generation, filled in as its stream goes by; tool calls arrive
+    in pieces ({index: (id, name, argument pieces)}) and are whole only at the end."""
+
+    reason: str | None = None
+    timings: llama.Timings | None = None
+    calls: dict[int, tuple[str, str, list[str]]] = field(default_factory=dict)
+
+    def tool_calls(self) -> list[schemas.OutToolCall]:
+        return translate.tool_calls(self.calls, truncated=self.reason in ("length", "limit"))
+
+
+@dataclass
+class _Piece:
+    content: str
+    thinking: str = ""
+    logprobs: list[schemas.Logprob] | None = None
+
+
+async def _pieces(
+    gate: Gateway, runner: Runner, body: llama.ChatRequest | llama.CompletionRequest | llama.InfillRequest,
+    ending: _Ending,
+) -> AsyncIterator[_Piece]:
+    """What llama-server generates, from /completion, /infill or /v1/chat/completions."""
+    if isinstance(body, llama.ChatRequest):
+        async for chunk in gate.upstream.stream(runner, "/v1/chat/completions", body, llama.ChatChunk):
+            ending.timings = chunk.timings or ending.timings
+            for choice in chunk.choices:
+                ending.reason = choice.finish_reason or ending.reason
+                d = choice.delta
+                for call in d.tool_calls or []:
+                    _add_tool_call(ending.calls, call)
+                logprobs = translate.logprobs(choice.logprobs.content if choice.logprobs else None)
+                if d.content or d.reasoning_content or logprobs:
+                    yield _Piece(d.content or "", d.reasoning_content or "", logprobs)
+        return
+    path = "/infill" if isinstance(body, llama.InfillRequest) else "/completion"
+    async for c in gate.upstream.stream(runner, path, body, llama.CompletionChunk):
+        ending.timings = c.timings or ending.timings
+        ending.reason = c.stop_type or ending.reason
+        logprobs = translate.logprobs(c.completion_probabilities)
+        if c.content or logprobs:
+            yield _Piece(c.content, "", logprobs)
+
+
 async def _chat_chunks(
     gate: Gateway, name: str, model: StoredModel, load: LoadOptions, body: llama.ChatRequest
 ) -> AsyncIterator[schemas.ChatChunk]:
-    timer = Timer()
-    finish, timings = None, None
-    calls: dict[int, tuple[str, str, list[str]]] = {}
-    async for c in gate.inference.stream(model, load, "/v1/chat/completions", body, llama.ChatChunk, timer):
-        timings = c.timings or timings
-        for choice in c.choices:
-            finish = choice.finish_reason or finish
-            d = choice.delta
-            for piece in d.tool_calls or []:
-                _add_tool_call(calls, piece)
-            logprobs = translate.logprobs(choice.logprobs.content if choice.logprobs else None)
-            if d.content or d.reasoning_content or logprobs:
-                message = schemas.OutMessage("assistant", d.content or "", d.reasoning_content or "")
-                yield schemas.ChatChunk(name, now_rfc3339(), message, False, logprobs=logprobs)
+    timer, ending = Timer(), _Ending()
+    async with gate.inference.runner(model, load, timer) as runner:
+        async for p in _pieces(gate, runner, body, ending):
+            message = schemas.OutMessage("assistant", p.content, p.thinking)
+            yield schemas.ChatChunk(name, now_rfc3339(), message, False, logprobs=p.logprobs)
     # Whole calls, one per line: Zed reads only the first call of a line.
-    for call in translate.tool_calls(calls, truncated=finish == "length"):
+    for call in ending.tool_calls():
         yield schemas.ChatChunk(name, now_rfc3339(), schemas.OutMessage("assistant", "", tool_calls=[call]), False)
     yield schemas.ChatChunk(
         name,
         now_rfc3339(),
         schemas.OutMessage("assistant", ""),
         True,
-        translate.done_reason(finish),
-        **translate.metrics(timings, timer.total_ns(), timer.load_ns),
+        translate.done_reason(ending.reason),
+        **translate.metrics(ending.timings, timer.total_ns(), timer.load_ns),
     )
 
 
@@ -193,8 +232,7 @@ async def _generate_chunks(
     """The answer, then a final chunk with the `context` tokens (prompt + answer) that a later
     request can send back, except for raw prompts and infill, as Ollama does."""
     name = req.model
-    timer = Timer()
-    finish, timings = None, None
+    timer, ending = Timer(), _Ending()
     response: list[str] = []
     async with gate.inference.runner(model, load, timer) as runner:
         prompt = body.prompt if isinstance(body, llama.CompletionRequest) and not req.raw else None
@@ -206,29 +244,10 @@ async def _generate_chunks(
             prompt = applied.prompt
             if req.context:
                 body = translate.with_context(body, prompt, req.context)
-        if isinstance(body, llama.ChatRequest):
-            async for c in gate.upstream.stream(runner, "/v1/chat/completions", body, llama.ChatChunk):
-                timings = c.timings or timings
-                for choice in c.choices:
-                    finish = choice.finish_reason or finish
-                    d = choice.delta
-                    logprobs = translate.logprobs(choice.logprobs.content if choice.logprobs else None)
-                    if d.content or d.reasoning_content or logprobs:
-                        response.append(d.content or "")
-                        yield schemas.GenerateChunk(
-                            model=name, created_at=now_rfc3339(), response=d.content or "",
-                            thinking=d.reasoning_content or "", done=False, logprobs=logprobs,
-                        )
-        else:
-            path = "/infill" if isinstance(body, llama.InfillRequest) else "/completion"
-            async for c in gate.upstream.stream(runner, path, body, llama.CompletionChunk):
-                timings = c.timings or timings
-                finish = c.stop_type or finish
-                logprobs = translate.logprobs(c.completion_probabilities)
-                if c.content or logprobs:
-                    response.append(c.content)
-                    yield schemas.GenerateChunk(model=name, created_at=now_rfc3339(), response=c.content,
-                                                done=False, logprobs=logprobs)
+        async for p in _pieces(gate, runner, body, ending):
+            response.append(p.content)
+            yield schemas.GenerateChunk(model=name, created_at=now_rfc3339(), response=p.content,
+                                        thinking=p.thinking, done=False, logprobs=p.logprobs)
         context = None
         if isinstance(prompt, str):
             tokens = await gate.upstream.post(runner, "/tokenize", llama.TokenizeRequest(prompt + "".join(response)),
@@ -239,9 +258,9 @@ async def _generate_chunks(
         created_at=now_rfc3339(),
         response="",
         done=True,
-        done_reason=translate.done_reason(finish),
+        done_reason=translate.done_reason(ending.reason),
         context=context,
-        **translate.metrics(timings, timer.total_ns(), timer.load_ns),
+        **translate.metrics(ending.timings, timer.total_ns(), timer.load_ns),
     )
 
 
