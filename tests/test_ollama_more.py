@@ -224,7 +224,7 @@ def test_unload_waits_for_the_request_in_flight(own):
     """An unload (keep_alive 0) answers at once but stops the runner only after the requests in
     flight: the generation runs to its end, then the process goes."""
     body = {"model": "smol", "prompt": "Write a long story about a dragon.",
-            "options": {"num_predict": 40, "temperature": 0}}
+            "options": {"num_predict": 60, "temperature": 0}}
     with httpx.stream("POST", f"{own.url}/api/generate", json=body, timeout=120) as r:
         lines = r.iter_lines()
         json.loads(next(lines))
@@ -232,7 +232,7 @@ def test_unload_waits_for_the_request_in_flight(own):
         assert unload.json()["done_reason"] == "unload"
         assert "smol:latest" in _loaded(own)  # still serving the stream
         final = json.loads(list(lines)[-1])
-    assert final["done"] and final["eval_count"] == 40
+    assert final["done"] and final["eval_count"] == 60
     assert wait_until(lambda: "smol:latest" not in _loaded(own), timeout=10)
 
 
