@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import httpx
 import msgspec
@@ -15,6 +16,8 @@ import msgspec
 from proxy.llama import ErrorEnvelope
 from supervisor.errors import LlamagateError
 from supervisor.runner import Runner, State
+
+T = TypeVar("T")
 
 _TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
 
@@ -88,6 +91,23 @@ class Upstream:
             raise self._failure(runner, e) from e
         finally:
             await response.aclose()
+
+    async def post(self, runner: Runner, path: str, body: msgspec.Struct, response_type: type[T]) -> T:
+        """POST `body` and decode the whole JSON answer (embeddings, tokenize, apply-template)."""
+        client = self._client(runner)
+        content = msgspec.json.encode(body)
+        try:
+            try:
+                response = await client.post(path, content=content)
+            except httpx.RemoteProtocolError:
+                # A pooled connection llama-server closed while it sat idle (its keep-alive
+                # timeout is 5 s): these calls have no side effects, so once more on a new one.
+                response = await client.post(path, content=content)
+        except httpx.HTTPError as e:
+            raise self._failure(runner, e) from e
+        if response.status_code != 200:
+            raise LlamagateError(response.status_code, _error_message(response.content))
+        return msgspec.json.decode(response.content, type=response_type)
 
     async def aclose(self) -> None:
         for _, client in self._clients.values():

@@ -43,8 +43,28 @@ class LaunchSpec:
     num_ctx: int
     threads: int
     parallel: int
+    # An embedding runner is its own process (llama-server serves either embeddings or
+    # completions); `pooling` is "" to keep the GGUF's own pooling type.
+    embedding: bool = False
+    pooling: str = ""
+    projector: Path | None = None  # --mmproj: a vision model's image encoder
+    adapters: tuple[Path, ...] = ()  # --lora
 
     def args(self) -> list[str]:
+        extra = ["--mmproj", str(self.projector)] if self.projector else []
+        for adapter in self.adapters:
+            extra += ["--lora", str(adapter)]
+        return [*self._base_args(), *self._embedding_args(), *extra]
+
+    def _embedding_args(self) -> list[str]:
+        if not self.embedding:
+            return []
+        # A whole input must fit one physical batch: non-causal models can't split it.
+        batch = str(self.num_ctx)
+        pooling = ["--pooling", self.pooling] if self.pooling else []
+        return ["--embeddings", *pooling, "--batch-size", batch, "--ubatch-size", batch]
+
+    def _base_args(self) -> list[str]:
         return [
             str(self.binary),
             "--model", str(self.model_path),
@@ -83,7 +103,7 @@ class Runner:
 
     def __init__(self, name: str, keep_alive: float, load_timeout: float, stop_grace: float) -> None:
         self.name = name
-        self.keep_alive = keep_alive
+        self.keep_alive = self.default_keep_alive = keep_alive
         self.load_timeout = load_timeout
         self.stop_grace = stop_grace
         self.spec: LaunchSpec | None = None
@@ -131,6 +151,10 @@ class Runner:
             self.active += 1
             if keep_alive is not None:
                 self.keep_alive = keep_alive
+            elif self.state is State.STOPPED:
+                # A keep_alive sticks to a loaded runner only: a new load starts from the default
+                # (else an unload's 0 would unload the model after every later request).
+                self.keep_alive = self.default_keep_alive
             self.expires_at = math.inf
             if self._expiry_task:
                 self._expiry_task.cancel()

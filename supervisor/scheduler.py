@@ -11,7 +11,8 @@ from pathlib import Path
 
 from supervisor.binary import Binary, find_llama_server
 from supervisor.config import Config
-from supervisor.runner import LaunchSpec, Runner
+from supervisor.gguf import embedding_pooling
+from supervisor.runner import LaunchSpec, Runner, State
 from supervisor.store import StoredModel
 
 log = logging.getLogger("llamagate.scheduler")
@@ -23,13 +24,17 @@ class LoadOptions:
 
     num_ctx: int | None = None
     keep_alive: float | None = None
+    embedding: bool = False
 
 
 class Scheduler:
     def __init__(self, config: Config) -> None:
         self.config = config
-        # Keyed by model file, so aliases made with `cp` share one process.
-        self._runners: dict[Path, Runner] = {}
+        # Keyed by model file, so aliases made with `cp` share one process, and by purpose, so
+        # one model can serve completions and embeddings at once.
+        self._runners: dict[tuple[Path, bool], Runner] = {}
+        # The model each runner last served, for /api/ps.
+        self._served: dict[tuple[Path, bool], StoredModel] = {}
         self._binary: Binary | None = None
 
     def binary(self) -> Binary:
@@ -56,22 +61,35 @@ class Scheduler:
             num_ctx=self.num_ctx(model, load.num_ctx),
             threads=self.config.threads,
             parallel=self.config.num_parallel,
+            embedding=load.embedding,
+            pooling=embedding_pooling(model.model_path) if load.embedding else "",
+            projector=None if load.embedding else model.projector_path,
+            adapters=model.adapter_paths,
         )
-        runner = self._runners.get(spec.model_path)
+        key = (spec.model_path, load.embedding)
+        runner = self._runners.get(key)
         if runner is None:
-            runner = self._runners[spec.model_path] = Runner(
-                model.name.display, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
+            name = model.name.display + (" (embedding)" if load.embedding else "")
+            runner = self._runners[key] = Runner(
+                name, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
             )
         await runner.acquire(spec, load.keep_alive)
+        self._served[key] = model
         try:
             yield runner
         finally:
             await runner.release()
 
     async def unload(self, model: StoredModel) -> None:
-        runner = self._runners.get(model.model_path)
-        if runner is not None:
-            await runner.unload()
+        for embedding in (False, True):
+            runner = self._runners.get((model.model_path, embedding))
+            if runner is not None:
+                await runner.unload()
+
+    def loaded(self) -> list[tuple[StoredModel, Runner]]:
+        """Runners with a process (loading or ready), with the model each last served."""
+        return [(self._served[key], r) for key, r in self._runners.items()
+                if key in self._served and r.state in (State.STARTING, State.READY)]
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())
