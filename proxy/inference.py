@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
 
 from proxy.upstream import Upstream
-from supervisor.errors import LlamagateError
+from supervisor.runner import Runner
 from supervisor.scheduler import LoadOptions, Scheduler
 from supervisor.store import StoredModel
-from supervisor.upstreams import RemoteModel
+from supervisor.upstreams import Lease, RemoteModel
 
 T = TypeVar("T")
 
@@ -34,6 +35,15 @@ class Inference:
         self.scheduler = scheduler
         self.upstream = upstream
 
+    @asynccontextmanager
+    async def runner(
+        self, model: StoredModel | RemoteModel, load: LoadOptions, timer: Timer
+    ) -> AsyncIterator[Runner | Lease]:
+        """A leased runner for several calls (tokenize, then generate), its wait timed as load."""
+        async with self.scheduler.lease(model, load) as runner:
+            timer.load_ns = timer.total_ns()
+            yield runner
+
     async def stream(
         self,
         model: StoredModel | RemoteModel,
@@ -43,21 +53,9 @@ class Inference:
         chunk_type: type[T],
         timer: Timer,
     ) -> AsyncIterator[T]:
-        attempts = len(model.pool.endpoints) if isinstance(model, RemoteModel) else 1
-        for attempt in range(attempts):
-            sent = False
-            try:
-                async with self.scheduler.lease(model, load) as runner:
-                    timer.load_ns = timer.total_ns()
-                    async for chunk in self.upstream.stream(runner, path, body, chunk_type):
-                        sent = True
-                        yield chunk
-                return
-            except LlamagateError as e:
-                # An upstream that failed before answering is out of rotation now: the next
-                # one in rotation gets the request. Once tokens went out, the error stands.
-                if sent or e.status != 502 or attempt == attempts - 1:
-                    raise
+        async with self.runner(model, load, timer) as runner:
+            async for chunk in self.upstream.stream(runner, path, body, chunk_type):
+                yield chunk
 
     async def load(self, model: StoredModel | RemoteModel, load: LoadOptions) -> None:
         async with self.scheduler.lease(model, load):

@@ -45,14 +45,68 @@ class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
-    prompt: str | list[int]
+    # A string, or token ids and strings mixed (a generate `context` followed by the new prompt).
+    prompt: str | list[int | str]
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
     cache_prompt: bool
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
+    n_probs: int | None = None
+
+
+class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
+    """Fill-in-the-middle: llama-server builds the prompt from the model's FIM tokens."""
+
+    input_prefix: str
+    input_suffix: str
+    prompt: str = ""
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
+    stream: bool
+    cache_prompt: bool
+    n_probs: int | None = None
+
+
+class TokenizeRequest(msgspec.Struct):
+    content: str
+    add_special: bool = False
+
+
+class TokenizeResponse(msgspec.Struct):
+    tokens: list[int]
+
+
+class ApplyTemplateRequest(msgspec.Struct, omit_defaults=True):
+    messages: list[ChatMessage]
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class ApplyTemplateResponse(msgspec.Struct):
+    prompt: str
+
+
+class EmbeddingsRequest(msgspec.Struct):
+    input: list[list[int]]
+    encoding_format: str = "float"
+
+
+class EmbeddingItem(msgspec.Struct):
+    embedding: list[float]
+    index: int = 0
+
+
+class EmbeddingsUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+
+
+class EmbeddingsResponse(msgspec.Struct):
+    data: list[EmbeddingItem]
+    usage: EmbeddingsUsage = msgspec.field(default_factory=EmbeddingsUsage)
 
 
 class Timings(msgspec.Struct):
@@ -63,15 +117,47 @@ class Timings(msgspec.Struct):
     predicted_ms: float = 0.0
 
 
+class ToolCallDeltaFunction(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct):
+    """A piece of a streamed tool call: the first piece of each `index` has its id and name,
+    the arguments string arrives in pieces."""
+
+    index: int = 0
+    id: str | None = None
+    function: ToolCallDeltaFunction = msgspec.field(default_factory=ToolCallDeltaFunction)
+
+
 class Delta(msgspec.Struct):
     content: str | None = None
     reasoning_content: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class TopProb(msgspec.Struct):
+    token: str = ""
+    logprob: float = 0.0
+    bytes: list[int] | None = None
+
+
+class TokenProb(msgspec.Struct):
+    token: str = ""
+    logprob: float = 0.0
+    bytes: list[int] | None = None
+    top_logprobs: list[TopProb] = []
+
+
+class ChoiceLogprobs(msgspec.Struct):
+    content: list[TokenProb] | None = None
 
 
 class ChunkChoice(msgspec.Struct):
     delta: Delta = msgspec.field(default_factory=Delta)
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatChunk(msgspec.Struct):
@@ -88,6 +174,7 @@ class CompletionChunk(msgspec.Struct):
     stop: bool = False
     stop_type: str = ""
     timings: Timings | None = None
+    completion_probabilities: list[TokenProb] | None = None
 
 
 class ErrorBody(msgspec.Struct):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import httpx
 import msgspec
@@ -16,7 +17,9 @@ from proxy.llama import ErrorEnvelope
 from supervisor.errors import LlamagateError
 from supervisor.httpclient import async_client
 from supervisor.runner import Runner
-from supervisor.upstreams import Endpoint
+from supervisor.upstreams import Lease
+
+T = TypeVar("T")
 
 _TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
 
@@ -33,7 +36,7 @@ class Upstream:
     def __init__(self) -> None:
         self._clients: dict[int, tuple[tuple[str, str], httpx.AsyncClient]] = {}
 
-    def _client(self, runner: Runner | Endpoint) -> httpx.AsyncClient:
+    def _client(self, runner: Runner | Lease) -> httpx.AsyncClient:
         # A restarted runner has a new port and key: its old pool is closed and replaced.
         key = (runner.base_url, runner.api_key)
         entry = self._clients.get(id(runner))
@@ -52,19 +55,35 @@ class Upstream:
         self._clients[id(runner)] = (key, client)
         return client
 
-    async def stream(self, runner: Runner | Endpoint, path: str, body: msgspec.Struct, chunk_type: type) -> AsyncIterator:
+    async def _send(self, runner: Runner | Lease, path: str, content: bytes, stream: bool) -> httpx.Response:
+        """POST, moving a lease of existing llama-servers to another one when its server refuses
+        the connection (nothing reached it, so nothing runs twice)."""
+        while True:
+            client = self._client(runner)
+            request = client.build_request("POST", path, content=content)
+            try:
+                try:
+                    return await client.send(request, stream=stream)
+                except httpx.RemoteProtocolError:
+                    if stream:
+                        raise
+                    # A pooled connection llama-server closed while it sat idle (its keep-alive
+                    # timeout is 5 s): whole-answer calls have no side effects, so once more.
+                    return await client.send(client.build_request("POST", path, content=content))
+            except httpx.ConnectError as e:
+                if not (isinstance(runner, Lease) and runner.failover(e)):
+                    raise await runner.failure(e) from e
+            except httpx.HTTPError as e:
+                raise await runner.failure(e) from e
+
+    async def stream(self, runner: Runner | Lease, path: str, body: msgspec.Struct, chunk_type: type) -> AsyncIterator:
         """POST `body` and yield each SSE event decoded as `chunk_type`.
 
         An error status before the stream starts is raised with llama-server's status and
         message; an error event inside the stream is raised as a 500. Closing this generator
         closes the connection, which makes llama-server cancel the generation and free the slot.
         """
-        client = self._client(runner)
-        request = client.build_request("POST", path, content=msgspec.json.encode(body))
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as e:
-            raise await runner.failure(e) from e
+        response = await self._send(runner, path, msgspec.json.encode(body), stream=True)
         try:
             if response.status_code != 200:
                 raise LlamagateError(response.status_code, _error_message(await response.aread()))
@@ -88,6 +107,13 @@ class Upstream:
             raise await runner.failure(e) from e
         finally:
             await response.aclose()
+
+    async def post(self, runner: Runner | Lease, path: str, body: msgspec.Struct, response_type: type[T]) -> T:
+        """POST `body` and decode the whole JSON answer (embeddings, tokenize, apply-template)."""
+        response = await self._send(runner, path, msgspec.json.encode(body), stream=False)
+        if response.status_code != 200:
+            raise LlamagateError(response.status_code, _error_message(response.content))
+        return msgspec.json.decode(response.content, type=response_type)
 
     async def aclose(self) -> None:
         for _, client in self._clients.values():

@@ -14,10 +14,11 @@ from supervisor import memory
 from supervisor.binary import Binary, find_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
+from supervisor.gguf import embedding_pooling
 from supervisor.names import ModelName
-from supervisor.runner import LaunchSpec, Runner
+from supervisor.runner import LaunchSpec, Runner, State
 from supervisor.store import StoredModel
-from supervisor.upstreams import Endpoint, RemoteModel
+from supervisor.upstreams import Lease, RemoteModel
 
 log = logging.getLogger("llamagate.scheduler")
 
@@ -34,6 +35,7 @@ class LoadOptions:
     num_gpu: int | None = None
     num_thread: int | None = None
     num_batch: int | None = None
+    embedding: bool = False
 
 
 def _option(requested: int | None, model: StoredModel, name: str) -> int | None:
@@ -47,8 +49,11 @@ def _option(requested: int | None, model: StoredModel, name: str) -> int | None:
 class Scheduler:
     def __init__(self, config: Config) -> None:
         self.config = config
-        # Keyed by model file, so aliases made with `cp` share one process.
-        self._runners: dict[Path, Runner] = {}
+        # Keyed by model file, so aliases made with `cp` share one process, and by purpose, so
+        # one model can serve completions and embeddings at once.
+        self._runners: dict[tuple[Path, bool], Runner] = {}
+        # The model each runner last served, for /api/ps.
+        self._served: dict[tuple[Path, bool], StoredModel] = {}
         # One load is admitted at a time, in arrival order; `_changed` wakes the one waiting for
         # room when a runner goes idle or lets its memory go.
         self._admission = asyncio.Lock()
@@ -82,20 +87,26 @@ class Scheduler:
             gpu_layers=_option(load.num_gpu, model, "num_gpu"),
             batch=_option(load.num_batch, model, "num_batch"),
             rpc=self._rpc.get(model.name.display.lower(), ()),
+            embedding=load.embedding,
+            pooling=embedding_pooling(model.model_path) if load.embedding else "",
+            projector=None if load.embedding else model.projector_path,
+            adapters=model.adapter_paths,
         )
 
     @asynccontextmanager
-    async def lease(self, model: StoredModel | RemoteModel, load: LoadOptions) -> AsyncIterator[Runner | Endpoint]:
+    async def lease(self, model: StoredModel | RemoteModel, load: LoadOptions) -> AsyncIterator[Runner | Lease]:
         """A ready runner (or an existing upstream) for `model`, held for one request."""
         if isinstance(model, RemoteModel):
             async with model.pool.lease() as endpoint:
                 yield endpoint
             return
         spec = self.launch_spec(model, load)
-        runner = self._runners.get(spec.model_path)
+        key = (spec.model_path, load.embedding)
+        runner = self._runners.get(key)
         if runner is None:
-            runner = self._runners[spec.model_path] = Runner(
-                model.name.display, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace,
+            name = model.name.display + (" (embedding)" if load.embedding else "")
+            runner = self._runners[key] = Runner(
+                name, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace,
                 hang_timeout=self.config.hang_timeout, admit=self._admit, on_change=self._changed.set,
             )
         # Requests that need a load or a restart queue, up to OLLAMA_MAX_QUEUE; requests for a
@@ -110,6 +121,7 @@ class Scheduler:
         finally:
             if queued:
                 self._pending -= 1
+        self._served[key] = model
         try:
             yield runner
         except BaseException:
@@ -162,9 +174,15 @@ class Scheduler:
     async def unload(self, model: StoredModel | RemoteModel) -> None:
         if isinstance(model, RemoteModel):
             return
-        runner = self._runners.get(model.model_path)
-        if runner is not None:
-            await runner.unload()
+        for embedding in (False, True):
+            runner = self._runners.get((model.model_path, embedding))
+            if runner is not None:
+                await runner.unload()
+
+    def loaded(self) -> list[tuple[StoredModel, Runner]]:
+        """Runners with a process (loading or ready), with the model each last served."""
+        return [(self._served[key], r) for key, r in self._runners.items()
+                if key in self._served and r.state in (State.STARTING, State.READY)]
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())

@@ -60,7 +60,7 @@ class _Models(msgspec.Struct):
 
 @dataclass(eq=False)
 class Endpoint:
-    """One upstream llama-server; what `proxy.upstream` needs of a runner."""
+    """One upstream llama-server."""
 
     name: str
     base_url: str
@@ -78,6 +78,46 @@ class Endpoint:
         if not self.down:
             log.warning("[%s] upstream %s out of rotation: %s", self.name, self.base_url, why)
         self.down = why or "unreachable"
+
+
+class Lease:
+    """One request's hold on a server of a pool; what `proxy.upstream` needs of a runner. The
+    request's calls (template, generation, tokenize) all go to one server, unless it refuses a
+    connection: then the lease moves to another, since nothing reached the first."""
+
+    def __init__(self, pool: Pool, endpoint: Endpoint) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        endpoint.active += 1
+        endpoint.served += 1
+
+    @property
+    def name(self) -> str:
+        return self.pool.name
+
+    @property
+    def base_url(self) -> str:
+        return self.endpoint.base_url
+
+    @property
+    def api_key(self) -> str:
+        return self.endpoint.api_key
+
+    async def failure(self, error: Exception) -> LlamagateError:
+        return await self.endpoint.failure(error)
+
+    def failover(self, error: Exception) -> bool:
+        """Take the refusing server out of rotation and move to another; False if none is left."""
+        self.endpoint.mark_down(f"{type(error).__name__}: {error}")
+        try:
+            endpoint = self.pool.pick()
+        except LlamagateError:
+            return False
+        self.endpoint.active -= 1
+        self.endpoint = endpoint
+        endpoint.active += 1
+        endpoint.served += 1
+        return True
 
 
 @dataclass(eq=False)
@@ -103,14 +143,12 @@ class Pool:
         return min(up, key=lambda e: (e.active, e.served))
 
     @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[Endpoint]:
-        endpoint = self.pick()
-        endpoint.active += 1
-        endpoint.served += 1
+    async def lease(self) -> AsyncIterator[Lease]:
+        lease = Lease(self, self.pick())
         try:
-            yield endpoint
+            yield lease
         finally:
-            endpoint.active -= 1
+            lease.endpoint.active -= 1
 
     async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint) -> None:
         try:

@@ -79,13 +79,16 @@ def _spec(**kw) -> LaunchSpec:
 
 
 def test_launch_flags_for_load_options():
-    args = _spec().args("k")
+    args = _spec().args()
     assert args[args.index("--ctx-size") + 1] == "1024" and args[args.index("--parallel") + 1] == "2"
     assert "--n-gpu-layers" not in args and "--batch-size" not in args and "--rpc" not in args
-    args = _spec(gpu_layers=0, batch=64, rpc=("10.0.0.2:50052", "10.0.0.3:50052")).args("k")
+    args = _spec(gpu_layers=0, batch=64, rpc=("10.0.0.2:50052", "10.0.0.3:50052")).args()
     assert args[args.index("--n-gpu-layers") + 1] == "0"
     assert args[args.index("--batch-size") + 1] == "64"
     assert args[args.index("--rpc") + 1] == "10.0.0.2:50052,10.0.0.3:50052"
+    # An embedding runner's batch (a whole input per batch) wins over num_batch: it comes last.
+    args = _spec(batch=64, embedding=True).args()
+    assert args[len(args) - 1 - args[::-1].index("--batch-size") + 1] == "512"
     # Any of them changing is another process.
     assert _spec(batch=64) != _spec() and _spec(gpu_layers=1) != _spec(gpu_layers=2)
 
