@@ -17,7 +17,8 @@ import httpx
 import msgspec
 
 from supervisor.errors import LlamagateError, bad_request
-from supervisor.gguf import FILE_TYPES, human_number
+from supervisor.capabilities import capabilities
+from supervisor.gguf import FILE_TYPES, GGUFInfo, human_number
 from supervisor.httpclient import async_client
 from supervisor.names import ModelName
 from supervisor.store import Manifest, Message, ModelConfig
@@ -32,6 +33,10 @@ class _Settings(msgspec.Struct):
     n_ctx: int = 0
 
 
+class _Modalities(msgspec.Struct):
+    vision: bool = False
+
+
 class _Props(msgspec.Struct):
     """The parts of llama-server's GET /props that describe its model."""
 
@@ -39,6 +44,9 @@ class _Props(msgspec.Struct):
     default_generation_settings: _Settings = msgspec.field(default_factory=_Settings)
     total_slots: int = 0
     build_info: str = ""
+    chat_template: str = ""
+    model_ftype: str = ""  # the quantization, in builds from 2026 on
+    modalities: _Modalities = msgspec.field(default_factory=_Modalities)
 
 
 class _Meta(msgspec.Struct):
@@ -210,9 +218,26 @@ class RemoteModel:
         return ModelConfig(
             model_format="gguf",
             model_type=human_number(meta.n_params) if meta and meta.n_params else "",
-            file_type=quant.group(0).upper() if quant else "",
+            # Older builds don't report it: then the file name usually says it.
+            file_type=(props.model_ftype if props else "") or (quant.group(0).upper() if quant else ""),
             context_length=(meta.n_ctx_train if meta else 0) or (props.default_generation_settings.n_ctx if props else 0),
         )
+
+    @property
+    def chat_template(self) -> str:
+        return self.pool.props.chat_template if self.pool.props else ""
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        meta = self.pool.meta or _Meta()
+        return {"general.basename": self.name.model, "general.parameter_count": meta.n_params}
+
+    @property
+    def capabilities(self) -> list[str]:
+        """Read from the server's chat template and modalities as a GGUF's would be."""
+        props = self.pool.props or _Props()
+        info = GGUFInfo(metadata={"tokenizer.chat_template": self.chat_template})
+        return capabilities(info, projector=props.modalities.vision)
 
     def _no_file(self) -> LlamagateError:
         urls = ", ".join(e.base_url for e in self.pool.endpoints)

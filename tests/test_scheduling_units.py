@@ -3,6 +3,7 @@ sizes and NAME=VALUE settings, the config file, and picking an upstream."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,25 @@ def test_pool_picks_fewest_in_flight_then_fewest_served_and_skips_failed():
     with pytest.raises(LlamagateError) as e:
         pool.pick()
     assert e.value.status == 503 and "http://b: refused" in e.value.message and "http://c: timeout" in e.value.message
+
+
+def test_remote_model_details_from_props_and_models():
+    import msgspec
+
+    from supervisor.names import ModelName
+    from supervisor.upstreams import RemoteModel, _Meta, _Props
+
+    pool = Pool.of("m:latest", ["http://a"])
+    model = RemoteModel(ModelName.parse("m"), pool, datetime.now().astimezone())
+    assert model.config.file_type == "" and model.size == 0 and model.capabilities == ["completion"]
+    # An older build: no model_ftype, so the file name tells the quantization.
+    pool.props = msgspec.convert({"model_path": "/models/Qwen3-8B-q4_k_m.gguf", "chat_template": "{{ tools }}"}, _Props)
+    pool.meta = _Meta(n_params=8_190_000_000, n_ctx_train=40960, size=5_000_000_000)
+    c = model.config
+    assert (c.file_type, c.model_type, c.context_length, model.size) == ("Q4_K_M", "8.2B", 40960, 5_000_000_000)
+    assert model.capabilities == ["completion", "tools"]
+    pool.props = msgspec.convert({"model_path": "/m/x.gguf", "model_ftype": "Q8_0"}, _Props)
+    assert model.config.file_type == "Q8_0"
+    with pytest.raises(LlamagateError) as e:
+        model.model_path  # noqa: B018
+    assert e.value.status == 400 and "http://a" in e.value.message

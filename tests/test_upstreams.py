@@ -77,10 +77,13 @@ def test_listed_with_metadata_from_props(gate, smollm2):
     assert m["name"] == m["model"] == "smol:latest"
     assert m["details"]["format"] == "gguf"
     assert m["details"]["parameter_size"] == "134.52M"
-    assert m["details"]["quantization_level"] == "Q4_1"  # from the file name in /props
+    assert m["details"]["quantization_level"] == "Q4_1"
     assert 50_000_000 < m["size"] < smollm2.stat().st_size * 2 and len(m["digest"]) == 64
     # Nothing was spawned for it.
     assert gate.runner_pids() == [] and "starting:" not in gate.log()
+    shown = ollama.Client(host=gate.url).show("smol")
+    assert shown.capabilities == ["completion"] and "<|im_start|>" in shown.template
+    assert shown.details.quantization_level == "Q4_1" and shown.modelinfo["general.parameter_count"] > 100_000_000
 
 
 def test_requests_share_the_load(gate, upstreams):

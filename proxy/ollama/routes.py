@@ -31,6 +31,7 @@ from supervisor.names import ModelName
 from supervisor.runner import Runner
 from supervisor.scheduler import LoadOptions
 from supervisor.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
+from supervisor.upstreams import RemoteModel
 
 log = logging.getLogger("llamagate.ollama")
 
@@ -103,7 +104,9 @@ async def _respond(
 # Chat -----------------------------------------------------------------------------------------
 
 
-def _capabilities(model: StoredModel) -> list[str]:
+def _capabilities(model: StoredModel | RemoteModel) -> list[str]:
+    if isinstance(model, RemoteModel):
+        return model.capabilities
     return capabilities(cached_info(model.model_path), projector=model.projector_path is not None)
 
 
@@ -493,6 +496,8 @@ async def show(request: Request) -> Response[bytes]:
     model = _gate(request).store.get(name)
     if model is None:
         raise not_found(f"model '{name.display}' not found")
+    if isinstance(model, RemoteModel):
+        return _json(_show_remote(model))
     info = read_gguf(model.model_path, max_array=1 << 62) if req.verbose else cached_info(model.model_path)
     projector = model.projector_path
     system = req.system if req.system is not None else model.system
@@ -517,6 +522,22 @@ async def show(request: Request) -> Response[bytes]:
         messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,
         projector_info=translate.model_info(cached_info(projector).metadata, 0, req.verbose) if projector else None,
     ))
+
+
+def _show_remote(model: RemoteModel) -> schemas.ShowResponse:
+    """What an upstream's /props and /v1/models tell of its model (there is no GGUF here)."""
+    caps = model.capabilities
+    urls = ", ".join(e.base_url for e in model.pool.endpoints)
+    return schemas.ShowResponse(
+        modelfile=f"# {model.name.display}: served by the llama-server(s) at {urls}\n",
+        parameters="",
+        template=translate.shown_template(model.chat_template, caps),
+        license="",
+        details=details(model),
+        model_info=model.model_info,
+        capabilities=caps,
+        modified_at=model.modified_at.isoformat(),
+    )
 
 
 # `expires_at` of a model kept forever: Ollama's now + max duration (~292 years).
