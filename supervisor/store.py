@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.errors import bad_request, not_found
+from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.gguf import human_number, read_gguf
 from supervisor.names import ModelName
 
@@ -119,6 +119,15 @@ class StoredModel:
     @property
     def modified_at(self) -> datetime:
         return datetime.fromtimestamp(self.manifest_path.stat().st_mtime).astimezone()
+
+    @property
+    def is_complete(self) -> bool:
+        """Every blob the manifest names is in the store: the model can be served offline."""
+        try:
+            layers = [self.manifest.config, *self.manifest.layers]
+            return all(self.store.has_blob(layer.digest) for layer in layers)
+        except (msgspec.DecodeError, LlamagateError):
+            return False
 
     @property
     def size(self) -> int:
@@ -290,14 +299,15 @@ class Store:
             raise
         return True
 
-    def write_manifest(self, name: ModelName, manifest: Manifest) -> StoredModel:
-        """Write a manifest last, once every blob it names is in place."""
+    def write_manifest(self, name: ModelName, manifest: Manifest, raw: bytes | None = None) -> StoredModel:
+        """Write a manifest last, once every blob it names is in place. `raw` is a pulled
+        manifest's bytes as the registry sent them: their SHA-256 is the model's digest."""
         for layer in [manifest.config, *manifest.layers]:
             if not self.has_blob(layer.digest):
                 raise bad_request(f"blob {layer.digest} is missing from the store")
         existing = self._existing_path(name)
         path = existing or self.manifests.joinpath(*name.parts)
-        _atomic_write(path, msgspec.json.encode(manifest))
+        _atomic_write(path, raw if raw is not None else msgspec.json.encode(manifest))
         return self._load(path)
 
     def create(
