@@ -358,6 +358,7 @@ class Downloads:
         finally:
             download.refs -= 1
             if download.refs == 0 and not download.task.done():
+                log.info("stopping the download of %s: no pull is waiting for it (kept for resume)", digest)
                 self._forget(download)
                 download.task.cancel()
 
