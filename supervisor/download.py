@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -26,7 +27,7 @@ import httpx
 import msgspec
 
 from supervisor.errors import LlamagateError
-from supervisor.store import Store, digest_hex
+from supervisor.store import Store, digest_hex, fsync_dir
 
 log = logging.getLogger("llamagate.download")
 
@@ -157,11 +158,43 @@ class BlobDownload:
 
     async def _run(self) -> None:
         try:
-            await self._download()
-            self.downloaded.set()
-            await self._commit()
+            fd = await self._open_locked()
+            try:
+                if self.final.is_file():
+                    # Another process finished this blob while we waited for its lock.
+                    os.unlink(self.partial)
+                    self.completed = self.total
+                    self.downloaded.set()
+                    return
+                await self._download(fd)
+                self.downloaded.set()
+                await self._commit()
+            finally:
+                os.close(fd)
         finally:
             self.owner._forget(self)
+
+    async def _open_locked(self) -> int:
+        """The partial file, open and locked against another llamagate downloading the same blob
+        into this store (a killed process's lock dies with it). Waits a little: a cancelled
+        download of this process may still be letting go."""
+        self.owner.store.blobs.mkdir(parents=True, exist_ok=True)
+        for _ in range(50):
+            try:
+                fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise disk_error(self.digest, e) if e.errno in _DISK_FULL else e
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # The holder before us may have renamed the file we opened into the blob.
+                if os.fstat(fd).st_ino == os.stat(self.partial).st_ino:
+                    return fd
+            except (BlockingIOError, FileNotFoundError):
+                pass
+            os.close(fd)
+            await asyncio.sleep(0.1)
+        raise LlamagateError(409, f"another process is downloading {self.digest} into this store: "
+                                  "pull again when it is done")
 
     def _part_path(self, n: int) -> Path:
         return self.partial.with_name(f"{self.partial.name}-{n}")
@@ -170,13 +203,18 @@ class BlobDownload:
         pattern = re.compile(re.escape(self.partial.name) + r"-\d+")
         return (p for p in self.final.parent.glob(self.partial.name + "-*") if pattern.fullmatch(p.name))
 
-    def _load_parts(self) -> list[Part]:
+    def _load_parts(self, fd: int) -> list[Part]:
+        """The parts saved by an earlier download of this blob, if they still describe the
+        partial file; else none, and the download starts over."""
         try:
             parts = [msgspec.json.decode(p.read_bytes(), type=Part) for p in self._saved_parts()]
         except (OSError, msgspec.DecodeError):
             parts = []
-        if parts and parts_fit(parts, self.total) and self.partial.is_file():
+        if parts and parts_fit(parts, self.total) and os.fstat(fd).st_size == self.total:
             return sorted(parts, key=lambda p: p.N)
+        for path in self._saved_parts():
+            path.unlink()
+        os.ftruncate(fd, 0)
         return []
 
     def _save(self, part: Part) -> None:
@@ -189,20 +227,14 @@ class BlobDownload:
         for path in [*self._saved_parts(), self.partial]:
             path.unlink(missing_ok=True)
 
-    async def _download(self) -> None:
-        self.owner.store.blobs.mkdir(parents=True, exist_ok=True)
-        parts = self._load_parts()
-        if parts:
-            log.info("resuming %s at %d of %d bytes", self.digest, sum(p.Completed for p in parts), self.total)
-        else:
-            self._discard()
-            parts = plan_parts(self.total)
+    async def _download(self, fd: int) -> None:
         try:
+            parts = self._load_parts(fd)
+            if parts:
+                log.info("resuming %s at %d of %d bytes", self.digest, sum(p.Completed for p in parts), self.total)
+            else:
+                parts = plan_parts(self.total)
             self._check_space(parts)
-            fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise disk_error(self.digest, e) if e.errno in _DISK_FULL else e
-        try:
             if os.fstat(fd).st_size != self.total:
                 os.ftruncate(fd, self.total)  # sparse: the parts fill it in
             await self._direct_url()
@@ -224,8 +256,6 @@ class BlobDownload:
             os.fsync(fd)
         except OSError as e:
             raise disk_error(self.digest, e) if e.errno in _DISK_FULL else e
-        finally:
-            os.close(fd)
 
     def _check_space(self, parts: list[Part]) -> None:
         need = sum(p.Size - p.Completed for p in parts)
@@ -319,11 +349,7 @@ class BlobDownload:
             raise LlamagateError(502, f"digest mismatch, file must be downloaded again: "
                                       f"want sha256:{self.hex}, got sha256:{got}")
         os.replace(self.partial, self.final)
-        fd = os.open(self.final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.final.parent)
         for path in self._saved_parts():
             path.unlink(missing_ok=True)
 

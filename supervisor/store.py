@@ -74,7 +74,7 @@ def digest_hex(digest: str) -> str:
     return m.group(1).lower()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -95,7 +95,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @dataclass
@@ -244,7 +244,7 @@ class Store:
     def _commit_blob(self, tmp: str, hex_digest: str) -> Path:
         final = self.blobs / f"sha256-{hex_digest}"
         os.replace(tmp, final)
-        _fsync_dir(self.blobs)
+        fsync_dir(self.blobs)
         return final
 
     def add_blob_bytes(self, data: bytes, media_type: str) -> Layer:

@@ -66,7 +66,7 @@ def mirrors(registry: OllamaRegistry, hf: HuggingFace) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, registry, hf):
+def server(tmp_path_factory, registry, hf, llama_server_binary):
     srv = Server(tmp_path_factory.mktemp("pull"), env=mirrors(registry, hf))
     yield srv
     srv.stop()
@@ -268,8 +268,8 @@ def test_pull_then_chat(server, registry, cdn, smollm2):
     listed = {m.model: m for m in client.list().models}
     assert listed["smollm2:135m"].digest == hashlib.sha256(raw).hexdigest()
     assert (server.models / "manifests/registry.ollama.ai/library/smollm2/135m").read_bytes() == raw
-    answer = client.chat(model="smollm2:135m", messages=[{"role": "user", "content": "Say hello"}],
-                         options={"num_predict": 8})
+    answer = client.chat(model="smollm2:135m", messages=[{"role": "user", "content": "What is the capital of France?"}],
+                         options={"num_predict": 16})
     assert answer.message.content.strip()
 
     # Again: every blob is already there, nothing is downloaded, the manifest is checked.
@@ -411,7 +411,7 @@ def test_killed_pull_leaves_no_model_and_resumes_with_the_rest(tmp_path, registr
         cli.wait()
         # The server stops the download its last client left, keeping every byte it has.
         assert wait_until(lambda: f"stopping the download of sha256:{hex_digest}" in first.log())
-        assert sum(p.Completed for p in saved_parts(first.models, hex_digest)) > 0
+        assert wait_until(lambda: sum(p.Completed for p in saved_parts(first.models, hex_digest)) > 0)
         first.stop(signal.SIGKILL)
     finally:
         first.stop()
