@@ -227,6 +227,37 @@ def test_network_failure_keeps_the_partial_download_for_a_resume(tmp_path):
     assert (tmp_path / "blobs" / f"sha256-{hex_digest}").read_bytes() == data
 
 
+def test_a_second_downloader_on_the_store_waits_and_finds_the_blob(tmp_path):
+    """Two download managers on one store, as two llamagate processes would be: the partial
+    file's lock makes the second wait, then find the finished blob instead of fetching it."""
+    data = os.urandom(2 * MB)
+    hex_digest = sha256(data)
+    cdn = Cdn()
+    cdn.add(data, throttle=0.05)  # about 1.5 s: the second starts while the first is at it
+    url = f"{cdn.url}/blob/{hex_digest}"
+
+    async def fetch(store: Store) -> list[int]:
+        async with httpx.AsyncClient() as client:
+            with Downloads(store, client).join(f"sha256:{hex_digest}", len(data), url, False) as blob:
+                seen = [c async for c in blob.progress()]
+                await blob.wait()
+                return seen
+
+    async def both() -> list[list[int]]:
+        first = asyncio.create_task(fetch(Store(tmp_path)))
+        await asyncio.sleep(0.3)
+        return await asyncio.gather(first, fetch(Store(tmp_path)))
+
+    try:
+        first, second = asyncio.run(both())
+    finally:
+        cdn.close()
+    assert first[-1] == second[-1] == len(data)
+    assert 0 < first[len(first) // 2] < len(data) and len(second) > 5 and set(second[:-1]) == {0}  # it waited
+    assert cdn.bytes_for(hex_digest) == len(data) + 1  # one download and its one-byte probe
+    assert blob_files(tmp_path, hex_digest) == [f"sha256-{hex_digest}"]
+
+
 # Through the server ----------------------------------------------------------------------------
 
 
