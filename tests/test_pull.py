@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import pty
 import resource
 import signal
 import subprocess
@@ -538,3 +539,33 @@ def test_cli_pull_progress_and_quiet(server, registry, tiny_bytes):
     assert quiet.stdout == "" and quiet.stderr == ""
     failed = server.cli("pull", "test/cli:nosuch", "-q", check=False)
     assert failed.returncode == 1 and failed.stderr.strip() == "Error: pull model manifest: file does not exist"
+
+
+def test_cli_pull_redraws_bars_on_a_terminal(server, registry):
+    data = os.urandom(3 * MB)
+    registry.publish("test/tty:v1", [(MODEL, data)], throttle=0.01)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*llamagate_cmd(), "pull", "test/tty:v1"], env=server.env,
+                            stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    out = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        os.close(leader)
+    text = out.decode()
+    label = f"pulling {sha256(data)[:12]}..."
+    # Drawn in place: the cursor goes back up over the previous frame, and the bar grows.
+    assert "\x1b[2A" in text and f"{label} 100% ▕{'█' * 25}▏ 3.0 MB" in text
+    partial = [line for line in text.split("\r\x1b[2K") if line.startswith(label) and "/s" in line]
+    assert partial and "/3.0 MB" in partial[0]
+    assert text.rstrip().endswith("success")
