@@ -10,15 +10,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from proxy.ollama.schemas import ProgressResponse
+
 WINDOW = 5.0  # seconds of history behind the speed shown
 BAR = 25
-
-
-class Event(msgspec.Struct):
-    status: str
-    digest: str = ""
-    total: int = 0
-    completed: int = 0
 
 
 def human_bytes(n: float) -> str:
@@ -81,7 +76,7 @@ class PullDisplay:
         self._layers: dict[str, Layer] = {}
 
     def update(self, obj: dict) -> None:
-        event = msgspec.convert(obj, Event)
+        event = msgspec.convert(obj, ProgressResponse)
         if not event.digest:
             if not self.lines or self.lines[-1] != event.status:
                 self.lines.append(event.status)
