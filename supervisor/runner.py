@@ -44,7 +44,7 @@ class LaunchSpec:
     threads: int
     parallel: int
 
-    def args(self, api_key: str) -> list[str]:
+    def args(self) -> list[str]:
         return [
             str(self.binary),
             "--model", str(self.model_path),
@@ -57,7 +57,6 @@ class LaunchSpec:
             "--parallel", str(self.parallel),
             "--threads", str(self.threads),
             "--jinja",
-            "--api-key", api_key,
             "--no-webui",
             "--offline",
             "--log-colors", "off",
@@ -70,9 +69,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _clean_env() -> dict[str, str]:
-    """Our environment minus llama-server's own settings, which would silently override flags."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_") and k != "LLAMA_API_KEY"}
+def _child_env(api_key: str) -> dict[str, str]:
+    """Our environment minus llama-server's own settings, which would silently override flags,
+    plus the runner's API key: in the environment, other users can't read it as they can argv."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
+    env["LLAMA_API_KEY"] = api_key
+    return env
 
 
 class Runner:
@@ -190,16 +192,16 @@ class Runner:
         self.api_key = secrets.token_urlsafe(24)
         self._log_tail.clear()
         self._port_found = asyncio.get_running_loop().create_future()
-        log.info("[%s] starting: %s", self.name, " ".join(spec.args("***")))
+        log.info("[%s] starting: %s", self.name, " ".join(spec.args()))
         started = time.monotonic()
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *spec.args(self.api_key),
+                *spec.args(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=spec.binary.parent,
-                env=_clean_env(),
+                env=_child_env(self.api_key),
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
