@@ -15,20 +15,12 @@ import click
 
 from proxy.client import Client, ClientError
 from proxy.modelfile import ModelfileError, parse
+from proxy.progress import PullDisplay, human_bytes
 
 
 def _fail(message: str) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(1)
-
-
-def human_bytes(n: int) -> str:
-    """Decimal units, as `ollama list` shows sizes."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            value = n / scale
-            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
-    return f"{n} B"
 
 
 def human_since(when: datetime) -> str:
@@ -66,7 +58,10 @@ def serve(llama_server: str | None, threads: int | None, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request to the runners at INFO: that is our own traffic, not news.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = Config.from_env(llama_server=llama_server, threads=threads)
+    try:
+        config = Config.from_env(llama_server=llama_server, threads=threads)
+    except ValueError as e:
+        _fail(str(e))
     uvicorn.run(
         create_app(config),
         host=config.host,
@@ -136,6 +131,60 @@ def create(name: str, modelfile: Path) -> None:
             click.echo(status["status"])
     except ClientError as e:
         _fail(str(e))
+
+
+class _Terminal:
+    """Redraws the display in place on a terminal; elsewhere (a log, a pipe) prints each step
+    and each finished layer once."""
+
+    def __init__(self, display: PullDisplay) -> None:
+        self.display = display
+        self.tty = sys.stderr.isatty()
+        self.drawn = 0
+        self.printed = 0
+        self.last_draw = 0.0
+        self.done: set[str] = set()
+
+    def show(self, final: bool = False) -> None:
+        if self.tty:
+            now = time.monotonic()
+            if final or now - self.last_draw >= 0.1:
+                lines = self.display.render()
+                up = f"\x1b[{self.drawn}A" if self.drawn else ""
+                sys.stderr.write(up + "".join(f"\r\x1b[2K{line}\n" for line in lines))
+                sys.stderr.flush()
+                self.drawn, self.last_draw = len(lines), now
+            return
+        for item in self.display.lines[self.printed:]:
+            if isinstance(item, str):
+                click.echo(item, err=True)
+                self.printed += 1
+            elif item.total and item.completed >= item.total:
+                click.echo(item.render(self.display.label(item)), err=True)
+                self.printed += 1
+            else:
+                break
+
+
+@main.command()
+@click.argument("name")
+@click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")
+def pull(name: str, insecure: bool, quiet: bool) -> None:
+    """Pull a model from a registry (registry.ollama.ai, hf.co/<user>/<repo>[:<quant>], ...)."""
+    display = PullDisplay()
+    terminal = _Terminal(display)
+    try:
+        for event in Client().stream("/api/pull", {"model": name, "insecure": insecure}):
+            display.update(event)
+            if not quiet:
+                terminal.show()
+    except ClientError as e:
+        if not quiet:
+            terminal.show(final=True)
+        _fail(str(e))
+    if not quiet:
+        terminal.show(final=True)
 
 
 def _chat(client: Client, model: str, messages: list[dict[str, str]]) -> str:

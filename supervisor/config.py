@@ -59,8 +59,32 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def default_models_dir() -> Path:
+def own_models_dir() -> Path:
     return platformdirs.user_data_path("llamagate") / "models"
+
+
+def default_models_dir(own: Path | None = None, ollama: Path | None = None) -> Path:
+    """The store when OLLAMA_MODELS is unset: Ollama's own `~/.ollama/models` when it exists, so
+    that a user of Ollama keeps every model they pulled, unless llamagate's own store already
+    exists (a user who started with llamagate keeps theirs)."""
+    own = own or own_models_dir()
+    ollama = ollama or Path.home() / ".ollama" / "models"
+    if not own.is_dir() and ollama.is_dir():
+        return ollama
+    return own
+
+
+def parse_mirrors(text: str) -> dict[str, str]:
+    """`LLAMAGATE_REGISTRY_MIRRORS`: `host=url[,host=url]`, the base URL to use for a registry
+    host instead of `https://<host>` (an air-gapped mirror; the tests' loopback registries)."""
+    mirrors = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, sep, url = item.partition("=")
+        url = url.strip().rstrip("/")
+        if not sep or not host.strip() or not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+            raise ValueError(f"LLAMAGATE_REGISTRY_MIRRORS: {item!r} is not host=http(s)://address")
+        mirrors[host.strip().lower()] = url
+    return mirrors
 
 
 @dataclass
@@ -76,6 +100,7 @@ class Config:
     keep_alive: float = 300.0
     load_timeout: float = 300.0
     stop_grace: float = 5.0
+    registry_mirrors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -90,6 +115,7 @@ class Config:
             num_parallel=max(1, _env_int("OLLAMA_NUM_PARALLEL", 1)),
             keep_alive=parse_keep_alive(_env_seconds("OLLAMA_KEEP_ALIVE", "5m")),
             load_timeout=_env_seconds("OLLAMA_LOAD_TIMEOUT", "5m"),
+            registry_mirrors=parse_mirrors(_env("LLAMAGATE_REGISTRY_MIRRORS")),
         )
         if models := _env("OLLAMA_MODELS"):
             cfg.models_dir = Path(models).expanduser()
