@@ -70,9 +70,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _clean_env() -> dict[str, str]:
-    """Our environment minus llama-server's own settings, which would silently override flags."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_") and k != "LLAMA_API_KEY"}
+def clean_env() -> dict[str, str]:
+    """Our environment minus llama.cpp's own variables: `LLAMA_ARG_*` set any flag we don't pass,
+    `LLAMA_API_KEY` the key, `LLAMA_LOG_*` the log verbosity and format we read the port from."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_")}
 
 
 class Runner:
@@ -199,7 +200,7 @@ class Runner:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=spec.binary.parent,
-                env=_clean_env(),
+                env=clean_env(),
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
