@@ -59,7 +59,7 @@ class Build(msgspec.Struct):
     backend: str
     archive: str
     digest: str
-    version: str  # what `llama-server --version` printed
+    version: str  # what `llama-server --version` printed, e.g. "0.6.0-dev (build 0, commit unknown)"
     installed_at: str
 
 
@@ -140,8 +140,9 @@ def _download(client: httpx.Client, asset: Asset, dest: Path, progress: Progress
     except httpx.HTTPError as e:
         raise LlamagateError(502, f"downloading {asset.name} from {url}: {e}") from e
     if done != asset.size:
-        raise LlamagateError(502, f"{asset.name}: got {'more than ' if done > asset.size else ''}{done} "
-                                  f"bytes, the releases API announced {asset.size}; download rejected")
+        got = "more than" if done > asset.size else f"{done} of"
+        raise LlamagateError(502, f"{asset.name}: got {got} the {asset.size} bytes the releases API "
+                                  "announced; download rejected")
     got = "sha256:" + h.hexdigest()
     if got != (asset.digest or "").lower():
         raise LlamagateError(502, f"{asset.name}: {got} does not match the digest the releases API "
@@ -206,17 +207,17 @@ def _single_root(tree: Path) -> Path:
 
 def smoke_test(exe: Path) -> str:
     """Run `llama-server --version` as the runner will run it (cwd its folder, clean environment)
-    and return the version line; broken library links or a wrong platform fail here."""
+    and return the version it prints; broken library links or a wrong platform fail here."""
     try:
         out = subprocess.run([str(exe), "--version"], cwd=exe.parent, env=clean_env(),
                              capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise LlamagateError(500, f"smoke test `{exe} --version` failed: {e}") from e
     text = (out.stdout + out.stderr).strip()
-    line = next((ln.strip() for ln in text.splitlines() if "version:" in ln), None)
+    line = next((ln for ln in text.splitlines() if "version:" in ln), None)
     if out.returncode != 0 or line is None:
         raise LlamagateError(500, f"smoke test `{exe} --version` exited with {out.returncode}:\n{text[-2000:]}")
-    return line
+    return line.split("version:", 1)[1].strip()
 
 
 # The cache ------------------------------------------------------------------------------------
