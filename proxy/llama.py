@@ -39,7 +39,8 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
 
 class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     messages: list[ChatMessage]
-    stream: bool = True
+    # No default: omit_defaults would drop it, and llama-server's own default is not to stream.
+    stream: bool
     cache_prompt: bool = True
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
@@ -48,7 +49,7 @@ class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
 
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
     prompt: str | list[int]
-    stream: bool = True
+    stream: bool
     cache_prompt: bool = True
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
