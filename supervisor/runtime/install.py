@@ -224,6 +224,15 @@ def smoke_test(exe: Path) -> str:
 
 
 @contextmanager
+def _cache_errors(runtime_dir: Path) -> Iterator[None]:
+    """A cache that can't be written (permissions, a full disk) as an error naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise LlamagateError(500, f"cannot install into {runtime_dir}: {e}") from e
+
+
+@contextmanager
 def _locked(runtime_dir: Path) -> Iterator[None]:
     """One install or switch at a time, across processes (a CLI install beside a server's)."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
@@ -310,7 +319,7 @@ def install(runtime_dir: Path, releases_url: str, backend: str | None = None, ve
     """Install (or reinstate) the build for this machine from release `version` (default: the
     pinned tag) and make it current. On any failure the current build stays as it was."""
     host = host or detect()
-    with _client() as client:
+    with _client() as client, _cache_errors(runtime_dir):
         release, chosen = resolve(client, releases_url, version or DEFAULT_TAG, host, backend)
         with _locked(runtime_dir):
             folder = runtime_dir / BUILDS / chosen.build_name
@@ -335,7 +344,7 @@ def use(runtime_dir: Path, name: str) -> Build:
         problem = "several builds have tag" if matches else "no installed build"
         raise LlamagateError(404 if not matches else 400, f"{problem} {name} (installed: {listed})")
     build = matches[0]
-    with _locked(runtime_dir):
+    with _cache_errors(runtime_dir), _locked(runtime_dir):
         smoke_test(runtime_dir / BUILDS / build.name / EXE)
         _point_current(runtime_dir, build.name)
     return build
