@@ -72,7 +72,8 @@ def _die_with_parent() -> None:
 
 def clean_env() -> dict[str, str]:
     """Our environment minus llama.cpp's own variables: `LLAMA_ARG_*` set any flag we don't pass,
-    `LLAMA_API_KEY` the key, `LLAMA_LOG_*` the log verbosity and format we read the port from."""
+    `LLAMA_API_KEY` the key, `LLAMA_LOG_*` the log we read the port and error reports from
+    (`LLAMA_LOG_VERBOSITY=0` cuts it to a dozen lines, without the model loader's)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_")}
 
 

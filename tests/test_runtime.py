@@ -445,7 +445,7 @@ def test_a_server_with_no_llama_server_downloads_one_on_first_need(tmp_path, rel
     try:
         srv.create("smollm2:135m", smollm2)
         r = ollama.Client(host=srv.url).chat(
-            model="smollm2:135m", messages=[{"role": "user", "content": "What is the capital of France?"}],
+            model="smollm2:135m", messages=[{"role": "user", "content": "What is the capital city of France? Answer with one word."}],
             options={"temperature": 0, "num_predict": 16})
         assert "Paris" in r.message.content
 
