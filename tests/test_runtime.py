@@ -3,6 +3,7 @@ loopback releases API serving archives built here from the installed llama-serve
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import io
@@ -322,15 +323,51 @@ def test_install_keeps_symlinks_verifies_and_switches(tmp_path, releases, files)
     assert len(releases.downloads) == before
 
 
-def test_zip_layout_with_build_bin(tmp_path, releases, files):
-    releases.publish("b6000", {f"llama-b6000-bin-{FLAVOR}.zip": _zip("build/bin/", files)})
+@pytest.mark.parametrize("prefix", ["build/bin/", ""], ids=["linux zip before Nov 2025", "flat like Windows"])
+def test_zip_layouts(tmp_path, releases, files, prefix):
+    releases.publish("b6000", {f"llama-b6000-bin-{FLAVOR}.zip": _zip(prefix, files)})
     build = _install(tmp_path, releases, "b6000")
-    assert build.name == f"b6000-{FLAVOR}"
+    assert build.name == f"b6000-{FLAVOR}" and current_name(tmp_path) == build.name
     folder = tmp_path / "builds" / build.name
-    assert (tmp_path / CURRENT / "llama-server").is_file()
     links = [p for p in files if p.is_symlink()]
     assert links and all(os.readlink(folder / p.name) == os.readlink(p) for p in links)
     assert not (folder / "build").exists()
+
+
+@pytest.mark.parametrize(
+    ("runtime_name", "pack"),
+    [
+        (f"cudart-llama-b11600-bin-ubuntu-cuda-13.3-{HOST.arch}.tar.gz", "tar"),  # Linux: tagged, one folder
+        (f"cudart-llama-bin-ubuntu-cuda-13.3-{HOST.arch}.zip", "zip"),  # as Windows names and packs it
+    ],
+)
+def test_a_cuda_build_gets_its_runtime_libraries_beside_llama_server(tmp_path, releases, good_tar, runtime_name, pack):
+    libs = tmp_path / "cudart"
+    libs.mkdir()
+    for name in ("libcudart.so.13", "libcublas.so.13"):
+        (libs / name).write_bytes(name.encode())
+    runtime = _tar("cudart", sorted(libs.iterdir())) if pack == "tar" else _zip("", sorted(libs.iterdir()))
+    releases.publish("b11600", {f"llama-b11600-bin-ubuntu-cuda-13.3-{HOST.arch}.tar.gz": good_tar,
+                                f"llama-b11600-bin-ubuntu-vulkan-{HOST.arch}.tar.gz": good_tar,
+                                runtime_name: runtime})
+    cache = tmp_path / "runtime"
+    build = install(cache, releases.url, version="b11600", host=Host("linux", HOST.arch, "nvidia", 13))
+    assert build.backend == "cuda" and build.name == f"b11600-ubuntu-cuda-13.3-{HOST.arch}"
+    folder = cache / CURRENT
+    assert (folder / "libcudart.so.13").read_bytes() == b"libcudart.so.13"
+    assert (folder / "libcublas.so.13").is_file() and (folder / "llama-server").is_file()
+
+
+def test_nvidia_driver_detection(tmp_path, monkeypatch):
+    """`nvidia-smi`'s header names the newest CUDA the driver supports."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '| NVIDIA-SMI 550.54.14   Driver Version: 550.54.14   CUDA Version: 12.4 |'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    host = detect()
+    assert (host.gpu, host.cuda) == ("nvidia", 12)
+    on_linux_x64 = dataclasses.replace(host, os="linux", arch="x64")
+    assert pick(on_linux_x64, LATE_2026).archive.name == "llama-b11434-bin-ubuntu-cuda-12.8-x64.tar.gz"
 
 
 def test_latest_is_the_newest_build_tag_with_a_fitting_asset(tmp_path, releases, good_tar):
