@@ -322,6 +322,12 @@ def test_install_keeps_symlinks_verifies_and_switches(tmp_path, releases, files)
     assert _install(runtime_dir, releases).name == build.name
     assert len(releases.downloads) == before
 
+    # What a killed install left behind goes with the next install.
+    (runtime_dir / ".install-killed" / "tree").mkdir(parents=True)
+    releases.publish("b6000", {f"llama-b6000-bin-{FLAVOR}.tar.gz": _tar("llama-b6000", files)})
+    _install(runtime_dir, releases, "b6000")
+    assert _leftovers(runtime_dir) == []
+
 
 @pytest.mark.parametrize("prefix", ["build/bin/", ""], ids=["linux zip before Nov 2025", "flat like Windows"])
 def test_zip_layouts(tmp_path, releases, files, prefix):

@@ -279,6 +279,9 @@ def current_name(runtime_dir: Path) -> str | None:
 
 def _install(client: httpx.Client, runtime_dir: Path, release: Release, chosen: Pick,
              progress: Progress | None) -> Build:
+    # Under the lock nobody else is installing: what an earlier, killed install left goes.
+    for stale in runtime_dir.glob(".install-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=".install-", dir=runtime_dir))
     try:
         tree, extra = work / "tree", work / "runtime"
