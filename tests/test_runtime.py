@@ -3,6 +3,7 @@ loopback releases API serving archives built here from the installed llama-serve
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import http.server
@@ -487,10 +488,18 @@ def test_a_server_with_no_llama_server_downloads_one_on_first_need(tmp_path, rel
     srv = Server(tmp_path, env=env)
     try:
         srv.create("smollm2:135m", smollm2)
-        r = ollama.Client(host=srv.url).chat(
-            model="smollm2:135m", messages=[{"role": "user", "content": "What is the capital city of France? Answer with one word."}],
-            options={"temperature": 0, "num_predict": 16})
-        assert "Paris" in r.message.content
+        client = ollama.Client(host=srv.url)
+
+        def ask(question: str) -> str:
+            r = client.chat(model="smollm2:135m", messages=[{"role": "user", "content": question}],
+                            options={"temperature": 0, "num_predict": 16})
+            return r.message.content
+
+        # Two requests arrive before any llama-server exists: they share one download.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(ask, ["What is the capital city of France? Answer with one word.",
+                                          "What is 2+2?"]))
+        assert "Paris" in answers[0] and "4" in answers[1]
 
         # The runner is the downloaded build, started in its folder with no LLAMA_* variables.
         runtime_dir = tmp_path / "cache" / "llamagate" / "runtime"
@@ -503,7 +512,8 @@ def test_a_server_with_no_llama_server_downloads_one_on_first_need(tmp_path, rel
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert not [v for v in environ if v.startswith(b"LLAMA_")]
         log = srv.log()
-        assert f"downloading llama.cpp {DEFAULT_TAG}" in log and "100% of" in log
+        assert log.count(f"no llama-server found: downloading llama.cpp {DEFAULT_TAG}") == 1
+        assert "100% of" in log
         assert len(releases.downloads) == 1
     finally:
         srv.stop()
