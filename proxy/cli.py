@@ -14,9 +14,9 @@ import click
 
 from proxy.client import Client, ClientError
 from proxy.modelfile import ModelfileError, parse
+from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.runtime.assets import BACKENDS
-from supervisor.config import Config
 from supervisor.runtime.install import DEFAULT_TAG, builds, current_name, install, use
 
 

@@ -7,13 +7,12 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
-from supervisor.runtime.install import CURRENT, DEFAULT_TAG, EXE, Build, install
+from supervisor.runtime.install import CURRENT, DEFAULT_TAG, EXE, Build, Progress, install
 
 log = logging.getLogger("llamagate.binary")
 
@@ -68,7 +67,7 @@ def find_llama_server(explicit: str, runtime_dir: Path) -> Binary:
 _download: asyncio.Task[Build] | None = None
 
 
-def _progress_log() -> Callable[[str, int, int], None]:
+def _progress_log() -> Progress:
     """A download progress reporter for the server log: one line per tenth."""
     logged: dict[str, int] = {}
 
