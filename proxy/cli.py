@@ -67,6 +67,8 @@ def serve(llama_server: str | None, threads: int | None, verbose: bool) -> None:
     from supervisor.config import Config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request to the runners at INFO: that is our own traffic, not news.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = Config.from_env(llama_server=llama_server, threads=threads)
     uvicorn.run(
         create_app(config),

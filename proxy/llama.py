@@ -39,9 +39,9 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
 
 class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     messages: list[ChatMessage]
-    # No default: omit_defaults would drop it, and llama-server's own default is not to stream.
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
-    cache_prompt: bool = True
+    cache_prompt: bool
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -50,7 +50,7 @@ class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
     prompt: str | list[int]
     stream: bool
-    cache_prompt: bool = True
+    cache_prompt: bool
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
 

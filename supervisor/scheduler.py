@@ -30,10 +30,14 @@ class Scheduler:
         self.config = config
         # Keyed by model file, so aliases made with `cp` share one process.
         self._runners: dict[Path, Runner] = {}
+        self._binary: Binary | None = None
 
     def binary(self) -> Binary:
-        """Looked up at every load, so that installing llama-server needs no restart of ours."""
-        return find_llama_server(self.config.llama_server, self.config.runtime_dir)
+        """Found once; a failure is not remembered, so installing llama-server later needs no
+        restart of ours."""
+        if self._binary is None:
+            self._binary = find_llama_server(self.config.llama_server, self.config.runtime_dir)
+        return self._binary
 
     def num_ctx(self, model: StoredModel, requested: int | None) -> int:
         """Request, else the model's PARAMETER, else the server default; capped by training."""

@@ -83,7 +83,7 @@ async def _respond(
     if not stream:
         return _json(await merge(chunks))
     first = await anext(chunks)
-    return Stream(_ndjson(first, chunks), media_type=NDJSON)
+    return Stream(_ndjson(first, chunks), status_code=200, media_type=NDJSON)
 
 
 # Chat -----------------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ async def create(request: Request) -> Response[Any]:
     lines = _create(_gate(request), req)
     if req.stream is False:
         return _json(lines[-1])
-    return Stream((_encode(line) + b"\n" for line in lines), media_type=NDJSON)
+    return Stream((_encode(line) + b"\n" for line in lines), status_code=200, media_type=NDJSON)
 
 
 ROUTES = [root, version, tags, chat, generate, blob_exists, blob_upload, create]
