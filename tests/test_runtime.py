@@ -78,13 +78,15 @@ LINUX = Host("linux", "x64")
          "cudart-llama-b11434-bin-ubuntu-cuda-13.3-x64.tar.gz"),
         (Host("linux", "x64", "nvidia", 12), LATE_2026, None, "llama-b11434-bin-ubuntu-cuda-12.8-x64.tar.gz",
          "cudart-llama-b11434-bin-ubuntu-cuda-12.8-x64.tar.gz"),
-        (Host("linux", "x64", "nvidia", None), LATE_2026, None, "llama-b11434-bin-ubuntu-cuda-12.8-x64.tar.gz",
+        (Host("linux", "x64", "nvidia", None), LATE_2026, "cuda", "llama-b11434-bin-ubuntu-cuda-12.8-x64.tar.gz",
          "cudart-llama-b11434-bin-ubuntu-cuda-12.8-x64.tar.gz"),
         (Host("linux", "arm64", "nvidia", 13), LATE_2026, None, "llama-b11434-bin-ubuntu-cuda-13.3-arm64.tar.gz",
          None),
-        # ...Vulkan where the OS has no CUDA build or the driver is too old for all of them.
+        # ...Vulkan where the OS has no CUDA build, the driver is too old for all of them, or no
+        # driver answers (a card on Mesa's NVK).
         (Host("linux", "x64", "nvidia", 12), MID_2026, None, "llama-b9553-bin-ubuntu-vulkan-x64.tar.gz", None),
         (Host("linux", "x64", "nvidia", 11), LATE_2026, None, "llama-b11434-bin-ubuntu-vulkan-x64.tar.gz", None),
+        (Host("linux", "x64", "nvidia", None), LATE_2026, None, "llama-b11434-bin-ubuntu-vulkan-x64.tar.gz", None),
         (Host("linux", "x64", "nvidia", 12), LATE_2026, "vulkan", "llama-b11434-bin-ubuntu-vulkan-x64.tar.gz",
          None),
         # AMD: ROCm where its runtime is installed, else Vulkan; no ROCm build for arm64.

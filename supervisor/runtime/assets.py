@@ -133,7 +133,10 @@ def pick(host: Host, release: Release, backend: str | None = None) -> Pick:
     """The archive (and CUDA runtime) to install from `release`; `backend` None = choose."""
     builds = offered(host, release)
     cuda = _cuda_build(builds["cuda"], host.cuda) if "cuda" in builds else None
-    chosen = backend or auto_backend(host, set(builds) - ({"cuda"} if cuda is None else set()))
+    # Chosen for the user only when the driver answered and runs one: an NVIDIA card without the
+    # proprietary driver can still have Vulkan (Mesa's NVK), never CUDA.
+    cuda_usable = cuda is not None and host.cuda is not None
+    chosen = backend or auto_backend(host, set(builds) - (set() if cuda_usable else {"cuda"}))
     if chosen not in builds:
         listed = ", ".join(sorted(builds)) or "nothing"
         raise LlamagateError(
