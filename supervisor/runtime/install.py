@@ -248,7 +248,7 @@ def _point_current(runtime_dir: Path, name: str) -> None:
         # A directory symlink needs a privilege on Windows; a junction doesn't.
         import _winapi
 
-        if link.exists():
+        if os.path.lexists(link):  # a junction to a deleted build doesn't "exist"
             os.rmdir(link)
         _winapi.CreateJunction(str(runtime_dir / BUILDS / name), str(link))
         return
