@@ -26,7 +26,7 @@ from supervisor.binary import Binary, find_llama_server
 from supervisor.errors import LlamagateError
 from supervisor.runtime.assets import Asset, Host, Release, pick
 from supervisor.runtime.host import detect
-from supervisor.runtime.install import CURRENT, DEFAULT_TAG, Build, builds, current_name, install, smoke_test
+from supervisor.runtime.install import CURRENT, DEFAULT_TAG, Build, builds, current_name, install, smoke_test, use
 
 
 def _release(tag: str, *flavors: str, extra: tuple[str, ...] = ()) -> Release:
@@ -426,6 +426,21 @@ def test_a_failed_install_keeps_the_previous_build(tmp_path, releases, files, ho
     assert [b.name for b in builds(tmp_path)] == [previous.name]
     assert _leftovers(tmp_path) == []
     assert smoke_test(tmp_path / CURRENT / "llama-server") == previous.version
+
+
+def test_use_smoke_tests_before_switching(tmp_path, releases, files):
+    releases.publish("b6000", {f"llama-b6000-bin-{FLAVOR}.tar.gz": _tar("llama-b6000", files)})
+    damaged = _install(tmp_path, releases, "b6000")
+    current = _install(tmp_path, releases)
+    link = next(p for p in files if p.is_symlink() and p.name.startswith("libllama.so."))
+    (tmp_path / "builds" / damaged.name / link.name).unlink()
+    with pytest.raises(LlamagateError) as e:
+        use(tmp_path, damaged.name)
+    assert "smoke test" in e.value.message and link.name in e.value.message
+    assert current_name(tmp_path) == current.name
+    # Repaired, it is switched to (here by its tag).
+    (tmp_path / "builds" / damaged.name / link.name).symlink_to(os.readlink(link))
+    assert use(tmp_path, "b6000").name == damaged.name == current_name(tmp_path)
 
 
 # The CLI and a server that downloads on first need --------------------------------------------
