@@ -126,8 +126,7 @@ def create(name: str, modelfile: Path) -> None:
         if source.is_file():
             click.echo("gathering model components")
             digest = _sha256(source)
-            exists = client.http.head(f"/api/blobs/{digest}").status_code == 200
-            if not exists:
+            if not client.exists(f"/api/blobs/{digest}"):
                 click.echo(f"copying file {digest}")
                 with open(source, "rb") as f:
                     client.request("POST", f"/api/blobs/{digest}", content=f)
