@@ -16,6 +16,10 @@ import click
 from proxy.client import Client, ClientError
 from proxy.modelfile import ModelfileError, parse
 from proxy.progress import PullDisplay, human_bytes
+from supervisor.config import Config
+from supervisor.errors import LlamagateError
+from supervisor.runtime.assets import BACKENDS
+from supervisor.runtime.install import DEFAULT_TAG, builds, current_name, install, use
 
 
 def _fail(message: str) -> None:
@@ -350,3 +354,55 @@ def stop(model: str) -> None:
         Client().request("POST", "/api/generate", json={"model": model, "keep_alive": 0})
     except ClientError as e:
         _fail(str(e))
+
+
+@main.group()
+def runtime() -> None:
+    """Prebuilt llama-server builds from llama.cpp's releases, kept in llamagate's cache.
+
+    These work on the cache directly (no server needed); a running server uses the current
+    build from its next model load on.
+    """
+
+
+def _download_progress(name: str, done: int, total: int) -> None:
+    click.echo(f"\rdownloading {name}  {done / 1e6:.1f}/{total / 1e6:.1f} MB  {100 * done // max(total, 1)}%",
+               nl=done >= total, err=True)
+
+
+@runtime.command("install")
+@click.option("--backend", type=click.Choice(BACKENDS), help="GPU backend (default: detected).")
+@click.option("--version", "version", metavar="bNNNN|latest",
+              help=f"llama.cpp build tag, or latest (default: the tested {DEFAULT_TAG}).")
+def runtime_install(backend: str | None, version: str | None) -> None:
+    """Download the llama.cpp build for this machine, verify it, and make it current."""
+    config = Config.from_env()
+    try:
+        build = install(config.runtime_dir, config.releases_url, backend, version, _download_progress)
+    except LlamagateError as e:
+        _fail(e.message)
+    click.echo(f"{build.name} ({build.backend}, {build.version}) is current")
+
+
+@runtime.command("list")
+def runtime_list() -> None:
+    """List the downloaded builds; * marks the current one."""
+    config = Config.from_env()
+    current = current_name(config.runtime_dir)
+    rows = [["", "BUILD", "BACKEND", "VERSION", "INSTALLED"]]
+    for b in builds(config.runtime_dir):
+        installed = human_since(datetime.fromisoformat(b.installed_at))
+        rows.append(["*" if b.name == current else "", b.name, b.backend, b.version, installed])
+    _table(rows)
+
+
+@runtime.command("use")
+@click.argument("build")
+def runtime_use(build: str) -> None:
+    """Make BUILD (a name from `runtime list`, or its tag) the current build."""
+    config = Config.from_env()
+    try:
+        chosen = use(config.runtime_dir, build)
+    except LlamagateError as e:
+        _fail(e.message)
+    click.echo(f"{chosen.name} ({chosen.backend}, {chosen.version}) is current")

@@ -59,6 +59,10 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+# GitHub's releases API for llama.cpp; asset download URLs come from its answers.
+LLAMA_CPP_RELEASES = "https://api.github.com/repos/ggml-org/llama.cpp/releases"
+
+
 def own_models_dir() -> Path:
     return platformdirs.user_data_path("llamagate") / "models"
 
@@ -94,6 +98,7 @@ class Config:
     models_dir: Path = field(default_factory=default_models_dir)
     runtime_dir: Path = field(default_factory=lambda: platformdirs.user_cache_path("llamagate") / "runtime")
     llama_server: str = ""
+    releases_url: str = LLAMA_CPP_RELEASES
     threads: int = field(default_factory=default_threads)
     context_length: int = 4096
     num_parallel: int = 1
@@ -110,6 +115,7 @@ class Config:
             host=host,
             port=port,
             llama_server=_env("LLAMAGATE_LLAMA_SERVER"),
+            releases_url=(_env("LLAMAGATE_RELEASES_URL") or LLAMA_CPP_RELEASES).rstrip("/"),
             threads=_env_int("LLAMAGATE_THREADS", default_threads()),
             context_length=_env_int("OLLAMA_CONTEXT_LENGTH", 4096) or 4096,
             num_parallel=max(1, _env_int("OLLAMA_NUM_PARALLEL", 1)),
