@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from supervisor.config import Config
 from supervisor.httpclient import tls_context
+from supervisor.registry import Puller
 from supervisor.scheduler import Scheduler
 from supervisor.store import Store
 from supervisor.upstreams import Upstreams
@@ -20,6 +21,7 @@ class Gateway:
         self.scheduler = Scheduler(config)
         self.upstream = Upstream()
         self.inference = Inference(self.scheduler, self.upstream)
+        self.puller = Puller(self.store, config.registry_mirrors)
 
     def start(self) -> None:
         tls_context()  # built now rather than inside the first model load
@@ -29,3 +31,4 @@ class Gateway:
         await self.upstreams.aclose()
         await self.scheduler.shutdown()
         await self.upstream.aclose()
+        await self.puller.aclose()

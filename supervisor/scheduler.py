@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor import memory
-from supervisor.binary import Binary, find_llama_server
+from supervisor.binary import Binary, ensure_llama_server, find_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.gguf import embedding_pooling
@@ -77,9 +77,9 @@ class Scheduler:
             num_ctx = min(num_ctx, trained)
         return max(num_ctx, 4)
 
-    def launch_spec(self, model: StoredModel, load: LoadOptions) -> LaunchSpec:
+    async def launch_spec(self, model: StoredModel, load: LoadOptions) -> LaunchSpec:
         return LaunchSpec(
-            binary=self.binary().path,
+            binary=(await ensure_llama_server(self.config)).path,
             model_path=model.model_path,
             num_ctx=self.num_ctx(model, load.num_ctx),
             threads=_option(load.num_thread, model, "num_thread") or self.config.threads,
@@ -100,7 +100,7 @@ class Scheduler:
             async with model.pool.lease() as endpoint:
                 yield endpoint
             return
-        spec = self.launch_spec(model, load)
+        spec = await self.launch_spec(model, load)
         key = (spec.model_path, load.embedding)
         runner = self._runners.get(key)
         if runner is None:
