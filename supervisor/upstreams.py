@@ -243,8 +243,13 @@ class RemoteModel:
         urls = ", ".join(e.base_url for e in self.pool.endpoints)
         return bad_request(f"{self.name.display} is served by an existing llama-server ({urls}) and has no file here")
 
+    # What copy, delete and create read of a stored model: none of it exists here.
     @property
     def manifest(self) -> Manifest:
+        raise self._no_file()
+
+    @property
+    def manifest_bytes(self) -> bytes:
         raise self._no_file()
 
     @property

@@ -86,6 +86,16 @@ def test_listed_with_metadata_from_props(gate, smollm2):
     assert shown.details.quantization_level == "Q4_1" and shown.modelinfo["general.parameter_count"] > 100_000_000
 
 
+def test_store_operations_on_an_upstream_model_are_400(gate):
+    for method, path, body in [
+        ("POST", "/api/copy", {"source": "smol", "destination": "smol2"}),
+        ("DELETE", "/api/delete", {"model": "smol"}),
+        ("POST", "/api/create", {"model": "smol3", "from": "smol"}),
+    ]:
+        r = httpx.request(method, f"{gate.url}{path}", json=body)
+        assert r.status_code == 400 and "served by an existing llama-server" in r.json()["error"], (path, r.text)
+
+
 def test_requests_share_the_load(gate, upstreams):
     before = [u.tokens_predicted() for u in upstreams]
     client = ollama.Client(host=gate.url)
