@@ -53,7 +53,7 @@ def _wait(url: str, timeout: float = 60) -> None:
 def llama_server_load(binary: Path, model: Path, num_ctx: int) -> float:
     """Spawn → /health 200, with the flags llamagate uses, the port given instead of read back."""
     spec = LaunchSpec(binary=binary, model_path=model, num_ctx=num_ctx, threads=1, parallel=1)
-    args = spec.args("bench")
+    args = spec.args()
     port = _port()
     args[args.index("--port") + 1] = str(port)
     started = time.monotonic()
