@@ -16,7 +16,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,7 +143,7 @@ def _activity(pid: int) -> tuple[float, int] | None:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), read
 
 
-Admit = Callable[["Runner", LaunchSpec], AbstractAsyncContextManager[None]]
+Admit = Callable[["Runner", LaunchSpec], contextlib.AbstractAsyncContextManager[None]]
 
 
 class Runner:
