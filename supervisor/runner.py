@@ -43,8 +43,12 @@ class LaunchSpec:
     num_ctx: int
     threads: int
     parallel: int
+    # An embedding process: llama-server serves embeddings only when started for them.
+    embedding: bool = False
 
     def args(self, api_key: str) -> list[str]:
+        # An embedding input must fit in one micro-batch: make it as large as a slot's context.
+        embedding = ["--embeddings", "--batch-size", str(self.num_ctx), "--ubatch-size", str(self.num_ctx)]
         return [
             str(self.binary),
             "--model", str(self.model_path),
@@ -61,6 +65,7 @@ class LaunchSpec:
             "--no-webui",
             "--offline",
             "--log-colors", "off",
+            *(embedding if self.embedding else []),
         ]
 
 

@@ -28,8 +28,9 @@ class LoadOptions:
 class Scheduler:
     def __init__(self, config: Config) -> None:
         self.config = config
-        # Keyed by model file, so aliases made with `cp` share one process.
-        self._runners: dict[Path, Runner] = {}
+        # Keyed by model file, so aliases made with `cp` share one process; embeddings need a
+        # process of their own (llama-server's --embeddings serves nothing else).
+        self._runners: dict[tuple[Path, bool], Runner] = {}
 
     def binary(self) -> Binary:
         """Looked up at every load, so that installing llama-server needs no restart of ours."""
@@ -44,19 +45,23 @@ class Scheduler:
         return max(num_ctx, 4)
 
     @asynccontextmanager
-    async def lease(self, model: StoredModel, load: LoadOptions) -> AsyncIterator[Runner]:
-        """A ready runner for `model`, held for the duration of one request."""
+    async def lease(self, model: StoredModel, load: LoadOptions, embedding: bool = False) -> AsyncIterator[Runner]:
+        """A ready runner for `model` (its embedding runner with `embedding`), held for the
+        duration of one request."""
         spec = LaunchSpec(
             binary=self.binary().path,
             model_path=model.model_path,
             num_ctx=self.num_ctx(model, load.num_ctx),
             threads=self.config.threads,
             parallel=self.config.num_parallel,
+            embedding=embedding,
         )
-        runner = self._runners.get(spec.model_path)
+        key = (spec.model_path, embedding)
+        runner = self._runners.get(key)
         if runner is None:
-            runner = self._runners[spec.model_path] = Runner(
-                model.name.display, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
+            name = model.name.display + (" (embedding)" if embedding else "")
+            runner = self._runners[key] = Runner(
+                name, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
             )
         await runner.acquire(spec, load.keep_alive)
         try:
@@ -65,9 +70,10 @@ class Scheduler:
             await runner.release()
 
     async def unload(self, model: StoredModel) -> None:
-        runner = self._runners.get(model.model_path)
-        if runner is not None:
-            await runner.unload()
+        for embedding in (False, True):
+            runner = self._runners.get((model.model_path, embedding))
+            if runner is not None:
+                await runner.unload()
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())
