@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from supervisor.config import Config
 from supervisor.scheduler import Scheduler
-from supervisor.store import Store
+from supervisor.store import Store, StoredModel
 
 from proxy.inference import Inference
+from proxy.ollama.translate import ModelDefaults
 from proxy.upstream import Upstream
+
+
+def model_defaults(model: StoredModel) -> ModelDefaults:
+    """What the model's Modelfile layers (SYSTEM, PARAMETER, MESSAGE) add to every request."""
+    return ModelDefaults(
+        system=model.system,
+        params=model.params,
+        messages=tuple((m.role, m.content) for m in model.messages),
+    )
 
 
 class Gateway:

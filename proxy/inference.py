@@ -46,6 +46,20 @@ class Inference:
             async for chunk in self.upstream.stream(runner, path, body, chunk_type):
                 yield chunk
 
+    async def call(
+        self, model: StoredModel, load: LoadOptions, path: str, body: msgspec.Struct, result_type: type[T],
+        embedding: bool = False,
+    ) -> T:
+        """One whole answer (no stream), from the model's embedding runner with `embedding`."""
+        async with self.scheduler.lease(model, load, embedding) as runner:
+            return await self.upstream.post(runner, path, body, result_type)
+
+    async def relay(self, model: StoredModel, load: LoadOptions, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
+        """A client's body passed on as is; llama-server's answer as (event, data) pairs."""
+        async with self.scheduler.lease(model, load) as runner:
+            async for event in self.upstream.relay(runner, path, content):
+                yield event
+
     async def load(self, model: StoredModel, load: LoadOptions) -> None:
         async with self.scheduler.lease(model, load):
             pass

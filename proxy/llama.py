@@ -37,21 +37,50 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
     name: str | None = None
 
 
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = True
+
+
 class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     messages: list[ChatMessage]
     stream: bool = True
+    stream_options: StreamOptions | None = None
     cache_prompt: bool = True
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     chat_template_kwargs: dict[str, Any] | None = None
 
 
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
+    """Native /completion, and (with `logprobs` as a count) OpenAI's /v1/completions."""
+
     prompt: str | list[int]
     stream: bool = True
+    stream_options: StreamOptions | None = None
     cache_prompt: bool = True
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = None
+
+
+class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
+    """Native /infill: fill in between a prefix and a suffix with the model's FIM tokens."""
+
+    input_prefix: str
+    input_suffix: str
+    stream: bool = True
+    cache_prompt: bool = True
+
+
+class EmbeddingRequest(msgspec.Struct):
+    input: str | list[Any]
+    encoding_format: str = "float"
 
 
 class Timings(msgspec.Struct):
@@ -87,6 +116,44 @@ class CompletionChunk(msgspec.Struct):
     stop: bool = False
     stop_type: str = ""
     timings: Timings | None = None
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    """OpenAI's usage as llama-server reports it: prompt_tokens include the cached ones."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: dict[str, int] | None = None
+
+
+class OpenAIChoice(msgspec.Struct):
+    """One choice of an OpenAI-shaped answer (chat or text, whole or streamed); the parts we
+    pass on untouched stay raw JSON."""
+
+    index: int = 0
+    message: msgspec.Raw | None = None
+    delta: msgspec.Raw | None = None
+    text: str | None = None
+    logprobs: msgspec.Raw | None = None
+    finish_reason: str | None = None
+
+
+class OpenAIResult(msgspec.Struct):
+    """llama-server's /v1/chat/completions or /v1/completions answer, or one chunk of it."""
+
+    choices: list[OpenAIChoice] = []
+    usage: Usage | None = None
+
+
+class Embedding(msgspec.Struct):
+    embedding: list[float]
+    index: int = 0
+
+
+class EmbeddingResult(msgspec.Struct):
+    data: list[Embedding]
+    usage: Usage = msgspec.field(default_factory=Usage)
 
 
 class ErrorBody(msgspec.Struct):

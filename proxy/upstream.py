@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import httpx
 import msgspec
@@ -16,15 +17,24 @@ from proxy.llama import ErrorEnvelope
 from supervisor.errors import LlamagateError
 from supervisor.runner import Runner
 
+T = TypeVar("T")
+
 _TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
 
 
-def _error_message(body: bytes) -> str:
+# llama-server's error types that have a name of their own in the dialects (OpenAI's `code`).
+_CODES = {"exceed_context_size_error": "context_length_exceeded"}
+
+
+def _error(status: int, body: bytes) -> LlamagateError:
+    """llama-server's error answer as ours: its status, message and (where it has one) code."""
     try:
         err = msgspec.json.decode(body, type=ErrorEnvelope).error
-        return err if isinstance(err, str) else err.message
     except msgspec.DecodeError:
-        return body.decode(errors="replace").strip()
+        return LlamagateError(status, body.decode(errors="replace").strip())
+    if isinstance(err, str):
+        return LlamagateError(status, err)
+    return LlamagateError(status, err.message, _CODES.get(err.type))
 
 
 class Upstream:
@@ -67,7 +77,7 @@ class Upstream:
             raise self._failure(runner, e) from e
         try:
             if response.status_code != 200:
-                raise LlamagateError(response.status_code, _error_message(await response.aread()))
+                raise _error(response.status_code, await response.aread())
             decoder = msgspec.json.Decoder(chunk_type)
             buffer = b""
             async for data in response.aiter_raw():
@@ -79,11 +89,52 @@ class Upstream:
                         if payload == b"[DONE]":
                             return
                         if payload.startswith(b'{"error"'):
-                            raise LlamagateError(500, _error_message(payload))
+                            raise _error(500, payload)
                         yield decoder.decode(payload)
                     elif line.startswith(b"error:"):
                         # llama-server builds before Nov 2025 sent mid-stream errors this way.
-                        raise LlamagateError(500, _error_message(line[6:].strip()))
+                        raise _error(500, line[6:].strip())
+        except httpx.HTTPError as e:
+            raise self._failure(runner, e) from e
+        finally:
+            await response.aclose()
+
+    async def post(self, runner: Runner, path: str, body: msgspec.Struct, result_type: type[T]) -> T:
+        """POST `body` and decode the whole JSON answer as `result_type`."""
+        client = self._client(runner)
+        try:
+            response = await client.post(path, content=msgspec.json.encode(body))
+        except httpx.HTTPError as e:
+            raise self._failure(runner, e) from e
+        if response.status_code != 200:
+            raise _error(response.status_code, response.content)
+        return msgspec.json.decode(response.content, type=result_type)
+
+    async def relay(self, runner: Runner, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
+        """POST a body as the client sent it and yield llama-server's answer as (event, data)
+        pairs: one per SSE event, or ("", body) for a JSON answer. An error status before the
+        answer starts is raised; a broken connection after it is raised as a 500."""
+        client = self._client(runner)
+        try:
+            response = await client.send(client.build_request("POST", path, content=content), stream=True)
+        except httpx.HTTPError as e:
+            raise self._failure(runner, e) from e
+        try:
+            if response.status_code != 200:
+                raise _error(response.status_code, await response.aread())
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                yield "", await response.aread()
+                return
+            event, buffer = "", b""
+            async for data in response.aiter_raw():
+                buffer += data
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"event:"):
+                        event = line[6:].strip().decode()
+                    elif line.startswith(b"data:"):
+                        yield event, line[5:].strip()
+                        event = ""
         except httpx.HTTPError as e:
             raise self._failure(runner, e) from e
         finally:

@@ -24,6 +24,16 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    """Ollama's boolean grammar (strconv.ParseBool): 1/t/true/0/f/false, any case; else the default."""
+    text = _env(name).lower()
+    if text in ("1", "t", "true"):
+        return True
+    if text in ("0", "f", "false"):
+        return False
+    return default
+
+
 def _env_seconds(name: str, default: str) -> float:
     text = _env(name) or default
     return float(text) if text.lstrip("-").isdigit() else parse_go_duration(text)
@@ -76,6 +86,9 @@ class Config:
     keep_alive: float = 300.0
     load_timeout: float = 300.0
     stop_grace: float = 5.0
+    # The two rewrites Ollama documents for /v1 (see proxy/openai/translate.py, "Rewrites").
+    openai_seed_greedy: bool = True
+    openai_finish_stop: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -90,6 +103,8 @@ class Config:
             num_parallel=max(1, _env_int("OLLAMA_NUM_PARALLEL", 1)),
             keep_alive=parse_keep_alive(_env_seconds("OLLAMA_KEEP_ALIVE", "5m")),
             load_timeout=_env_seconds("OLLAMA_LOAD_TIMEOUT", "5m"),
+            openai_seed_greedy=_env_bool("LLAMAGATE_OPENAI_SEED_GREEDY", True),
+            openai_finish_stop=_env_bool("LLAMAGATE_OPENAI_FINISH_STOP", True),
         )
         if models := _env("OLLAMA_MODELS"):
             cfg.models_dir = Path(models).expanduser()
