@@ -124,7 +124,7 @@ class Usage(msgspec.Struct, omit_defaults=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    prompt_tokens_details: dict[str, int] | None = None
+    prompt_tokens_details: dict[str, Any] | None = None
 
 
 class OpenAIChoice(msgspec.Struct):

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import msgspec
@@ -136,60 +136,75 @@ async def _stream(chunks: AsyncIterator[msgspec.Struct]) -> Response[Any]:
     return Stream(_sse(first, chunks), media_type=SSE, headers={"Cache-Control": "no-cache"})
 
 
-# Chat ----------------------------------------------------------------------------------------
+# Chat and completions ------------------------------------------------------------------------
+
+
+async def _begin(request: Request, type_: type[T]) -> tuple[Gateway, T, StoredModel]:
+    req = await decode_body(request, type_)
+    gate = _gate(request)
+    model = _require(gate, req.model)  # type: ignore[attr-defined]
+    if req.user:  # type: ignore[attr-defined]
+        log.info("%s for user %r", request.url.path, req.user)  # type: ignore[attr-defined]
+    return gate, req, model
+
+
+async def _answer(
+    req: schemas._Sampling,
+    bodies: list[Any],
+    stream: Callable[[Any], AsyncIterator[llama.OpenAIResult]],
+    call: Callable[[Any], Awaitable[llama.OpenAIResult]],
+    choice: Callable[[int, llama.OpenAIChoice], Any],
+    make: Callable[[list[Any], schemas.Usage | None], msgspec.Struct],
+) -> Response[Any]:
+    """One OpenAI answer from one upstream request per choice: choice i is request i's answer,
+    whole or streamed as it comes, with the usage of them all."""
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def chunks() -> AsyncIterator[msgspec.Struct]:
+            usages = [llama.Usage()] * len(bodies)
+            async for i, r in _fan_in([stream(b) for b in bodies]):
+                if r.usage:
+                    usages[i] = r.usage
+                if r.choices:
+                    yield make([choice(i, c) for c in r.choices], None)
+            if include_usage:
+                yield make([], translate.usage(usages, req.n))
+
+        return await _stream(chunks())
+    results = await _all(call(b) for b in bodies)
+    return _json(make(
+        [choice(i, c) for i, r in enumerate(results) for c in r.choices],
+        translate.usage([r.usage or llama.Usage() for r in results], req.n),
+    ))
+
 
 _CHAT = "/v1/chat/completions"
 
 
 @post(_CHAT)
 async def chat_completions(request: Request) -> Response[Any]:
-    req = await decode_body(request, schemas.ChatCompletionRequest)
-    gate = _gate(request)
-    model = _require(gate, req.model)
-    if req.user:
-        log.info("chat completion for user %r", req.user)
+    gate, req, model = await _begin(request, schemas.ChatCompletionRequest)
     if translate.has_images(req.messages) and not any(la.mediaType == PROJECTOR for la in model.manifest.layers):
         raise bad_request(f"model '{req.model}' does not support image input")
     load = _load(gate, model, req)
     rewrites = _rewrites(gate)
     body = translate.chat_request(req, model_defaults(model), load.num_ctx or 0, rewrites)
-    cid, created = _new_id("chatcmpl"), int(time.time())
+    head = {"id": _new_id("chatcmpl"), "created": int(time.time()), "model": req.model,
+            "system_fingerprint": translate.SYSTEM_FINGERPRINT}
+    choice: Callable[[int, llama.OpenAIChoice], Any]
     if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        streams = [gate.inference.stream(model, load, _CHAT, body, llama.OpenAIResult, Timer()) for _ in range(req.n)]
-        return await _stream(_chat_chunks(streams, cid, created, req.model, include_usage, rewrites))
-    results = await _all(gate.inference.call(model, load, _CHAT, body, llama.OpenAIResult) for _ in range(req.n))
-    return _json(schemas.ChatCompletion(
-        id=cid,
-        created=created,
-        model=req.model,
-        system_fingerprint=translate.SYSTEM_FINGERPRINT,
-        choices=[translate.chat_choice(i, c, rewrites) for i, r in enumerate(results) for c in r.choices],
-        usage=translate.usage([r.usage or llama.Usage() for r in results], req.n),
-    ))
-
-
-async def _chat_chunks(
-    streams: list[AsyncIterator[llama.OpenAIResult]], cid: str, created: int, name: str, include_usage: bool,
-    rewrites: translate.Rewrites,
-) -> AsyncIterator[schemas.ChatCompletionChunk]:
-    usages: list[llama.Usage] = [llama.Usage()] * len(streams)
-    async for i, chunk in _fan_in(streams):
-        if chunk.usage:
-            usages[i] = chunk.usage
-        if chunk.choices:
-            yield schemas.ChatCompletionChunk(
-                id=cid, created=created, model=name, system_fingerprint=translate.SYSTEM_FINGERPRINT,
-                choices=[translate.chunk_choice(i, c, rewrites) for c in chunk.choices],
-            )
-    if include_usage:
-        yield schemas.ChatCompletionChunk(
-            id=cid, created=created, model=name, system_fingerprint=translate.SYSTEM_FINGERPRINT,
-            choices=[], usage=translate.usage(usages, len(streams)),
-        )
-
-
-# Completions ---------------------------------------------------------------------------------
+        choice = lambda i, c: translate.chunk_choice(i, c, rewrites)  # noqa: E731
+        make = lambda choices, usage: schemas.ChatCompletionChunk(**head, choices=choices, usage=usage)  # noqa: E731
+    else:
+        choice = lambda i, c: translate.chat_choice(i, c, rewrites)  # noqa: E731
+        make = lambda choices, usage: schemas.ChatCompletion(**head, choices=choices, usage=usage)  # noqa: E731
+    return await _answer(
+        req, [body] * req.n,
+        lambda b: gate.inference.stream(model, load, _CHAT, b, llama.OpenAIResult, Timer()),
+        lambda b: gate.inference.call(model, load, _CHAT, b, llama.OpenAIResult),
+        choice, make,
+    )
 
 
 async def _completion_stream(
@@ -214,11 +229,7 @@ async def _completion_call(
 
 @post("/v1/completions")
 async def completions(request: Request) -> Response[Any]:
-    req = await decode_body(request, schemas.CompletionRequest)
-    gate = _gate(request)
-    model = _require(gate, req.model)
-    if req.user:
-        log.info("completion for user %r", req.user)
+    gate, req, model = await _begin(request, schemas.CompletionRequest)
     load = _load(gate, model, req)
     rewrites = _rewrites(gate)
     defaults = model_defaults(model)
@@ -228,31 +239,15 @@ async def completions(request: Request) -> Response[Any]:
         for prompt in translate.prompts(req)
         for _ in range(req.n)
     ]
-    cid, created = _new_id("cmpl"), int(time.time())
-
-    def answer(choices: list[schemas.TextChoice], usage: schemas.Usage | None = None) -> schemas.Completion:
-        return schemas.Completion(id=cid, created=created, model=req.model,
-                                  system_fingerprint=translate.SYSTEM_FINGERPRINT, choices=choices, usage=usage)
-
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-        async def chunks() -> AsyncIterator[schemas.Completion]:
-            usages = [llama.Usage()] * len(bodies)
-            async for i, r in _fan_in([_completion_stream(gate, model, load, b) for b in bodies]):
-                if r.usage:
-                    usages[i] = r.usage
-                if r.choices:
-                    yield answer([translate.text_choice(i, c, rewrites) for c in r.choices])
-            if include_usage:
-                yield answer([], translate.usage(usages, req.n))
-
-        return await _stream(chunks())
-    results = await _all(_completion_call(gate, model, load, b) for b in bodies)
-    return _json(answer(
-        [translate.text_choice(i, c, rewrites) for i, r in enumerate(results) for c in r.choices],
-        translate.usage([r.usage or llama.Usage() for r in results], req.n),
-    ))
+    head = {"id": _new_id("cmpl"), "created": int(time.time()), "model": req.model,
+            "system_fingerprint": translate.SYSTEM_FINGERPRINT}
+    return await _answer(
+        req, bodies,
+        lambda b: _completion_stream(gate, model, load, b),
+        lambda b: _completion_call(gate, model, load, b),
+        lambda i, c: translate.text_choice(i, c, rewrites),
+        lambda choices, usage: schemas.Completion(**head, choices=choices, usage=usage),
+    )
 
 
 # Embeddings and models -----------------------------------------------------------------------

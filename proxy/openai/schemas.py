@@ -153,12 +153,22 @@ class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    prompt_tokens_details: dict[str, int] | None = None
+    prompt_tokens_details: dict[str, Any] | None = None
 
 
 class EmbeddingUsage(msgspec.Struct):
     prompt_tokens: int
     total_tokens: int
+
+
+class _Answer(msgspec.Struct, kw_only=True):
+    """What every chat or text answer, and every chunk of one, starts with."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    system_fingerprint: str
 
 
 class ChatChoice(msgspec.Struct):
@@ -168,12 +178,8 @@ class ChatChoice(msgspec.Struct):
     finish_reason: str | None
 
 
-class ChatCompletion(msgspec.Struct, kw_only=True):
-    id: str
+class ChatCompletion(_Answer, kw_only=True):
     object: str = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[ChatChoice]
     usage: Usage
 
@@ -185,12 +191,8 @@ class ChunkChoice(msgspec.Struct):
     finish_reason: str | None
 
 
-class ChatCompletionChunk(msgspec.Struct, kw_only=True):
-    id: str
+class ChatCompletionChunk(_Answer, kw_only=True):
     object: str = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
 
@@ -202,14 +204,10 @@ class TextChoice(msgspec.Struct):
     finish_reason: str | None
 
 
-class Completion(msgspec.Struct, kw_only=True):
+class Completion(_Answer, kw_only=True):
     """A text_completion answer, and each chunk of a streamed one."""
 
-    id: str
     object: str = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[TextChoice]
     usage: Usage | None = None
 
@@ -258,9 +256,9 @@ class AnthropicErrorDetail(msgspec.Struct):
     message: str
 
 
-class AnthropicError(msgspec.Struct):
-    error: AnthropicErrorDetail
+class AnthropicError(msgspec.Struct, kw_only=True):
     type: str = "error"
+    error: AnthropicErrorDetail
 
 
 class ResponsesStreamError(msgspec.Struct, kw_only=True):

@@ -315,4 +315,4 @@ def error(status: int, message: str, code: str | None = None) -> schemas.ErrorRe
 
 def anthropic_error(status: int, message: str) -> schemas.AnthropicError:
     kind = _ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
-    return schemas.AnthropicError(schemas.AnthropicErrorDetail(kind, message))
+    return schemas.AnthropicError(error=schemas.AnthropicErrorDetail(kind, message))
