@@ -43,7 +43,8 @@ class StreamOptions(msgspec.Struct):
 
 class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     messages: list[ChatMessage]
-    stream: bool = True
+    # No default: omit_defaults would drop it, and llama-server's own default is not to stream.
+    stream: bool
     stream_options: StreamOptions | None = None
     cache_prompt: bool = True
     response_format: dict[str, Any] | None = None
@@ -60,7 +61,7 @@ class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
     """Native /completion, and (with `logprobs` as a count) OpenAI's /v1/completions."""
 
     prompt: str | list[int]
-    stream: bool = True
+    stream: bool
     stream_options: StreamOptions | None = None
     cache_prompt: bool = True
     json_schema: dict[str, Any] | None = None
