@@ -46,12 +46,9 @@ class Inference:
             async for chunk in self.upstream.stream(runner, path, body, chunk_type):
                 yield chunk
 
-    async def call(
-        self, model: StoredModel, load: LoadOptions, path: str, body: msgspec.Struct, result_type: type[T],
-        embedding: bool = False,
-    ) -> T:
-        """One whole answer (no stream), from the model's embedding runner with `embedding`."""
-        async with self.scheduler.lease(model, load, embedding) as runner:
+    async def call(self, model: StoredModel, load: LoadOptions, path: str, body: msgspec.Struct, result_type: type[T]) -> T:
+        """One whole answer, not streamed (from the embedding runner with `load.embedding`)."""
+        async with self.scheduler.lease(model, load) as runner:
             return await self.upstream.post(runner, path, body, result_type)
 
     async def relay(self, model: StoredModel, load: LoadOptions, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -128,6 +129,22 @@ def read_gguf(path: Path, *, max_array: int = 64) -> GGUFInfo:
     if isinstance(info.metadata.get("general.parameter_count"), int):
         info.parameter_count = info.metadata["general.parameter_count"]
     return info
+
+
+POOLING_TYPES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+@lru_cache(maxsize=64)
+def cached_info(path: Path) -> GGUFInfo:
+    """`read_gguf` once per blob: blobs are named by their digest, so they never change."""
+    return read_gguf(path)
+
+
+def embedding_pooling(path: Path) -> str:
+    """The `--pooling` for an embedding runner: "" when the GGUF names its own (embedding
+    models do), else mean pooling, since a chat model's default ("none") gives no sentence vector."""
+    info = cached_info(path)
+    return "" if POOLING_TYPES.get(info.metadata.get(f"{info.architecture}.pooling_type"), "none") != "none" else "mean"
 
 
 def human_number(n: int) -> str:

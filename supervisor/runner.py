@@ -43,12 +43,23 @@ class LaunchSpec:
     num_ctx: int
     threads: int
     parallel: int
-    # An embedding process: llama-server serves embeddings only when started for them.
+    # An embedding runner is its own process (llama-server serves either embeddings or
+    # completions); `pooling` is "" to keep the GGUF's own pooling type.
     embedding: bool = False
+    pooling: str = ""
 
     def args(self, api_key: str) -> list[str]:
-        # An embedding input must fit in one micro-batch: make it as large as a slot's context.
-        embedding = ["--embeddings", "--batch-size", str(self.num_ctx), "--ubatch-size", str(self.num_ctx)]
+        return [*self._base_args(api_key), *self._embedding_args()]
+
+    def _embedding_args(self) -> list[str]:
+        if not self.embedding:
+            return []
+        # A whole input must fit one physical batch: non-causal models can't split it.
+        batch = str(self.num_ctx)
+        pooling = ["--pooling", self.pooling] if self.pooling else []
+        return ["--embeddings", *pooling, "--batch-size", batch, "--ubatch-size", batch]
+
+    def _base_args(self, api_key: str) -> list[str]:
         return [
             str(self.binary),
             "--model", str(self.model_path),
@@ -65,7 +76,6 @@ class LaunchSpec:
             "--no-webui",
             "--offline",
             "--log-colors", "off",
-            *(embedding if self.embedding else []),
         ]
 
 

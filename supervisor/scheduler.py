@@ -11,6 +11,7 @@ from pathlib import Path
 
 from supervisor.binary import Binary, find_llama_server
 from supervisor.config import Config
+from supervisor.gguf import embedding_pooling
 from supervisor.runner import LaunchSpec, Runner
 from supervisor.store import StoredModel
 
@@ -23,13 +24,14 @@ class LoadOptions:
 
     num_ctx: int | None = None
     keep_alive: float | None = None
+    embedding: bool = False
 
 
 class Scheduler:
     def __init__(self, config: Config) -> None:
         self.config = config
-        # Keyed by model file, so aliases made with `cp` share one process; embeddings need a
-        # process of their own (llama-server's --embeddings serves nothing else).
+        # Keyed by model file, so aliases made with `cp` share one process, and by purpose, so
+        # one model can serve completions and embeddings at once.
         self._runners: dict[tuple[Path, bool], Runner] = {}
 
     def binary(self) -> Binary:
@@ -45,8 +47,8 @@ class Scheduler:
         return max(num_ctx, 4)
 
     @asynccontextmanager
-    async def lease(self, model: StoredModel, load: LoadOptions, embedding: bool = False) -> AsyncIterator[Runner]:
-        """A ready runner for `model` (its embedding runner with `embedding`), held for the
+    async def lease(self, model: StoredModel, load: LoadOptions) -> AsyncIterator[Runner]:
+        """A ready runner for `model` (its embedding runner with `load.embedding`), held for the
         duration of one request."""
         spec = LaunchSpec(
             binary=self.binary().path,
@@ -54,12 +56,13 @@ class Scheduler:
             num_ctx=self.num_ctx(model, load.num_ctx),
             threads=self.config.threads,
             parallel=self.config.num_parallel,
-            embedding=embedding,
+            embedding=load.embedding,
+            pooling=embedding_pooling(model.model_path) if load.embedding else "",
         )
-        key = (spec.model_path, embedding)
+        key = (spec.model_path, load.embedding)
         runner = self._runners.get(key)
         if runner is None:
-            name = model.name.display + (" (embedding)" if embedding else "")
+            name = model.name.display + (" (embedding)" if load.embedding else "")
             runner = self._runners[key] = Runner(
                 name, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
             )
