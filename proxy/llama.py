@@ -49,12 +49,12 @@ class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     cache_prompt: bool = True
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
@@ -71,12 +71,15 @@ class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
 
 
 class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
-    """Native /infill: fill in between a prefix and a suffix with the model's FIM tokens."""
+    """Fill-in-the-middle: llama-server builds the prompt from the model's FIM tokens."""
 
     input_prefix: str
     input_suffix: str
-    stream: bool = True
+    prompt: str = ""
+    # No default: omit_defaults would drop it, and llama-server doesn't stream unless told to.
+    stream: bool
     cache_prompt: bool = True
+    n_probs: int | None = None
 
 
 class EmbeddingRequest(msgspec.Struct):
@@ -96,6 +99,23 @@ class Delta(msgspec.Struct):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[Any] | None = None
+
+
+class TopProb(msgspec.Struct):
+    token: str = ""
+    logprob: float = 0.0
+    bytes: list[int] | None = None
+
+
+class TokenProb(msgspec.Struct):
+    token: str = ""
+    logprob: float = 0.0
+    bytes: list[int] | None = None
+    top_logprobs: list[TopProb] = []
+
+
+class ChoiceLogprobs(msgspec.Struct):
+    content: list[TokenProb] | None = None
 
 
 class ChunkChoice(msgspec.Struct):
@@ -128,15 +148,19 @@ class Usage(msgspec.Struct, omit_defaults=True):
     prompt_tokens_details: dict[str, Any] | None = None
 
 
+# JSON null as a raw value (msgspec can't put Raw in a union with None).
+NULL = msgspec.Raw(b"null")
+
+
 class OpenAIChoice(msgspec.Struct):
     """One choice of an OpenAI-shaped answer (chat or text, whole or streamed); the parts we
     pass on untouched stay raw JSON."""
 
     index: int = 0
-    message: msgspec.Raw | None = None
-    delta: msgspec.Raw | None = None
+    message: msgspec.Raw = NULL
+    delta: msgspec.Raw = NULL
     text: str | None = None
-    logprobs: msgspec.Raw | None = None
+    logprobs: msgspec.Raw = NULL
     finish_reason: str | None = None
 
 

@@ -99,8 +99,8 @@ class Upstream:
         finally:
             await response.aclose()
 
-    async def post(self, runner: Runner, path: str, body: msgspec.Struct, result_type: type[T]) -> T:
-        """POST `body` and decode the whole JSON answer as `result_type`."""
+    async def post(self, runner: Runner, path: str, body: msgspec.Struct, response_type: type[T]) -> T:
+        """POST `body` and decode the whole JSON answer (embeddings, non-streamed answers)."""
         client = self._client(runner)
         try:
             response = await client.post(path, content=msgspec.json.encode(body))
@@ -108,7 +108,7 @@ class Upstream:
             raise self._failure(runner, e) from e
         if response.status_code != 200:
             raise _error(response.status_code, response.content)
-        return msgspec.json.decode(response.content, type=result_type)
+        return msgspec.json.decode(response.content, type=response_type)
 
     async def relay(self, runner: Runner, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
         """POST a body as the client sent it and yield llama-server's answer as (event, data)

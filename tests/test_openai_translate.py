@@ -128,8 +128,8 @@ def test_content_parts_pass_through_with_image_urls_normalised():
     (m,) = translate.chat_messages(NO_MODEL, req.messages)
     assert msgspec.json.decode(msgspec.json.encode(m.content)) == [
         {"type": "text", "text": "what is this?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": None}},
-        {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png", "detail": None}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}},
     ]
     assert not translate.has_images(chat().messages)
 
@@ -142,7 +142,9 @@ def test_tool_messages_pass_through():
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ])
     _, call, result = translate.chat_messages(NO_MODEL, req.messages)
-    assert call.content is None and call.tool_calls[0].function.name == "w"
+    assert call.content is None
+    assert msgspec.json.decode(msgspec.json.encode(call.tool_calls)) == [
+        {"function": {"name": "w", "arguments": '{"city":"Oslo"}'}, "id": "c1", "type": "function"}]
     assert (result.role, result.tool_call_id, result.content) == ("tool", "c1", "sunny")
 
 
@@ -188,9 +190,11 @@ def test_response_format(fmt, expected):
     ],
 )
 def test_tool_choice(choice, expected):
-    req = chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-               tool_choice=choice)
-    assert translate.chat_request(req, NO_MODEL, 100, ON).tool_choice == expected
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = translate.chat_request(chat(tools=[tool], tool_choice=choice), NO_MODEL, 100, ON)
+    assert body.tool_choice == expected
+    # Tools go upstream whole, `type` included (llama-server refuses them without it).
+    assert msgspec.json.decode(msgspec.json.encode(body.tools)) == [tool]
 
 
 def test_stream_asks_upstream_for_usage():
@@ -377,3 +381,107 @@ def test_error(status, code, expected_type, expected_code):
 def test_anthropic_error(status, expected_type):
     body = msgspec.json.decode(msgspec.json.encode(translate.anthropic_error(status, "boom")))
     assert body == {"type": "error", "error": {"type": expected_type, "message": "boom"}}
+
+
+# Forced tool calls for models whose template knows no tools -----------------------------------
+
+WEATHER = {"type": "function", "function": {"name": "w", "parameters": {"type": "object", "properties": {
+    "city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {"name": "t"}}
+
+
+@pytest.mark.parametrize(
+    ("choice", "native", "expected"),
+    [
+        ("required", False, ["w", "t"]),
+        ({"type": "function", "function": {"name": "t"}}, False, ["t"]),
+        ("auto", False, None),
+        ("none", False, None),
+        (None, False, None),
+        # A template with tools: llama-server enforces the choice itself.
+        ("required", True, None),
+    ],
+)
+def test_forced_tools(choice, native, expected):
+    forced = translate.forced_tools(chat(tools=[WEATHER, TIME], tool_choice=choice), native)
+    assert (forced if forced is None else [t.function.name for t in forced]) == expected
+
+
+def test_tool_call_schema():
+    tools = chat(tools=[WEATHER, TIME]).tools
+    one = {"type": "object", "properties": {"name": {"const": "w"}, "arguments": WEATHER["function"]["parameters"]},
+           "required": ["name", "arguments"]}
+    assert translate.tool_call_schema(tools[:1]) == one
+    assert translate.tool_call_schema(tools)["anyOf"][1]["properties"] == {"name": {"const": "t"},
+                                                                            "arguments": {"type": "object"}}
+
+
+def test_forced_request_asks_for_the_call_by_grammar_and_prompt():
+    req = chat(tools=[WEATHER], tool_choice="required", messages=[{"role": "system", "content": "Be brief."},
+                                                                  {"role": "user", "content": "Weather in Oslo?"}])
+    forced = translate.forced_tools(req, native_tools=False)
+    body = translate.chat_request(req, NO_MODEL, 100, ON, forced)
+    assert body.tools is None and body.tool_choice is None
+    assert body.response_format["json_schema"]["schema"] == translate.tool_call_schema(forced)
+    assert body.messages[0].content.startswith("Be brief.\n\nYou have these functions: ")
+    body = translate.chat_request(chat(tools=[WEATHER], tool_choice="required"), NO_MODEL, 100, ON, forced)
+    assert body.messages[0].role == "system" and '"name":"w"' in body.messages[0].content
+
+
+def _decoded(raw):
+    return msgspec.json.decode(raw)
+
+
+def test_forced_call_becomes_a_tool_call():
+    content = '{"name": "w", "arguments": {"city": "Oslo"}}'
+    call = {"function": {"name": "w", "arguments": '{"city":"Oslo"}'}, "id": "call_1", "type": "function"}
+    assert _decoded(translate.forced_call(content, "call_1", delta=False)) == {
+        "tool_calls": [call], "role": "assistant", "content": None}
+    assert _decoded(translate.forced_call(content, "call_1", delta=True)) == {
+        "tool_calls": [{**call, "index": 0}], "role": "assistant"}
+    assert translate.forced_call('{"name": "w", "argu', "call_1", delta=False) is None
+
+
+def test_forced_choice():
+    whole = llama.OpenAIChoice(message=msgspec.Raw(b'{"role":"assistant","content":"{\\"name\\":\\"t\\",\\"arguments\\":{}}"}'),
+                               finish_reason="stop")
+    c = translate.forced_choice(whole, "call_9")
+    assert c.finish_reason == "tool_calls" and _decoded(c.message)["tool_calls"][0]["function"]["name"] == "t"
+    cut = llama.OpenAIChoice(message=msgspec.Raw(b'{"role":"assistant","content":"{\\"na"}'), finish_reason="length")
+    assert translate.forced_choice(cut, "call_9") is cut
+
+
+@pytest.mark.parametrize(
+    ("content", "reason", "delta", "finish"),
+    [
+        ('{"name":"t","arguments":{}}', "stop", {"tool_calls": [
+            {"function": {"name": "t", "arguments": "{}"}, "id": "c", "type": "function", "index": 0}],
+            "role": "assistant"}, "tool_calls"),
+        ('{"name":"t"', "length", {"role": "assistant", "content": '{"name":"t"'}, "length"),
+    ],
+)
+def test_forced_finish(content, reason, delta, finish):
+    first, last = translate.forced_finish(content, reason, "c")
+    assert _decoded(first.delta) == delta and first.finish_reason is None
+    assert _decoded(last.delta) == {} and last.finish_reason == finish
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(b'{"content":"x"}', "x"), (b'{"role":"assistant","content":null}', ""),
+                                               (b"{}", "")])
+def test_content_of(raw, expected):
+    assert translate.content_of(msgspec.Raw(raw)) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"null", None),
+        (b'{"content":null}', None),
+        (b'{"content":[{"token":" Pa","logprob":-0.5,"top_logprobs":[{"token":" Pa","logprob":-0.5},'
+         b'{"token":" the","logprob":-2.0}]},{"token":"ris","logprob":-0.1,"top_logprobs":[]}]}',
+         schemas.TextLogprobs(tokens=[" Pa", "ris"], token_logprobs=[-0.5, -0.1],
+                              top_logprobs=[{" Pa": -0.5, " the": -2.0}, {}], text_offset=[0, 3])),
+    ],
+)
+def test_text_logprobs(raw, expected):
+    assert translate.text_logprobs(msgspec.Raw(raw)) == expected

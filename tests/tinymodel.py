@@ -49,19 +49,31 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def _vocab() -> tuple[list[str], list[int]]:
+def _vocab(extra: tuple[str, ...] = ()) -> tuple[list[str], list[int]]:
     tokens = list(_bytes_to_unicode().values())
     tokens += ["".join(m.split(" ")) for m in MERGES]
     types = [gguf.TokenType.NORMAL] * len(tokens)
     tokens += SPECIALS
     types += [gguf.TokenType.CONTROL] * len(SPECIALS)
+    # Markers such as <tool_call> are single user-defined tokens, as in real tool-calling models.
+    tokens += list(extra)
+    types += [gguf.TokenType.USER_DEFINED] * len(extra)
     assert len(set(tokens)) == len(tokens)
     return tokens, [int(t) for t in types]
 
 
-def write_tiny_model(path: pathlib.Path, *, context_length: int = 512) -> pathlib.Path:
+def write_tiny_model(
+    path: pathlib.Path,
+    *,
+    context_length: int = 512,
+    chat_template: str = CHAT_TEMPLATE,
+    extra_tokens: tuple[str, ...] = (),
+    favour: str | None = None,
+) -> pathlib.Path:
+    """`extra_tokens` are added to the vocabulary; `favour` (one of them) is made the greedy
+    choice wherever it is allowed, so a test can steer the model into, say, a tool call."""
     path = pathlib.Path(path)
-    tokens, token_types = _vocab()
+    tokens, token_types = _vocab(extra_tokens)
     n_vocab = len(tokens)
     bos_id = tokens.index("<|endoftext|>")
     eos_id = tokens.index("<|im_end|>")
@@ -81,6 +93,9 @@ def write_tiny_model(path: pathlib.Path, *, context_length: int = 512) -> pathli
     output[:, 0] = 0.0
     output[special_ids, :] = 0.0
     output[special_ids, 0] = -4.0
+    if favour is not None:
+        output[tokens.index(favour), :] = 0.0
+        output[tokens.index(favour), 0] = 4.0
 
     # numpy shapes are ggml's ne[] reversed: (out_features, in_features).
     tensors: dict[str, np.ndarray] = {
@@ -124,7 +139,7 @@ def write_tiny_model(path: pathlib.Path, *, context_length: int = 512) -> pathli
     writer.add_pad_token_id(bos_id)
     # ChatML prompts carry their own markers; a BOS in front would just be noise.
     writer.add_add_bos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
     for name, data in tensors.items():
         writer.add_tensor(name, data)

@@ -21,6 +21,7 @@ from proxy.inference import Timer
 from proxy.openai import schemas, translate
 from supervisor.durations import parse_keep_alive
 from supervisor.errors import LlamagateError, bad_request
+from supervisor.gguf import cached_info
 from supervisor.scheduler import LoadOptions
 from supervisor.store import PROJECTOR, StoredModel
 
@@ -45,7 +46,7 @@ def _json(obj: msgspec.Struct, status: int = 200) -> Response[bytes]:
 
 
 def _new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
+    return prefix + secrets.token_hex(12)
 
 
 def _require(gate: Gateway, name: str) -> StoredModel:
@@ -60,9 +61,9 @@ def _require(gate: Gateway, name: str) -> StoredModel:
         raise
 
 
-def _load(gate: Gateway, model: StoredModel, req: schemas._Extensions) -> LoadOptions:
+def _load(gate: Gateway, model: StoredModel, req: schemas._Extensions, embedding: bool = False) -> LoadOptions:
     keep_alive = None if req.keep_alive is None else parse_keep_alive(req.keep_alive)
-    return LoadOptions(gate.scheduler.num_ctx(model, translate.requested_num_ctx(req)), keep_alive)
+    return LoadOptions(gate.scheduler.num_ctx(model, translate.requested_num_ctx(req)), keep_alive, embedding)
 
 
 async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
@@ -189,8 +190,22 @@ async def chat_completions(request: Request) -> Response[Any]:
         raise bad_request(f"model '{req.model}' does not support image input")
     load = _load(gate, model, req)
     rewrites = _rewrites(gate)
-    body = translate.chat_request(req, model_defaults(model), load.num_ctx or 0, rewrites)
-    head = {"id": _new_id("chatcmpl"), "created": int(time.time()), "model": req.model,
+    native_tools = "tools" in cached_info(model.model_path).chat_template
+    forced = translate.forced_tools(req, native_tools)
+    body = translate.chat_request(req, model_defaults(model), load.num_ctx or 0, rewrites, forced)
+
+    async def stream(b: llama.ChatRequest) -> AsyncIterator[llama.OpenAIResult]:
+        chunks = gate.inference.stream(model, load, _CHAT, b, llama.OpenAIResult, Timer())
+        async for r in (_forced_stream(chunks) if forced is not None else chunks):
+            yield r
+
+    async def call(b: llama.ChatRequest) -> llama.OpenAIResult:
+        r = await gate.inference.call(model, load, _CHAT, b, llama.OpenAIResult)
+        if forced is not None:
+            r.choices = [translate.forced_choice(c, _new_id("call_")) for c in r.choices]
+        return r
+
+    head = {"id": _new_id("chatcmpl-"), "created": int(time.time()), "model": req.model,
             "system_fingerprint": translate.SYSTEM_FINGERPRINT}
     choice: Callable[[int, llama.OpenAIChoice], Any]
     if req.stream:
@@ -199,20 +214,40 @@ async def chat_completions(request: Request) -> Response[Any]:
     else:
         choice = lambda i, c: translate.chat_choice(i, c, rewrites)  # noqa: E731
         make = lambda choices, usage: schemas.ChatCompletion(**head, choices=choices, usage=usage)  # noqa: E731
-    return await _answer(
-        req, [body] * req.n,
-        lambda b: gate.inference.stream(model, load, _CHAT, b, llama.OpenAIResult, Timer()),
-        lambda b: gate.inference.call(model, load, _CHAT, b, llama.OpenAIResult),
-        choice, make,
-    )
+    return await _answer(req, [body] * req.n, stream, call, choice, make)
+
+
+async def _forced_stream(chunks: AsyncIterator[llama.OpenAIResult]) -> AsyncIterator[llama.OpenAIResult]:
+    """A forced tool call's stream: the call's JSON is held back and sent as one tool call."""
+    text: list[str] = []
+    async for r in chunks:
+        if not r.choices:
+            yield r
+        for c in r.choices:
+            if c.finish_reason is None:
+                text.append(translate.content_of(c.delta))
+            else:
+                for choice in translate.forced_finish("".join(text), c.finish_reason, _new_id("call_")):
+                    yield llama.OpenAIResult([choice])
+
+
+def _no_infill(e: LlamagateError, model: StoredModel) -> LlamagateError:
+    # llama-server answers 501 when the model has no fill-in-the-middle tokens: that's the
+    # client's choice of model, so a 400 as Ollama's "does not support insert".
+    if e.status == 501:
+        return bad_request(f"{model.name.display} does not support insert (suffix): it has no fill-in-the-middle tokens")
+    return e
 
 
 async def _completion_stream(
     gate: Gateway, model: StoredModel, load: LoadOptions, body: llama.CompletionRequest | llama.InfillRequest
 ) -> AsyncIterator[llama.OpenAIResult]:
     if isinstance(body, llama.InfillRequest):
-        async for c in gate.inference.stream(model, load, "/infill", body, llama.CompletionChunk, Timer()):
-            yield llama.OpenAIResult([translate.infill_choice(c)], translate.infill_usage(c))
+        try:
+            async for c in gate.inference.stream(model, load, "/infill", body, llama.CompletionChunk, Timer()):
+                yield llama.OpenAIResult([translate.infill_choice(c)], translate.infill_usage(c))
+        except LlamagateError as e:
+            raise _no_infill(e, model) from None
     else:
         async for r in gate.inference.stream(model, load, "/v1/completions", body, llama.OpenAIResult, Timer()):
             yield r
@@ -222,7 +257,10 @@ async def _completion_call(
     gate: Gateway, model: StoredModel, load: LoadOptions, body: llama.CompletionRequest | llama.InfillRequest
 ) -> llama.OpenAIResult:
     if isinstance(body, llama.InfillRequest):
-        c = await gate.inference.call(model, load, "/infill", body, llama.CompletionChunk)
+        try:
+            c = await gate.inference.call(model, load, "/infill", body, llama.CompletionChunk)
+        except LlamagateError as e:
+            raise _no_infill(e, model) from None
         return llama.OpenAIResult([translate.infill_choice(c)], translate.infill_usage(c))
     return await gate.inference.call(model, load, "/v1/completions", body, llama.OpenAIResult)
 
@@ -239,7 +277,7 @@ async def completions(request: Request) -> Response[Any]:
         for prompt in translate.prompts(req)
         for _ in range(req.n)
     ]
-    head = {"id": _new_id("cmpl"), "created": int(time.time()), "model": req.model,
+    head = {"id": _new_id("cmpl-"), "created": int(time.time()), "model": req.model,
             "system_fingerprint": translate.SYSTEM_FINGERPRINT}
     return await _answer(
         req, bodies,
@@ -259,8 +297,8 @@ async def embeddings(request: Request) -> Response[bytes]:
     gate = _gate(request)
     model = _require(gate, req.model)
     body = llama.EmbeddingRequest(translate.embedding_input(req))
-    result = await gate.inference.call(model, _load(gate, model, req), "/v1/embeddings", body,
-                                       llama.EmbeddingResult, embedding=True)
+    result = await gate.inference.call(model, _load(gate, model, req, embedding=True), "/v1/embeddings", body,
+                                       llama.EmbeddingResult)
     return _json(schemas.EmbeddingList(
         data=[
             schemas.Embedding(d.index, translate.embedding(d.embedding, req.dimensions, req.encoding_format))

@@ -25,7 +25,7 @@ class TextPart(msgspec.Struct, tag="text", tag_field="type"):
     text: str
 
 
-class ImageURL(msgspec.Struct):
+class ImageURL(msgspec.Struct, omit_defaults=True):
     url: str
     detail: str | None = None
 
@@ -39,10 +39,10 @@ class FunctionCall(msgspec.Struct):
     arguments: str = "{}"
 
 
-class ToolCall(msgspec.Struct, omit_defaults=True):
+class ToolCall(msgspec.Struct):
     function: FunctionCall
     id: str = ""
-    type: str = "function"
+    type: Literal["function"] = "function"
 
 
 class Message(msgspec.Struct):
@@ -73,7 +73,7 @@ class FunctionDef(msgspec.Struct, omit_defaults=True):
     strict: bool | None = None
 
 
-class Tool(msgspec.Struct, omit_defaults=True):
+class Tool(msgspec.Struct):
     function: FunctionDef
     type: Literal["function"] = "function"
 
@@ -149,6 +149,31 @@ class Routed(_Extensions, kw_only=True):
 # Answers -------------------------------------------------------------------------------------
 
 
+class ForcedCall(msgspec.Struct):
+    """What the grammar of a forced tool call makes the model write."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+class ToolCallMessage(msgspec.Struct):
+    tool_calls: list[ToolCall]
+    role: str = "assistant"
+    content: str | None = None
+
+
+class IndexedToolCall(msgspec.Struct):
+    function: FunctionCall
+    id: str
+    type: str = "function"
+    index: int = 0
+
+
+class ToolCallDelta(msgspec.Struct):
+    tool_calls: list[IndexedToolCall]
+    role: str = "assistant"
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -174,7 +199,7 @@ class _Answer(msgspec.Struct, kw_only=True):
 class ChatChoice(msgspec.Struct):
     index: int
     message: msgspec.Raw
-    logprobs: msgspec.Raw | None
+    logprobs: msgspec.Raw
     finish_reason: str | None
 
 
@@ -187,7 +212,7 @@ class ChatCompletion(_Answer, kw_only=True):
 class ChunkChoice(msgspec.Struct):
     index: int
     delta: msgspec.Raw
-    logprobs: msgspec.Raw | None
+    logprobs: msgspec.Raw
     finish_reason: str | None
 
 
@@ -197,10 +222,19 @@ class ChatCompletionChunk(_Answer, kw_only=True):
     usage: Usage | None = None
 
 
+class TextLogprobs(msgspec.Struct):
+    """The legacy completions' logprobs: parallel lists, one item per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class TextChoice(msgspec.Struct):
     index: int
     text: str
-    logprobs: msgspec.Raw | None
+    logprobs: TextLogprobs | None
     finish_reason: str | None
 
 

@@ -148,27 +148,115 @@ def tool_choice(req: schemas.ChatCompletionRequest) -> str | dict[str, Any] | No
     return {"type": "function", "function": {"name": choice.function.name}}
 
 
+def forced_tools(req: schemas.ChatCompletionRequest, native_tools: bool) -> list[schemas.Tool] | None:
+    """The tools one of which must be called, when the request forces a call (`required` or a
+    named function) and the model's chat template knows no tools, so llama-server can't
+    enforce it: llamagate then enforces it with a grammar (see `tool_call_schema`)."""
+    choice = tool_choice(req)
+    if native_tools or choice in (None, "auto", "none"):
+        return None
+    tools = req.tools or []
+    if isinstance(choice, dict):
+        return [t for t in tools if t.function.name == choice["function"]["name"]]
+    return tools
+
+
+def tool_call_schema(tools: list[schemas.Tool]) -> dict[str, Any]:
+    """The JSON schema of one call of one of `tools`: {"name": ..., "arguments": {...}}."""
+    variants = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.function.name}, "arguments": t.function.parameters or {"type": "object"}},
+            "required": ["name", "arguments"],
+        }
+        for t in tools
+    ]
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def tool_prompt(tools: list[schemas.Tool]) -> str:
+    """What a model whose template knows no tools is told about them when it must call one."""
+    listed = msgspec.json.encode([t.function for t in tools]).decode()
+    return (f"You have these functions: {listed}\nCall one of them: answer with a JSON object "
+            '{"name": <the function name>, "arguments": <its arguments as an object>}.')
+
+
+def _with_tool_prompt(messages: list[llama.ChatMessage], tools: list[schemas.Tool]) -> list[llama.ChatMessage]:
+    prompt = tool_prompt(tools)
+    if messages[0].role == "system" and isinstance(messages[0].content, str):
+        first = msgspec.structs.replace(messages[0], content=f"{messages[0].content}\n\n{prompt}")
+        return [first, *messages[1:]]
+    return [llama.ChatMessage("system", prompt), *messages]
+
+
 def chat_request(
-    req: schemas.ChatCompletionRequest, defaults: ollama.ModelDefaults, num_ctx: int, rewrites: Rewrites
+    req: schemas.ChatCompletionRequest, defaults: ollama.ModelDefaults, num_ctx: int, rewrites: Rewrites,
+    forced: list[schemas.Tool] | None = None,
 ) -> llama.ChatRequest:
     """One upstream request (of `n`): llamagate asks for n choices by n requests, because
-    llama-server answers n > 1 only with as many slots."""
+    llama-server answers n > 1 only with as many slots. With `forced` tools (see
+    `forced_tools`) the answer is a JSON call that `forced_call` turns into a tool call."""
     if not req.messages:
         raise bad_request("messages must not be empty")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    messages = chat_messages(defaults, req.messages)
+    tools: dict[str, Any] = {
+        "response_format": response_format(req.response_format),
+        "tools": req.tools,
+        "tool_choice": tool_choice(req),
+        "parallel_tool_calls": req.parallel_tool_calls,
+    }
+    if forced is not None:
+        messages = _with_tool_prompt(messages, forced)
+        schema = {"name": "tool_call", "schema": tool_call_schema(forced)}
+        tools = {"response_format": {"type": "json_schema", "json_schema": schema}}
     return llama.ChatRequest(
-        messages=chat_messages(defaults, req.messages),
+        messages=messages,
         stream=req.stream,
         stream_options=llama.StreamOptions() if req.stream else None,
-        response_format=response_format(req.response_format),
-        tools=req.tools,
-        tool_choice=tool_choice(req),
-        parallel_tool_calls=req.parallel_tool_calls,
         logit_bias=req.logit_bias,
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
+        **tools,
         **ollama.sampling(defaults, options(req, max_tokens, rewrites), num_ctx),
     )
+
+
+def forced_call(content: str, call_id: str, delta: bool) -> msgspec.Raw | None:
+    """The JSON a forced call's grammar produced as an assistant message (or, with `delta`, a
+    stream delta) carrying one tool call; None if it is not a whole call (cut by max_tokens)."""
+    try:
+        call = msgspec.json.decode(content, type=schemas.ForcedCall)
+    except msgspec.DecodeError:
+        return None
+    function = schemas.FunctionCall(call.name, msgspec.json.encode(call.arguments).decode())
+    if delta:
+        return msgspec.Raw(msgspec.json.encode(schemas.ToolCallDelta([schemas.IndexedToolCall(function, call_id)])))
+    return msgspec.Raw(msgspec.json.encode(schemas.ToolCallMessage([schemas.ToolCall(function, call_id)])))
+
+
+def content_of(raw: msgspec.Raw) -> str:
+    """The text of an upstream message or delta."""
+    return msgspec.json.decode(raw, type=llama.Delta).content or ""
+
+
+def forced_choice(choice: llama.OpenAIChoice, call_id: str) -> llama.OpenAIChoice:
+    """A whole answer to a forced call: its JSON as a tool call (as it is if cut short)."""
+    message = forced_call(content_of(choice.message), call_id, delta=False)
+    if message is None:
+        return choice
+    return msgspec.structs.replace(choice, message=message, finish_reason="tool_calls")
+
+
+def forced_finish(content: str, reason: str, call_id: str) -> list[llama.OpenAIChoice]:
+    """The end of a streamed forced call, whose text was held back: one delta with the tool
+    call (or the text, if cut short), then the finish."""
+    delta = forced_call(content, call_id, delta=True)
+    if delta is None:
+        delta = msgspec.Raw(msgspec.json.encode({"role": "assistant", "content": content}))
+    else:
+        reason = "tool_calls"
+    return [llama.OpenAIChoice(delta=delta), llama.OpenAIChoice(delta=msgspec.Raw(b"{}"), finish_reason=reason)]
 
 
 def prompts(req: schemas.CompletionRequest) -> list[str]:
@@ -230,17 +318,36 @@ def usage(parts: list[llama.Usage], n: int) -> schemas.Usage:
 
 
 def chat_choice(index: int, choice: llama.OpenAIChoice, rewrites: Rewrites) -> schemas.ChatChoice:
-    return schemas.ChatChoice(index, choice.message or msgspec.Raw(b"{}"), choice.logprobs,
+    return schemas.ChatChoice(index, choice.message, choice.logprobs,
                               finish_reason(choice.finish_reason, rewrites))
 
 
 def chunk_choice(index: int, choice: llama.OpenAIChoice, rewrites: Rewrites) -> schemas.ChunkChoice:
-    return schemas.ChunkChoice(index, choice.delta or msgspec.Raw(b"{}"), choice.logprobs,
+    return schemas.ChunkChoice(index, choice.delta, choice.logprobs,
                                finish_reason(choice.finish_reason, rewrites))
 
 
+def text_logprobs(raw: msgspec.Raw) -> schemas.TextLogprobs | None:
+    """llama-server's per-token logprobs (chat's shape) as the legacy completions' lists; the
+    offsets count from the start of the text they come with."""
+    content = msgspec.json.decode(raw, type=llama.ChoiceLogprobs | None)
+    if content is None or content.content is None:
+        return None
+    offsets, offset = [], 0
+    for t in content.content:
+        offsets.append(offset)
+        offset += len(t.token)
+    return schemas.TextLogprobs(
+        tokens=[t.token for t in content.content],
+        token_logprobs=[t.logprob for t in content.content],
+        top_logprobs=[{p.token: p.logprob for p in t.top_logprobs} for t in content.content],
+        text_offset=offsets,
+    )
+
+
 def text_choice(index: int, choice: llama.OpenAIChoice, rewrites: Rewrites) -> schemas.TextChoice:
-    return schemas.TextChoice(index, choice.text or "", choice.logprobs, finish_reason(choice.finish_reason, rewrites))
+    return schemas.TextChoice(index, choice.text or "", text_logprobs(choice.logprobs),
+                              finish_reason(choice.finish_reason, rewrites))
 
 
 def embedding_input(req: schemas.EmbeddingRequest) -> str | list[Any]:
