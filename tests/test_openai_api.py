@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import struct
+import time
 from pathlib import Path
 
 import anthropic
@@ -89,7 +90,7 @@ def test_stream_is_sse_token_by_token_and_ends_with_done(server):
             "max_tokens": 40, "seed": 1}
     events = []
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
-        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line:
                 events.append(line)
@@ -571,6 +572,44 @@ def test_errors_have_openai_shape(server, method, path, body, status):
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert error["type"] == {400: "invalid_request_error", 404: "not_found_error"}.get(status, error["type"])
     assert "Traceback" not in r.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": TINY, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/chat/completions", {"model": TINY, "max_tokens": 2, "stream": True,
+                                  "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/completions", {"model": TINY, "max_tokens": 2, "prompt": "hi"}),
+        ("/v1/completions", {"model": TINY, "max_tokens": 2, "prompt": "hi", "stream": True}),
+        ("/v1/embeddings", {"model": TINY, "input": "hi"}),
+        ("/v1/responses", {"model": TINY, "max_output_tokens": 2, "input": "hi"}),
+        ("/v1/responses", {"model": TINY, "max_output_tokens": 2, "input": "hi", "stream": True}),
+        ("/v1/messages", {"model": TINY, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/messages/count_tokens", {"model": TINY, "messages": [{"role": "user", "content": "hi"}]}),
+    ],
+)
+def test_answers_are_200(server, path, body):
+    """POST answers are 200 (Litestar's default for POST would be 201)."""
+    r = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_client_disconnect_frees_the_slot(server):
+    """Closing a stream cancels its generation: the next request on the one slot is served at
+    once, not after the abandoned one (which, with its end-of-turn token banned, would run to
+    40 960 tokens: many minutes)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}], "stream": True,
+            "max_tokens": 100000, "logit_bias": {"2": -100}}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        for _ in range(5):
+            next(lines)
+    started = time.monotonic()
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                   json={"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    assert time.monotonic() - started < 15
 
 
 def test_bearer_token_is_accepted(server):

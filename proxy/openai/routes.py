@@ -106,7 +106,10 @@ async def _fan_in(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T
     finally:
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # asyncio.wait, not gather: a cancelled gather cancels its tasks again, and anyio cancels
+        # the task of a request whose client is gone over and over, which would interrupt the
+        # tasks' closing of their upstream connections (and leave llama-server generating).
+        await asyncio.wait(tasks)
 
 
 def _event(data: bytes, event: str = "") -> bytes:
@@ -134,7 +137,7 @@ async def _stream(chunks: AsyncIterator[msgspec.Struct]) -> Response[Any]:
     """Headers wait for the first chunk, so a failure before it (a load error, a context
     overflow) still gets its real status and error body."""
     first = await anext(chunks)
-    return Stream(_sse(first, chunks), media_type=SSE, headers={"Cache-Control": "no-cache"})
+    return Stream(_sse(first, chunks), media_type=SSE, status_code=200, headers={"Cache-Control": "no-cache"})
 
 
 # Chat and completions ------------------------------------------------------------------------
@@ -360,7 +363,7 @@ async def _relay(request: Request, path: str) -> Response[Any]:
     event, data = await anext(events)
     if not event and not req.stream:
         await events.aclose()  # type: ignore[attr-defined]
-        return Response(translate.rename_model(data, req.model), media_type=JSON)
+        return Response(translate.rename_model(data, req.model), media_type=JSON, status_code=200)
 
     async def replay() -> AsyncIterator[tuple[str, bytes]]:
         try:
@@ -370,7 +373,8 @@ async def _relay(request: Request, path: str) -> Response[Any]:
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    return Stream(_relay_sse(path, req.model, replay()), media_type=SSE, headers={"Cache-Control": "no-cache"})
+    return Stream(_relay_sse(path, req.model, replay()), media_type=SSE, status_code=200,
+                  headers={"Cache-Control": "no-cache"})
 
 
 @post("/v1/responses")
