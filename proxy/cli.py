@@ -63,6 +63,8 @@ def serve(llama_server: str | None, threads: int | None, verbose: bool) -> None:
     from supervisor.config import Config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request to the runners at INFO: that is our own traffic, not news.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = Config.from_env(llama_server=llama_server, threads=threads)
     uvicorn.run(
         create_app(config),
@@ -120,8 +122,7 @@ def create(name: str, modelfile: Path) -> None:
         if source.is_file():
             click.echo("gathering model components")
             digest = _sha256(source)
-            exists = client.http.head(f"/api/blobs/{digest}").status_code == 200
-            if not exists:
+            if not client.exists(f"/api/blobs/{digest}"):
                 click.echo(f"copying file {digest}")
                 with open(source, "rb") as f:
                     client.request("POST", f"/api/blobs/{digest}", content=f)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -38,25 +39,34 @@ class Client:
             raise ClientError(message)
         return response
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    @contextmanager
+    def _connected(self) -> Iterator[None]:
         try:
-            return self._check(self.http.request(method, path, **kwargs))
+            yield
         except httpx.ConnectError as e:
             raise ClientError(f"could not connect to a running server at {self.url} ({e}); "
                               "start one with `llamagate serve`") from e
 
+    def exists(self, path: str) -> bool:
+        """HEAD: 200 → True, 404 → False."""
+        with self._connected():
+            response = self.http.head(path)
+        if response.status_code == 404:
+            return False
+        return self._check(response).status_code == 200
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with self._connected():
+            return self._check(self.http.request(method, path, **kwargs))
+
     def stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """POST and yield each NDJSON object; an `error` line becomes a ClientError."""
-        try:
-            with self.http.stream("POST", path, json=body) as response:
-                self._check(response)
-                for line in response.iter_lines():
-                    if not line:
-                        continue
-                    obj = json.loads(line)
-                    if obj.get("error"):
-                        raise ClientError(obj["error"])
-                    yield obj
-        except httpx.ConnectError as e:
-            raise ClientError(f"could not connect to a running server at {self.url} ({e}); "
-                              "start one with `llamagate serve`") from e
+        with self._connected(), self.http.stream("POST", path, json=body) as response:
+            self._check(response)
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                obj = json.loads(line)
+                if obj.get("error"):
+                    raise ClientError(obj["error"])
+                yield obj

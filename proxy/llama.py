@@ -43,10 +43,10 @@ class StreamOptions(msgspec.Struct):
 
 class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     messages: list[ChatMessage]
-    # No default: omit_defaults would drop it, and llama-server's own default is not to stream.
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
+    cache_prompt: bool
     stream_options: StreamOptions | None = None
-    cache_prompt: bool = True
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -62,8 +62,8 @@ class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
 
     prompt: str | list[int]
     stream: bool
+    cache_prompt: bool
     stream_options: StreamOptions | None = None
-    cache_prompt: bool = True
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
     logit_bias: dict[str, float] | None = None
@@ -76,9 +76,9 @@ class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
     input_prefix: str
     input_suffix: str
     prompt: str = ""
-    # No default: omit_defaults would drop it, and llama-server doesn't stream unless told to.
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
-    cache_prompt: bool = True
+    cache_prompt: bool
     n_probs: int | None = None
 
 

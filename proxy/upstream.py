@@ -15,7 +15,7 @@ import msgspec
 
 from proxy.llama import ErrorEnvelope
 from supervisor.errors import LlamagateError
-from supervisor.runner import Runner
+from supervisor.runner import Runner, State
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ class Upstream:
         return client
 
     def _failure(self, runner: Runner, e: Exception) -> LlamagateError:
-        detail = f"; its last output:\n{runner.log_tail}" if runner.pid and runner.state.value != "ready" else ""
+        detail = f"; its last output:\n{runner.log_tail}" if runner.state is not State.READY else ""
         return LlamagateError(500, f"llama-server for {runner.name} failed: {e or type(e).__name__}{detail}")
 
     async def stream(self, runner: Runner, path: str, body: msgspec.Struct, chunk_type: type) -> AsyncIterator:

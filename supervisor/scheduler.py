@@ -33,10 +33,14 @@ class Scheduler:
         # Keyed by model file, so aliases made with `cp` share one process, and by purpose, so
         # one model can serve completions and embeddings at once.
         self._runners: dict[tuple[Path, bool], Runner] = {}
+        self._binary: Binary | None = None
 
     def binary(self) -> Binary:
-        """Looked up at every load, so that installing llama-server needs no restart of ours."""
-        return find_llama_server(self.config.llama_server, self.config.runtime_dir)
+        """Found once; a failure is not remembered, so installing llama-server later needs no
+        restart of ours."""
+        if self._binary is None:
+            self._binary = find_llama_server(self.config.llama_server, self.config.runtime_dir)
+        return self._binary
 
     def num_ctx(self, model: StoredModel, requested: int | None) -> int:
         """Request, else the model's PARAMETER, else the server default; capped by training."""

@@ -17,7 +17,7 @@ def test_run_with_a_prompt(server):
 
 
 def test_run_reads_a_piped_prompt(server):
-    out = server.cli("run", "smollm2:135m", input="What is the capital of France?").stdout
+    out = server.cli("run", "tiny", input="What is the capital of France?").stdout
     assert out.strip()
 
 

@@ -112,6 +112,7 @@ def test_streaming_is_token_by_token(server):
             "options": {"num_predict": 60, "temperature": 0}}
     arrivals = []
     with httpx.stream("POST", f"{server.url}/api/generate", json=body, timeout=60) as r:
+        assert r.status_code == 200
         assert r.headers["content-type"] == "application/x-ndjson"
         for line in r.iter_lines():
             assert line and line == line.strip()
@@ -126,8 +127,10 @@ def test_streaming_is_token_by_token(server):
 
 
 def test_format_json(client):
-    r = client.chat(model=MODEL, format="json", options={"temperature": 0, "num_predict": 60},
-                    messages=[{"role": "user", "content": "Give me a JSON object describing a cat."}])
+    prompt = "Reply with a JSON object with the keys name and color, for a black cat named Tom."
+    r = client.chat(model=MODEL, format="json", options={"temperature": 0, "num_predict": 200},
+                    messages=[{"role": "user", "content": prompt}])
+    assert r.done_reason == "stop"
     assert isinstance(json.loads(r.message.content), dict)
 
 
@@ -135,7 +138,7 @@ def test_format_schema(client):
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
               "required": ["name", "age"]}
     r = client.generate(model=MODEL, prompt="Describe a person as JSON.", format=schema,
-                        options={"temperature": 0, "num_predict": 60})
+                        options={"temperature": 0, "num_predict": 200})
     obj = json.loads(r.response)
     assert isinstance(obj["name"], str) and isinstance(obj["age"], int)
 

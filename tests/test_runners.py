@@ -128,8 +128,11 @@ def test_sigterm_stops_runners(fresh_server):
     assert _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 2}).status_code == 200
     (pid,) = fresh_server.runner_pids()
     fresh_server.stop(signal.SIGTERM)
-    assert fresh_server.proc.returncode == 0
-    assert wait_until(lambda: not _alive(pid), timeout=10)
+    # uvicorn re-raises the signal once it has shut down cleanly.
+    assert fresh_server.proc.returncode in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in fresh_server.log()
+    assert "[tiny:latest] stopping" in fresh_server.log()
+    assert not _alive(pid)
 
 
 def test_sigkill_of_llamagate_takes_its_runners_down(fresh_server):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from proxy import llama
@@ -107,3 +108,18 @@ def test_metrics_count_cached_prompt_tokens():
         "total_duration": 99, "load_duration": 11, "prompt_eval_count": 8,
         "prompt_eval_duration": 1_500_000, "eval_count": 7, "eval_duration": 20_250_000,
     }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        translate.chat_request(schemas.ChatRequest(model="m", messages=[schemas.Message("user", "x")]), NO_MODEL, 10),
+        translate.generate_request(schemas.GenerateRequest(model="m", prompt="x"), NO_MODEL, 10),
+        translate.generate_request(schemas.GenerateRequest(model="m", prompt="x", raw=True), NO_MODEL, 10),
+    ],
+)
+def test_bodies_ask_for_a_stream_and_the_prompt_cache(body):
+    # llama-server's defaults for both are false; they must be on the wire, not left to defaults.
+    wire = msgspec.json.decode(msgspec.json.encode(body))
+    assert wire["stream"] is True and wire["cache_prompt"] is True
+    assert wire["top_p"] == 0.9 and wire["min_p"] == 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -75,32 +76,54 @@ async def _respond(
     if not stream:
         return _json(await merge(chunks))
     first = await anext(chunks)
-    return Stream(_ndjson(first, chunks), media_type=NDJSON)
+    return Stream(_ndjson(first, chunks), status_code=200, media_type=NDJSON)
 
 
 # Chat -----------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Ending:
+    """How llama-server ended a generation, filled in as its stream goes by."""
+
+    reason: str | None = None
+    timings: llama.Timings | None = None
+
+
+async def _pieces(
+    gate: Gateway, model: StoredModel, load: LoadOptions,
+    body: llama.ChatRequest | llama.CompletionRequest, timer: Timer, ending: _Ending,
+) -> AsyncIterator[tuple[str, str]]:
+    """(content, thinking) as llama-server generates them, from /completion or /v1/chat/completions."""
+    if isinstance(body, llama.CompletionRequest):
+        async for c in gate.inference.stream(model, load, "/completion", body, llama.CompletionChunk, timer):
+            ending.timings = c.timings or ending.timings
+            ending.reason = c.stop_type or ending.reason
+            if c.content:
+                yield c.content, ""
+        return
+    async for chunk in gate.inference.stream(model, load, "/v1/chat/completions", body, llama.ChatChunk, timer):
+        ending.timings = chunk.timings or ending.timings
+        for choice in chunk.choices:
+            ending.reason = choice.finish_reason or ending.reason
+            d = choice.delta
+            if d.content or d.reasoning_content:
+                yield d.content or "", d.reasoning_content or ""
+
+
 async def _chat_chunks(
     gate: Gateway, name: str, model: StoredModel, load: LoadOptions, body: llama.ChatRequest
 ) -> AsyncIterator[schemas.ChatChunk]:
-    timer = Timer()
-    finish, timings = None, None
-    async for c in gate.inference.stream(model, load, "/v1/chat/completions", body, llama.ChatChunk, timer):
-        timings = c.timings or timings
-        for choice in c.choices:
-            finish = choice.finish_reason or finish
-            d = choice.delta
-            if d.content or d.reasoning_content:
-                message = schemas.OutMessage("assistant", d.content or "", d.reasoning_content or "")
-                yield schemas.ChatChunk(name, now_rfc3339(), message, False)
+    timer, ending = Timer(), _Ending()
+    async for content, thinking in _pieces(gate, model, load, body, timer, ending):
+        yield schemas.ChatChunk(name, now_rfc3339(), schemas.OutMessage("assistant", content, thinking), False)
     yield schemas.ChatChunk(
         name,
         now_rfc3339(),
         schemas.OutMessage("assistant", ""),
         True,
-        translate.done_reason(finish),
-        **translate.metrics(timings, timer.total_ns(), timer.load_ns),
+        translate.done_reason(ending.reason),
+        **translate.metrics(ending.timings, timer.total_ns(), timer.load_ns),
     )
 
 
@@ -149,32 +172,18 @@ async def _generate_chunks(
     gate: Gateway, name: str, model: StoredModel, load: LoadOptions,
     body: llama.ChatRequest | llama.CompletionRequest,
 ) -> AsyncIterator[schemas.GenerateChunk]:
-    timer = Timer()
-    finish, timings = None, None
-    if isinstance(body, llama.CompletionRequest):
-        async for c in gate.inference.stream(model, load, "/completion", body, llama.CompletionChunk, timer):
-            timings = c.timings or timings
-            finish = c.stop_type or finish
-            if c.content:
-                yield schemas.GenerateChunk(model=name, created_at=now_rfc3339(), response=c.content, done=False)
-    else:
-        async for c in gate.inference.stream(model, load, "/v1/chat/completions", body, llama.ChatChunk, timer):
-            timings = c.timings or timings
-            for choice in c.choices:
-                finish = choice.finish_reason or finish
-                d = choice.delta
-                if d.content or d.reasoning_content:
-                    yield schemas.GenerateChunk(
-                        model=name, created_at=now_rfc3339(), response=d.content or "",
-                        thinking=d.reasoning_content or "", done=False,
-                    )
+    timer, ending = Timer(), _Ending()
+    async for content, thinking in _pieces(gate, model, load, body, timer, ending):
+        yield schemas.GenerateChunk(
+            model=name, created_at=now_rfc3339(), response=content, thinking=thinking, done=False
+        )
     yield schemas.GenerateChunk(
         model=name,
         created_at=now_rfc3339(),
         response="",
         done=True,
-        done_reason=translate.done_reason(finish),
-        **translate.metrics(timings, timer.total_ns(), timer.load_ns),
+        done_reason=translate.done_reason(ending.reason),
+        **translate.metrics(ending.timings, timer.total_ns(), timer.load_ns),
     )
 
 
@@ -312,7 +321,7 @@ async def create(request: Request) -> Response[Any]:
     lines = _create(_gate(request), req)
     if req.stream is False:
         return _json(lines[-1])
-    return Stream((_encode(line) + b"\n" for line in lines), media_type=NDJSON)
+    return Stream((_encode(line) + b"\n" for line in lines), status_code=200, media_type=NDJSON)
 
 
 ROUTES = [root, version, tags, chat, generate, blob_exists, blob_upload, create]

@@ -80,8 +80,9 @@ def chat_messages(defaults: ModelDefaults, messages: list[schemas.Message]) -> l
 def chat_request(req: schemas.ChatRequest, defaults: ModelDefaults, num_ctx: int) -> llama.ChatRequest:
     return llama.ChatRequest(
         messages=chat_messages(defaults, req.messages or []),
-        stream=True,
         response_format=response_format(req.format),
+        stream=True,
+        cache_prompt=True,
         **sampling(defaults, req.options, num_ctx),
     )
 
@@ -99,7 +100,9 @@ def generate_request(
         schema = None
         if fmt is not None:
             schema = fmt["json_schema"]["schema"] if fmt["type"] == "json_schema" else {"type": "object"}
-        return llama.CompletionRequest(prompt=req.prompt, stream=True, json_schema=schema, **options)
+        return llama.CompletionRequest(
+            prompt=req.prompt, json_schema=schema, stream=True, cache_prompt=True, **options
+        )
     if req.template:
         raise bad_request("template overrides are not supported: the model's own chat template is used")
     messages = [schemas.Message("user", req.prompt)]
@@ -107,8 +110,9 @@ def generate_request(
         messages.insert(0, schemas.Message("system", req.system))
     return llama.ChatRequest(
         messages=chat_messages(defaults, messages),
-        stream=True,
         response_format=response_format(req.format),
+        stream=True,
+        cache_prompt=True,
         **options,
     )
 

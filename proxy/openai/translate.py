@@ -213,6 +213,7 @@ def chat_request(
     return llama.ChatRequest(
         messages=messages,
         stream=req.stream,
+        cache_prompt=True,
         stream_options=llama.StreamOptions() if req.stream else None,
         logit_bias=req.logit_bias,
         logprobs=req.logprobs,
@@ -276,10 +277,12 @@ def completion_request(
     if req.suffix:
         if req.logprobs:
             raise bad_request("logprobs are not supported together with suffix")
-        return llama.InfillRequest(input_prefix=prompt, input_suffix=req.suffix, stream=req.stream, **sampling)
+        return llama.InfillRequest(input_prefix=prompt, input_suffix=req.suffix, stream=req.stream, cache_prompt=True,
+                                   **sampling)
     return llama.CompletionRequest(
         prompt=prompt,
         stream=req.stream,
+        cache_prompt=True,
         stream_options=llama.StreamOptions() if req.stream else None,
         logit_bias=req.logit_bias,
         logprobs=req.logprobs,
