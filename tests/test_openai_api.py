@@ -638,3 +638,38 @@ def test_failure_mid_stream_is_an_error_event_then_done(server, oai, tiny_gguf):
             if i == 5:
                 for pid in _runner_of(server, tiny_gguf):
                     os.kill(pid, signal.SIGKILL)
+
+
+def _kill_chat_runner(server: Server, gguf: Path) -> None:
+    for pid in _runner_of(server, gguf):
+        if "--embeddings" not in _cmdline(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"input": "Write a long story.", "stream": True}),
+        ("/v1/messages", {"max_tokens": 2000, "stream": True,
+                          "messages": [{"role": "user", "content": "Write a long story."}]}),
+    ],
+)
+def test_passed_through_streams_end_in_their_own_error_event(server, smollm2, path, body):
+    """A runner that dies mid-stream: Responses and Anthropic streams end with their API's
+    `error` event (llamagate's own, since llama-server can no longer send one)."""
+    events = []
+    with httpx.stream("POST", f"{server.url}{path}", json={"model": MODEL, **body}, timeout=60) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data:"):
+                events.append(line)
+            if len(events) == 8:
+                _kill_chat_runner(server, smollm2)
+                break
+        rest = [line for line in lines if line]
+    assert rest[-2] == "event: error"
+    error = json.loads(rest[-1][len("data: "):])
+    assert error["type"] == "error"
+    message = error["error"]["message"] if path == "/v1/messages" else error["message"]
+    assert "llama-server" in message

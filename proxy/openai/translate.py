@@ -212,15 +212,23 @@ def chat_request(
         tools = {"response_format": {"type": "json_schema", "json_schema": schema}}
     return llama.ChatRequest(
         messages=messages,
-        stream=req.stream,
-        cache_prompt=True,
-        stream_options=llama.StreamOptions() if req.stream else None,
-        logit_bias=req.logit_bias,
-        logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
+        **_common(req, req.logprobs),
         **tools,
         **ollama.sampling(defaults, options(req, max_tokens, rewrites), num_ctx),
     )
+
+
+def _common(req: schemas._Sampling, logprobs: bool | int | None) -> dict[str, Any]:
+    """The fields chat and text completions send alike; a stream asks for its usage, which
+    llamagate reports when the client asks for it (n answers add up to one usage)."""
+    return {
+        "stream": req.stream,
+        "cache_prompt": True,
+        "stream_options": llama.StreamOptions() if req.stream else None,
+        "logit_bias": req.logit_bias,
+        "logprobs": logprobs,
+    }
 
 
 def forced_call(content: str, call_id: str, delta: bool) -> msgspec.Raw | None:
@@ -279,15 +287,7 @@ def completion_request(
             raise bad_request("logprobs are not supported together with suffix")
         return llama.InfillRequest(input_prefix=prompt, input_suffix=req.suffix, stream=req.stream, cache_prompt=True,
                                    **sampling)
-    return llama.CompletionRequest(
-        prompt=prompt,
-        stream=req.stream,
-        cache_prompt=True,
-        stream_options=llama.StreamOptions() if req.stream else None,
-        logit_bias=req.logit_bias,
-        logprobs=req.logprobs,
-        **sampling,
-    )
+    return llama.CompletionRequest(prompt=prompt, **_common(req, req.logprobs), **sampling)
 
 
 def infill_choice(chunk: llama.CompletionChunk) -> llama.OpenAIChoice:
