@@ -311,9 +311,10 @@ def test_num_ctx_and_keep_alive_extensions(server, oai, tiny_gguf):
     assert wait_until(lambda: not _runner_of(server, tiny_gguf), timeout=15)
 
 
-def test_context_overflow_is_a_400(oai):
+@pytest.mark.parametrize("stream", [False, True])
+def test_context_overflow_is_a_400(oai, stream):
     with pytest.raises(openai.BadRequestError) as e:
-        oai.chat.completions.create(model=TINY, max_tokens=2, extra_body={"num_ctx": 32},
+        oai.chat.completions.create(model=TINY, max_tokens=2, extra_body={"num_ctx": 32}, stream=stream,
                                     messages=[{"role": "user", "content": "the sea " * 100}])
     assert e.value.code == "context_length_exceeded"
     assert e.value.body["type"] == "invalid_request_error"
@@ -595,15 +596,21 @@ def test_answers_are_200(server, path, body):
     assert r.status_code == 200, r.text
 
 
-def test_client_disconnect_frees_the_slot(server):
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Write a long story."}],
+                                  "max_tokens": 100000, "logit_bias": {"2": -100}}),
+        ("/v1/responses", {"input": "Write a long story.", "logit_bias": {"2": -100}}),
+    ],
+)
+def test_client_disconnect_frees_the_slot(server, path, body):
     """Closing a stream cancels its generation: the next request on the one slot is served at
-    once, not after the abandoned one (which, with its end-of-turn token banned, would run to
-    40 960 tokens: many minutes)."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}], "stream": True,
-            "max_tokens": 100000, "logit_bias": {"2": -100}}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
+    once, not after the abandoned one (which, with its end-of-turn token banned, would run until
+    the context is full: minutes)."""
+    with httpx.stream("POST", f"{server.url}{path}", json={"model": MODEL, "stream": True, **body}, timeout=60) as r:
         lines = r.iter_lines()
-        for _ in range(5):
+        for _ in range(8):
             next(lines)
     started = time.monotonic()
     r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
