@@ -115,8 +115,8 @@ def bench_proxy(runs: int = 10) -> None:
             with httpx.Client(timeout=120) as client:
                 _stream_times(client, f"{srv.url}/api/chat", ours)  # loads the runner
                 (pid,) = srv.runner_pids()
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                key = cmdline[cmdline.index(b"--api-key") + 1].decode()
+                environ = dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if v)
+                key = environ[b"LLAMA_API_KEY"].decode()
                 port = next(int(p) for p in _listening_ports(pid))
                 direct_url = f"http://127.0.0.1:{port}/v1/chat/completions"
                 direct = {"messages": prompt, "temperature": 0, "max_tokens": 64, "stream": True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
 import time
@@ -179,3 +180,124 @@ def run(model: str, prompt: tuple[str, ...]) -> None:
         _fail(str(e))
     except KeyboardInterrupt:
         click.echo()
+
+
+def _human_until(expires: datetime) -> str:
+    """`ollama ps`'s UNTIL column."""
+    seconds = expires.timestamp() - time.time()
+    if seconds > 100 * 365 * 86400:
+        return "Forever"
+    if seconds <= 0:
+        return "Stopping..."
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{'About an' if unit == 'hour' and n == 1 else n} {unit}{'s' if n > 1 else ''} from now"
+    return "Less than a second from now"
+
+
+@main.command()
+def ps() -> None:
+    """List the models loaded in memory."""
+    try:
+        models = Client().request("GET", "/api/ps").json()["models"]
+    except ClientError as e:
+        _fail(str(e))
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    for m in models:
+        size, vram = m["size"], m.get("size_vram", 0)
+        if vram == 0:
+            processor = "100% CPU"
+        elif vram >= size:
+            processor = "100% GPU"
+        else:
+            cpu = round(100 * (size - vram) / size)
+            processor = f"{cpu}%/{100 - cpu}% CPU/GPU"
+        until = _human_until(datetime.fromisoformat(m["expires_at"]))
+        rows.append([m["name"], m["digest"][:12], human_bytes(size), processor, str(m.get("context_length", "")), until])
+    _table(rows)
+
+
+def _section(title: str, rows: list[tuple[str, str]]) -> None:
+    click.echo(f"  {title}")
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        click.echo(f"    {key.ljust(width)}    {value.strip()}".rstrip())
+    click.echo()
+
+
+@main.command()
+@click.argument("model")
+@click.option("--license", "part", flag_value="license", help="Show the license.")
+@click.option("--modelfile", "part", flag_value="modelfile", help="Show the Modelfile.")
+@click.option("--parameters", "part", flag_value="parameters", help="Show the parameters.")
+@click.option("--system", "part", flag_value="system", help="Show the system prompt.")
+@click.option("--template", "part", flag_value="template", help="Show the template.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every metadata key, long arrays included.")
+def show(model: str, part: str | None, verbose: bool) -> None:
+    """Show information about a model."""
+    try:
+        info = Client().request("POST", "/api/show", json={"model": model, "verbose": verbose}).json()
+    except ClientError as e:
+        _fail(str(e))
+    if part:
+        click.echo(info.get(part, ""))
+        return
+    mi, d = info["model_info"], info["details"]
+    arch = mi.get("general.architecture", "")
+    rows = [("architecture", arch), ("parameters", d.get("parameter_size", ""))]
+    for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
+        if f"{arch}.{key}" in mi:
+            rows.append((label, str(mi[f"{arch}.{key}"])))
+    rows.append(("quantization", d.get("quantization_level", "")))
+    _section("Model", rows)
+    if info.get("capabilities"):
+        _section("Capabilities", [(c, "") for c in info["capabilities"]])
+    if info.get("parameters"):
+        _section("Parameters", [(key, value) for key, _, value in
+                                (line.partition(" ") for line in info["parameters"].splitlines())])
+    if info.get("system"):
+        _section("System", [(line, "") for line in info["system"].splitlines()[:2]])
+    if info.get("license"):
+        _section("License", [(line, "") for line in info["license"].splitlines()[:2]])
+    if verbose:
+        _section("Metadata", [(k, json.dumps(v)) for k, v in mi.items()])
+
+
+@main.command()
+@click.argument("source")
+@click.argument("destination")
+def cp(source: str, destination: str) -> None:
+    """Copy a model (an alias: the copy shares the original's files)."""
+    try:
+        Client().request("POST", "/api/copy", json={"source": source, "destination": destination})
+    except ClientError as e:
+        _fail(str(e))
+    click.echo(f"copied '{source}' to '{destination}'")
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+def rm(models: tuple[str, ...]) -> None:
+    """Remove models (and the files no other model uses)."""
+    client = Client()
+    for model in models:
+        try:
+            client.request("DELETE", "/api/delete", json={"model": model})
+        except ClientError as e:
+            _fail(str(e))
+        click.echo(f"deleted '{model}'")
+
+
+@main.command()
+@click.argument("model")
+def stop(model: str) -> None:
+    """Unload a running model now."""
+    try:
+        loaded = Client().request("GET", "/api/ps").json()["models"]
+        name = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+        if not any(m["name"] == name or m["model"] == model for m in loaded):
+            _fail(f"couldn't find model \"{model}\" to stop")
+        Client().request("POST", "/api/generate", json={"model": model, "keep_alive": 0})
+    except ClientError as e:
+        _fail(str(e))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import msgspec
 
 from proxy.upstream import Upstream
+from supervisor.runner import Runner
 from supervisor.scheduler import LoadOptions, Scheduler
 from supervisor.store import StoredModel
 
@@ -32,6 +34,13 @@ class Inference:
         self.scheduler = scheduler
         self.upstream = upstream
 
+    @asynccontextmanager
+    async def runner(self, model: StoredModel, load: LoadOptions, timer: Timer) -> AsyncIterator[Runner]:
+        """A leased runner for several calls (tokenize, then generate), its wait timed as load."""
+        async with self.scheduler.lease(model, load) as runner:
+            timer.load_ns = timer.total_ns()
+            yield runner
+
     async def stream(
         self,
         model: StoredModel,
@@ -41,8 +50,7 @@ class Inference:
         chunk_type: type[T],
         timer: Timer,
     ) -> AsyncIterator[T]:
-        async with self.scheduler.lease(model, load) as runner:
-            timer.load_ns = timer.total_ns()
+        async with self.runner(model, load, timer) as runner:
             async for chunk in self.upstream.stream(runner, path, body, chunk_type):
                 yield chunk
 

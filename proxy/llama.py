@@ -60,12 +60,15 @@ class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
     """Native /completion, and (with `logprobs` as a count) OpenAI's /v1/completions."""
 
-    prompt: str | list[int]
+    # A string, or token ids and strings mixed (a generate `context` followed by the new prompt).
+    prompt: str | list[int | str]
+    # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
     cache_prompt: bool
     stream_options: StreamOptions | None = None
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
+    n_probs: int | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: int | None = None
 
@@ -82,9 +85,43 @@ class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
     n_probs: int | None = None
 
 
-class EmbeddingRequest(msgspec.Struct):
+class TokenizeRequest(msgspec.Struct):
+    content: str
+    add_special: bool = False
+
+
+class TokenizeResponse(msgspec.Struct):
+    tokens: list[int]
+
+
+class ApplyTemplateRequest(msgspec.Struct, omit_defaults=True):
+    messages: list[ChatMessage]
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class ApplyTemplateResponse(msgspec.Struct):
+    prompt: str
+
+
+class EmbeddingsRequest(msgspec.Struct):
+    # Token-id lists (/api/embed tokenizes first), or what /v1/embeddings was sent: a string, or
+    # a list of strings, of token ids or of token-id lists.
     input: str | list[Any]
     encoding_format: str = "float"
+
+
+class EmbeddingItem(msgspec.Struct):
+    embedding: list[float]
+    index: int = 0
+
+
+class EmbeddingsUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+
+
+class EmbeddingsResponse(msgspec.Struct):
+    data: list[EmbeddingItem]
+    usage: EmbeddingsUsage = msgspec.field(default_factory=EmbeddingsUsage)
 
 
 class Timings(msgspec.Struct):
@@ -95,10 +132,24 @@ class Timings(msgspec.Struct):
     predicted_ms: float = 0.0
 
 
+class ToolCallDeltaFunction(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct):
+    """A piece of a streamed tool call: the first piece of each `index` has its id and name,
+    the arguments string arrives in pieces."""
+
+    index: int = 0
+    id: str | None = None
+    function: ToolCallDeltaFunction = msgspec.field(default_factory=ToolCallDeltaFunction)
+
+
 class Delta(msgspec.Struct):
     content: str | None = None
     reasoning_content: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class TopProb(msgspec.Struct):
@@ -121,6 +172,7 @@ class ChoiceLogprobs(msgspec.Struct):
 class ChunkChoice(msgspec.Struct):
     delta: Delta = msgspec.field(default_factory=Delta)
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatChunk(msgspec.Struct):
@@ -137,6 +189,7 @@ class CompletionChunk(msgspec.Struct):
     stop: bool = False
     stop_type: str = ""
     timings: Timings | None = None
+    completion_probabilities: list[TokenProb] | None = None
 
 
 class Usage(msgspec.Struct, omit_defaults=True):
@@ -169,16 +222,6 @@ class OpenAIResult(msgspec.Struct):
 
     choices: list[OpenAIChoice] = []
     usage: Usage | None = None
-
-
-class Embedding(msgspec.Struct):
-    embedding: list[float]
-    index: int = 0
-
-
-class EmbeddingResult(msgspec.Struct):
-    data: list[Embedding]
-    usage: Usage = msgspec.field(default_factory=Usage)
 
 
 class ErrorBody(msgspec.Struct):

@@ -99,17 +99,6 @@ class Upstream:
         finally:
             await response.aclose()
 
-    async def post(self, runner: Runner, path: str, body: msgspec.Struct, response_type: type[T]) -> T:
-        """POST `body` and decode the whole JSON answer (embeddings, non-streamed answers)."""
-        client = self._client(runner)
-        try:
-            response = await client.post(path, content=msgspec.json.encode(body))
-        except httpx.HTTPError as e:
-            raise self._failure(runner, e) from e
-        if response.status_code != 200:
-            raise _error(response.status_code, response.content)
-        return msgspec.json.decode(response.content, type=response_type)
-
     async def relay(self, runner: Runner, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
         """POST a body as the client sent it and yield llama-server's answer as (event, data)
         pairs: one per SSE event, or ("", body) for a JSON answer. An error status before the
@@ -139,6 +128,24 @@ class Upstream:
             raise self._failure(runner, e) from e
         finally:
             await response.aclose()
+
+    async def post(self, runner: Runner, path: str, body: msgspec.Struct, response_type: type[T]) -> T:
+        """POST `body` and decode the whole JSON answer (embeddings, tokenize, apply-template,
+        answers not streamed)."""
+        client = self._client(runner)
+        content = msgspec.json.encode(body)
+        try:
+            try:
+                response = await client.post(path, content=content)
+            except httpx.RemoteProtocolError:
+                # A pooled connection llama-server closed while it sat idle (its keep-alive
+                # timeout is 5 s): these calls have no side effects, so once more on a new one.
+                response = await client.post(path, content=content)
+        except httpx.HTTPError as e:
+            raise self._failure(runner, e) from e
+        if response.status_code != 200:
+            raise _error(response.status_code, response.content)
+        return msgspec.json.decode(response.content, type=response_type)
 
     async def aclose(self) -> None:
         for _, client in self._clients.values():

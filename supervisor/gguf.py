@@ -131,6 +131,7 @@ def read_gguf(path: Path, *, max_array: int = 64) -> GGUFInfo:
     return info
 
 
+# llama.cpp's `llama_pooling_type` values, as `<arch>.pooling_type` stores them.
 POOLING_TYPES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 
 

@@ -47,9 +47,14 @@ class LaunchSpec:
     # completions); `pooling` is "" to keep the GGUF's own pooling type.
     embedding: bool = False
     pooling: str = ""
+    projector: Path | None = None  # --mmproj: a vision model's image encoder
+    adapters: tuple[Path, ...] = ()  # --lora
 
-    def args(self, api_key: str) -> list[str]:
-        return [*self._base_args(api_key), *self._embedding_args()]
+    def args(self) -> list[str]:
+        extra = ["--mmproj", str(self.projector)] if self.projector else []
+        for adapter in self.adapters:
+            extra += ["--lora", str(adapter)]
+        return [*self._base_args(), *self._embedding_args(), *extra]
 
     def _embedding_args(self) -> list[str]:
         if not self.embedding:
@@ -59,7 +64,7 @@ class LaunchSpec:
         pooling = ["--pooling", self.pooling] if self.pooling else []
         return ["--embeddings", *pooling, "--batch-size", batch, "--ubatch-size", batch]
 
-    def _base_args(self, api_key: str) -> list[str]:
+    def _base_args(self) -> list[str]:
         return [
             str(self.binary),
             "--model", str(self.model_path),
@@ -72,7 +77,6 @@ class LaunchSpec:
             "--parallel", str(self.parallel),
             "--threads", str(self.threads),
             "--jinja",
-            "--api-key", api_key,
             "--no-webui",
             "--offline",
             "--log-colors", "off",
@@ -85,9 +89,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _clean_env() -> dict[str, str]:
-    """Our environment minus llama-server's own settings, which would silently override flags."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_") and k != "LLAMA_API_KEY"}
+def _child_env(api_key: str) -> dict[str, str]:
+    """Our environment minus llama-server's own settings, which would silently override flags,
+    plus the runner's API key: in the environment, other users can't read it as they can argv."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
+    env["LLAMA_API_KEY"] = api_key
+    return env
 
 
 class Runner:
@@ -96,7 +103,7 @@ class Runner:
 
     def __init__(self, name: str, keep_alive: float, load_timeout: float, stop_grace: float) -> None:
         self.name = name
-        self.keep_alive = keep_alive
+        self.keep_alive = self.default_keep_alive = keep_alive
         self.load_timeout = load_timeout
         self.stop_grace = stop_grace
         self.spec: LaunchSpec | None = None
@@ -144,6 +151,10 @@ class Runner:
             self.active += 1
             if keep_alive is not None:
                 self.keep_alive = keep_alive
+            elif self.state is State.STOPPED:
+                # A keep_alive sticks to a loaded runner only: a new load starts from the default
+                # (else an unload's 0 would unload the model after every later request).
+                self.keep_alive = self.default_keep_alive
             self.expires_at = math.inf
             if self._expiry_task:
                 self._expiry_task.cancel()
@@ -205,16 +216,16 @@ class Runner:
         self.api_key = secrets.token_urlsafe(24)
         self._log_tail.clear()
         self._port_found = asyncio.get_running_loop().create_future()
-        log.info("[%s] starting: %s", self.name, " ".join(spec.args("***")))
+        log.info("[%s] starting: %s", self.name, " ".join(spec.args()))
         started = time.monotonic()
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *spec.args(self.api_key),
+                *spec.args(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=spec.binary.parent,
-                env=_clean_env(),
+                env=_child_env(self.api_key),
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )

@@ -12,7 +12,7 @@ from pathlib import Path
 from supervisor.binary import Binary, find_llama_server
 from supervisor.config import Config
 from supervisor.gguf import embedding_pooling
-from supervisor.runner import LaunchSpec, Runner
+from supervisor.runner import LaunchSpec, Runner, State
 from supervisor.store import StoredModel
 
 log = logging.getLogger("llamagate.scheduler")
@@ -33,6 +33,8 @@ class Scheduler:
         # Keyed by model file, so aliases made with `cp` share one process, and by purpose, so
         # one model can serve completions and embeddings at once.
         self._runners: dict[tuple[Path, bool], Runner] = {}
+        # The model each runner last served, for /api/ps.
+        self._served: dict[tuple[Path, bool], StoredModel] = {}
         self._binary: Binary | None = None
 
     def binary(self) -> Binary:
@@ -52,8 +54,7 @@ class Scheduler:
 
     @asynccontextmanager
     async def lease(self, model: StoredModel, load: LoadOptions) -> AsyncIterator[Runner]:
-        """A ready runner for `model` (its embedding runner with `load.embedding`), held for the
-        duration of one request."""
+        """A ready runner for `model`, held for the duration of one request."""
         spec = LaunchSpec(
             binary=self.binary().path,
             model_path=model.model_path,
@@ -62,6 +63,8 @@ class Scheduler:
             parallel=self.config.num_parallel,
             embedding=load.embedding,
             pooling=embedding_pooling(model.model_path) if load.embedding else "",
+            projector=None if load.embedding else model.projector_path,
+            adapters=model.adapter_paths,
         )
         key = (spec.model_path, load.embedding)
         runner = self._runners.get(key)
@@ -71,6 +74,7 @@ class Scheduler:
                 name, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace
             )
         await runner.acquire(spec, load.keep_alive)
+        self._served[key] = model
         try:
             yield runner
         finally:
@@ -81,6 +85,11 @@ class Scheduler:
             runner = self._runners.get((model.model_path, embedding))
             if runner is not None:
                 await runner.unload()
+
+    def loaded(self) -> list[tuple[StoredModel, Runner]]:
+        """Runners with a process (loading or ready), with the model each last served."""
+        return [(self._served[key], r) for key, r in self._runners.items()
+                if key in self._served and r.state in (State.STARTING, State.READY)]
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())

@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -138,6 +138,19 @@ class StoredModel:
             raise bad_request(f"{self.name.display} has no model layer")
         return self.store.blob_path(layer.digest)
 
+    @property
+    def projector_path(self) -> Path | None:
+        layer = self._layer(PROJECTOR)
+        return self.store.blob_path(layer.digest) if layer else None
+
+    @property
+    def adapter_paths(self) -> tuple[Path, ...]:
+        return tuple(self.store.blob_path(la.digest) for la in self.manifest.layers if la.mediaType == ADAPTER)
+
+    @property
+    def licenses(self) -> list[str]:
+        return [self.store.blob_path(la.digest).read_text() for la in self.manifest.layers if la.mediaType == LICENSE]
+
     @cached_property
     def config(self) -> ModelConfig:
         path = self.store.blob_path(self.manifest.config.digest)
@@ -214,6 +227,14 @@ class Store:
                 return None
             path = match
         return path if path.is_file() else None
+
+    def digests_in_use(self) -> set[str]:
+        """Every blob digest some manifest names (config included), as `sha256:<hex>`."""
+        used = set()
+        for model in self.list():
+            used.add(model.manifest.config.digest)
+            used.update(la.digest for la in model.manifest.layers)
+        return used
 
     def get(self, name: ModelName) -> StoredModel | None:
         path = self._existing_path(name)
@@ -300,6 +321,27 @@ class Store:
         _atomic_write(path, msgspec.json.encode(manifest))
         return self._load(path)
 
+    def copy(self, source: StoredModel, destination: ModelName) -> StoredModel:
+        """An alias: the same manifest bytes under another name, so it shares every blob."""
+        path = self._existing_path(destination) or self.manifests.joinpath(*destination.parts)
+        _atomic_write(path, source.manifest_bytes)
+        return self._load(path)
+
+    def delete(self, model: StoredModel) -> list[str]:
+        """Remove a manifest, then the blobs no other manifest names; returns the pruned digests."""
+        model.manifest_path.unlink()
+        directory = model.manifest_path.parent
+        while directory != self.manifests and not any(directory.iterdir()):
+            directory.rmdir()
+            directory = directory.parent
+        in_use = self.digests_in_use()
+        pruned = []
+        for layer in [model.manifest.config, *model.manifest.layers]:
+            if layer.digest not in in_use and self.has_blob(layer.digest):
+                self.blob_path(layer.digest).unlink()
+                pruned.append(layer.digest)
+        return pruned
+
     def create(
         self,
         name: ModelName,
@@ -309,9 +351,15 @@ class Store:
         system: str = "",
         params: dict[str, Any] | None = None,
         messages: list[Message] | None = None,
-        license: str = "",
+        license: str | list[str] = "",
+        extra_layers: list[Layer] | None = None,
+        on_layer: Callable[[Layer, bool], None] | None = None,
     ) -> StoredModel:
-        """Write a model from a GGUF blob already in the store plus its text layers."""
+        """Write a model from a GGUF blob already in the store plus its text layers.
+
+        `extra_layers` (a projector, adapters) are blobs already in the store; `on_layer` hears of
+        every layer with whether its blob was new, for `create`'s status lines.
+        """
         info = read_gguf(self.blob_path(model_layer.digest))
         arch = info.architecture
         config = ModelConfig(
@@ -322,13 +370,21 @@ class Store:
             file_type=info.file_type,
             context_length=info.context_length,
         )
-        layers = [model_layer]
-        for media_type, text in ((TEMPLATE, template), (SYSTEM, system), (LICENSE, license)):
-            if text:
-                layers.append(self.add_blob_bytes(text.encode(), media_type))
+        layers = [model_layer, *(extra_layers or [])]
+        if on_layer:
+            for layer in layers:
+                on_layer(layer, False)
+        licenses = [license] if isinstance(license, str) else license
+        texts = [(TEMPLATE, template), (SYSTEM, system), *((LICENSE, text) for text in licenses)]
         if params:
-            layers.append(self.add_blob_bytes(msgspec.json.encode(params), PARAMS))
+            texts.append((PARAMS, msgspec.json.encode(params).decode()))
         if messages:
-            layers.append(self.add_blob_bytes(msgspec.json.encode(messages), MESSAGES))
+            texts.append((MESSAGES, msgspec.json.encode(messages).decode()))
+        for media_type, text in texts:
+            if text:
+                new = not self.has_blob("sha256:" + hashlib.sha256(text.encode()).hexdigest())
+                layers.append(self.add_blob_bytes(text.encode(), media_type))
+                if on_layer:
+                    on_layer(layers[-1], new)
         config_layer = self.add_blob_bytes(msgspec.json.encode(config), CONFIG_TYPE)
         return self.write_manifest(name, Manifest(config=config_layer, layers=layers))

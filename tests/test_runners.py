@@ -185,3 +185,13 @@ def test_binary_search_order(tmp_path, monkeypatch):
     downloaded.write_text("")
     assert find_llama_server("", tmp_path / "runtime").source == "downloaded release"
     assert find_llama_server(str(exe), tmp_path / "runtime").path == exe
+
+
+def test_runner_requires_its_key_and_hides_it_from_argv(fresh_server):
+    assert _generate(fresh_server, "tiny", prompt="hi", options={"num_predict": 2}).status_code == 200
+    (pid,) = fresh_server.runner_pids()
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert b"--api-key" not in cmdline
+    port = int(fresh_server.log().rsplit("ready on port ", 1)[1].split()[0])
+    r = httpx.post(f"http://127.0.0.1:{port}/completion", json={"prompt": "hi", "n_predict": 1})
+    assert r.status_code == 401

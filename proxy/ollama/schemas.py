@@ -9,6 +9,8 @@ import msgspec
 
 KeepAlive = str | int | float | None
 Format = str | dict[str, Any] | None
+# `think`: a bool, or a level ("low", "medium", "high", "max"); checked in translate.think.
+Think = bool | str | None
 
 
 class Options(msgspec.Struct, omit_defaults=True):
@@ -37,37 +39,84 @@ class Options(msgspec.Struct, omit_defaults=True):
     num_thread: int | None = None
 
 
+class ToolCallFunction(msgspec.Struct, omit_defaults=True):
+    name: str
+    # A JSON object on Ollama's wire (OpenAI's is a string); a string sent by a lenient client
+    # is accepted and decoded in translate.
+    arguments: dict[str, Any] | str = msgspec.field(default_factory=dict)
+    index: int | None = None
+
+
+class ToolCall(msgspec.Struct, omit_defaults=True):
+    function: ToolCallFunction
+    id: str | None = None
+    type: str | None = None
+
+
 class Message(msgspec.Struct, omit_defaults=True):
     role: str
     content: str | None = None
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 class ChatRequest(msgspec.Struct):
     model: str = ""
     messages: list[Message] | None = None
+    tools: list[dict[str, Any]] | None = None
     format: Format = None
     options: Options | None = None
     stream: bool | None = None
     keep_alive: KeepAlive = None
+    think: Think = None
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 class GenerateRequest(msgspec.Struct):
     model: str = ""
     prompt: str = ""
+    suffix: str = ""
     system: str | None = None
     template: str | None = None
     context: list[int] | None = None
     raw: bool = False
+    images: list[str] | None = None
     format: Format = None
     options: Options | None = None
     stream: bool | None = None
     keep_alive: KeepAlive = None
+    think: Think = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+class TopLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class Logprob(msgspec.Struct, omit_defaults=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] | None = None
+
+
+class OutToolCall(msgspec.Struct):
+    id: str
+    function: ToolCallFunction
 
 
 class OutMessage(msgspec.Struct, omit_defaults=True):
     role: str
     content: str  # no default: always sent, "" included, as clients require
     thinking: str = ""
+    tool_calls: list[OutToolCall] | None = None
 
 
 class ChatChunk(msgspec.Struct, omit_defaults=True):
@@ -76,6 +125,7 @@ class ChatChunk(msgspec.Struct, omit_defaults=True):
     message: OutMessage
     done: bool
     done_reason: str = ""
+    logprobs: list[Logprob] | None = None
     total_duration: int = 0
     load_duration: int = 0
     prompt_eval_count: int = 0
@@ -91,6 +141,8 @@ class GenerateChunk(msgspec.Struct, omit_defaults=True, kw_only=True):
     thinking: str = ""
     done: bool
     done_reason: str = ""
+    context: list[int] | None = None
+    logprobs: list[Logprob] | None = None
     total_duration: int = 0
     load_duration: int = 0
     prompt_eval_count: int = 0
@@ -130,6 +182,7 @@ class CreateRequest(msgspec.Struct):
     name: str = ""
     from_: str = msgspec.field(default="", name="from")
     files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
     template: str | None = None
     system: str | None = None
     parameters: dict[str, Any] | None = None
@@ -141,6 +194,87 @@ class CreateRequest(msgspec.Struct):
 
 class StatusLine(msgspec.Struct, omit_defaults=True):
     status: str
+
+
+class EmbedRequest(msgspec.Struct):
+    model: str = ""
+    input: str | list[str] | None = None
+    truncate: bool = True
+    dimensions: int = 0
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+
+
+class EmbedResponse(msgspec.Struct):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+
+
+class EmbeddingsRequest(msgspec.Struct):
+    model: str = ""
+    prompt: str = ""
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+
+
+class EmbeddingsResponse(msgspec.Struct):
+    embedding: list[float]
+
+
+class ShowRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""
+    verbose: bool = False
+    system: str | None = None
+
+
+class ShowMessage(msgspec.Struct):
+    role: str
+    content: str
+
+
+class ShowResponse(msgspec.Struct, omit_defaults=True):
+    """`model_info`, `capabilities` and the strings clients parse are always sent."""
+
+    modelfile: str
+    parameters: str
+    template: str
+    license: str
+    details: ModelDetails
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
+    system: str = ""
+    messages: list[ShowMessage] | None = None
+    projector_info: dict[str, Any] | None = None
+
+
+class RunningModel(msgspec.Struct):
+    name: str
+    model: str
+    size: int
+    digest: str
+    details: ModelDetails
+    expires_at: str
+    size_vram: int
+    context_length: int
+
+
+class PsResponse(msgspec.Struct):
+    models: list[RunningModel]
+
+
+class CopyRequest(msgspec.Struct):
+    source: str = ""
+    destination: str = ""
+
+
+class DeleteRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""
 
 
 class ErrorResponse(msgspec.Struct):

@@ -299,9 +299,9 @@ async def embeddings(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbeddingRequest)
     gate = _gate(request)
     model = _require(gate, req.model)
-    body = llama.EmbeddingRequest(translate.embedding_input(req))
+    body = llama.EmbeddingsRequest(translate.embedding_input(req))
     result = await gate.inference.call(model, _load(gate, model, req, embedding=True), "/v1/embeddings", body,
-                                       llama.EmbeddingResult)
+                                       llama.EmbeddingsResponse)
     return _json(schemas.EmbeddingList(
         data=[
             schemas.Embedding(d.index, translate.embedding(d.embedding, req.dimensions, req.encoding_format))

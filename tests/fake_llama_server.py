@@ -1,0 +1,92 @@
+"""A stand-in for llama-server, for what no small model here can do (thinking, vision, infill):
+it logs its arguments and every request it gets to $FAKE_LLAMA_LOG and streams canned answers
+shaped like llama-server's. Started by llamagate through `--llama-server`, like the real one."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOG = os.environ["FAKE_LLAMA_LOG"]
+TIMINGS = {"cache_n": 0, "prompt_n": 7, "prompt_ms": 1.5, "predicted_n": 3, "predicted_ms": 2.5}
+
+
+def _record(entry: dict) -> None:
+    with open(LOG, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _chat_events(body: dict) -> list[dict]:
+    """Reasoning first (unless thinking was turned off), then content, then the final event."""
+    def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra}]}
+
+    events = []
+    if (body.get("chat_template_kwargs") or {}).get("enable_thinking", True):
+        events += [chunk({"reasoning_content": "Let me "}), chunk({"reasoning_content": "think."})]
+    logprobs = None
+    if body.get("logprobs"):
+        top = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}, {"token": "Yo", "logprob": -2.5, "bytes": [89, 111]}]
+        logprobs = {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": top[: body.get("top_logprobs", 0)]}]}
+    events.append(chunk({"content": "Hi"}, **({"logprobs": logprobs} if logprobs else {})))
+    events.append(chunk({"content": " there"}))
+    events.append({**chunk({}, "stop"), "timings": TIMINGS})
+    return events
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _json(self, obj: dict) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _sse(self, events: list[dict]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for e in events:
+            self.wfile.write(b"data: " + json.dumps(e).encode() + b"\n\n")
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.close_connection = True
+
+    def do_GET(self) -> None:
+        self._json({"status": "ok"})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        _record({"path": self.path, "body": body})
+        if self.path == "/v1/chat/completions":
+            self._sse(_chat_events(body))
+        elif self.path in ("/infill", "/completion"):
+            self._sse([{"content": "MIDDLE", "stop": False},
+                       {"content": "", "stop": True, "stop_type": "eos", "timings": TIMINGS}])
+        elif self.path == "/apply-template":
+            self._json({"prompt": "".join(f"<{m['role']}>{m.get('content') or ''}" for m in body["messages"])})
+        elif self.path == "/tokenize":
+            self._json({"tokens": [ord(c) for c in body["content"]]})
+        else:
+            self.send_error(404)
+
+
+def main() -> None:
+    _record({"argv": sys.argv[1:]})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"main: server is listening on http://127.0.0.1:{server.server_address[1]} - starting the main loop",
+          flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
