@@ -15,20 +15,16 @@ import click
 
 from proxy.client import Client, ClientError
 from proxy.modelfile import ModelfileError, parse
+from proxy.progress import PullDisplay, human_bytes
+from supervisor.config import Config
+from supervisor.errors import LlamagateError
+from supervisor.runtime.assets import BACKENDS
+from supervisor.runtime.install import DEFAULT_TAG, builds, current_name, install, use
 
 
 def _fail(message: str) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(1)
-
-
-def human_bytes(n: int) -> str:
-    """Decimal units, as `ollama list` shows sizes."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            value = n / scale
-            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
-    return f"{n} B"
 
 
 def human_since(when: datetime) -> str:
@@ -66,7 +62,10 @@ def serve(llama_server: str | None, threads: int | None, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request to the runners at INFO: that is our own traffic, not news.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = Config.from_env(llama_server=llama_server, threads=threads)
+    try:
+        config = Config.from_env(llama_server=llama_server, threads=threads)
+    except ValueError as e:
+        _fail(str(e))
     uvicorn.run(
         create_app(config),
         host=config.host,
@@ -136,6 +135,60 @@ def create(name: str, modelfile: Path) -> None:
             click.echo(status["status"])
     except ClientError as e:
         _fail(str(e))
+
+
+class _Terminal:
+    """Redraws the display in place on a terminal; elsewhere (a log, a pipe) prints each step
+    and each finished layer once."""
+
+    def __init__(self, display: PullDisplay) -> None:
+        self.display = display
+        self.tty = sys.stderr.isatty()
+        self.drawn = 0
+        self.printed = 0
+        self.last_draw = 0.0
+        self.done: set[str] = set()
+
+    def show(self, final: bool = False) -> None:
+        if self.tty:
+            now = time.monotonic()
+            if final or now - self.last_draw >= 0.1:
+                lines = self.display.render()
+                up = f"\x1b[{self.drawn}A" if self.drawn else ""
+                sys.stderr.write(up + "".join(f"\r\x1b[2K{line}\n" for line in lines))
+                sys.stderr.flush()
+                self.drawn, self.last_draw = len(lines), now
+            return
+        for item in self.display.lines[self.printed:]:
+            if isinstance(item, str):
+                click.echo(item, err=True)
+                self.printed += 1
+            elif item.total and item.completed >= item.total:
+                click.echo(item.render(self.display.label(item)), err=True)
+                self.printed += 1
+            else:
+                break
+
+
+@main.command()
+@click.argument("name")
+@click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")
+def pull(name: str, insecure: bool, quiet: bool) -> None:
+    """Pull a model from a registry (registry.ollama.ai, hf.co/<user>/<repo>[:<quant>], ...)."""
+    display = PullDisplay()
+    terminal = _Terminal(display)
+    try:
+        for event in Client().stream("/api/pull", {"model": name, "insecure": insecure}):
+            display.update(event)
+            if not quiet:
+                terminal.show()
+    except ClientError as e:
+        if not quiet:
+            terminal.show(final=True)
+        _fail(str(e))
+    if not quiet:
+        terminal.show(final=True)
 
 
 def _chat(client: Client, model: str, messages: list[dict[str, str]]) -> str:
@@ -301,3 +354,55 @@ def stop(model: str) -> None:
         Client().request("POST", "/api/generate", json={"model": model, "keep_alive": 0})
     except ClientError as e:
         _fail(str(e))
+
+
+@main.group()
+def runtime() -> None:
+    """Prebuilt llama-server builds from llama.cpp's releases, kept in llamagate's cache.
+
+    These work on the cache directly (no server needed); a running server uses the current
+    build from its next model load on.
+    """
+
+
+def _download_progress(name: str, done: int, total: int) -> None:
+    click.echo(f"\rdownloading {name}  {done / 1e6:.1f}/{total / 1e6:.1f} MB  {100 * done // max(total, 1)}%",
+               nl=done >= total, err=True)
+
+
+@runtime.command("install")
+@click.option("--backend", type=click.Choice(BACKENDS), help="GPU backend (default: detected).")
+@click.option("--version", "version", metavar="bNNNN|latest",
+              help=f"llama.cpp build tag, or latest (default: the tested {DEFAULT_TAG}).")
+def runtime_install(backend: str | None, version: str | None) -> None:
+    """Download the llama.cpp build for this machine, verify it, and make it current."""
+    config = Config.from_env()
+    try:
+        build = install(config.runtime_dir, config.releases_url, backend, version, _download_progress)
+    except LlamagateError as e:
+        _fail(e.message)
+    click.echo(f"{build.name} ({build.backend}, {build.version}) is current")
+
+
+@runtime.command("list")
+def runtime_list() -> None:
+    """List the downloaded builds; * marks the current one."""
+    config = Config.from_env()
+    current = current_name(config.runtime_dir)
+    rows = [["", "BUILD", "BACKEND", "VERSION", "INSTALLED"]]
+    for b in builds(config.runtime_dir):
+        installed = human_since(datetime.fromisoformat(b.installed_at))
+        rows.append(["*" if b.name == current else "", b.name, b.backend, b.version, installed])
+    _table(rows)
+
+
+@runtime.command("use")
+@click.argument("build")
+def runtime_use(build: str) -> None:
+    """Make BUILD (a name from `runtime list`, or its tag) the current build."""
+    config = Config.from_env()
+    try:
+        chosen = use(config.runtime_dir, build)
+    except LlamagateError as e:
+        _fail(e.message)
+    click.echo(f"{chosen.name} ({chosen.backend}, {chosen.version}) is current")

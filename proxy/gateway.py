@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from supervisor.config import Config
+from supervisor.registry import Puller
 from supervisor.scheduler import Scheduler
 from supervisor.store import Store, StoredModel
 
@@ -27,7 +28,9 @@ class Gateway:
         self.scheduler = Scheduler(config)
         self.upstream = Upstream()
         self.inference = Inference(self.scheduler, self.upstream)
+        self.puller = Puller(self.store, config.registry_mirrors)
 
     async def aclose(self) -> None:
         await self.scheduler.shutdown()
         await self.upstream.aclose()
+        await self.puller.aclose()

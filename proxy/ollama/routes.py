@@ -614,5 +614,25 @@ async def embeddings(request: Request) -> Response[bytes]:
     return _json(schemas.EmbeddingsResponse(translate.normalize(vectors[0]) if vectors else []))
 
 
+# Pull -----------------------------------------------------------------------------------------
+
+
+async def _pull_chunks(gate: Gateway, req: schemas.PullRequest) -> AsyncIterator[schemas.ProgressResponse]:
+    async for p in gate.puller.pull(req.model or req.name, req.insecure):
+        yield schemas.ProgressResponse(p.status, p.digest, p.total, p.completed)
+
+
+async def _last(chunks: AsyncIterator[schemas.ProgressResponse]) -> schemas.ProgressResponse:
+    async for c in chunks:
+        pass
+    return c
+
+
+@post("/api/pull")
+async def pull(request: Request) -> Response[Any]:
+    req = await decode_body(request, schemas.PullRequest)
+    return await _respond(_pull_chunks(_gate(request), req), req.stream is not False, _last)
+
+
 ROUTES = [root, version, tags, chat, generate, blob_exists, blob_upload, create, copy, delete, show, ps, embed,
-          embeddings]
+          embeddings, pull]

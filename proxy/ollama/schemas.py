@@ -279,3 +279,19 @@ class DeleteRequest(msgspec.Struct):
 
 class ErrorResponse(msgspec.Struct):
     error: str
+
+
+class PullRequest(msgspec.Struct):
+    model: str = ""
+    name: str = ""
+    insecure: bool = False
+    stream: bool | None = None
+
+
+class ProgressResponse(msgspec.Struct, omit_defaults=True):
+    """A pull's progress line; `digest`, `total` and `completed` are omitted when empty."""
+
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0

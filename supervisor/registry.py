@@ -1,0 +1,158 @@
+"""Pulling a model over Ollama's registry protocol: registry.ollama.ai, hf.co, or any other.
+
+The manifest comes from `<registry>/v2/<namespace>/<model>/manifests/<tag>`, every layer it names
+from `.../blobs/<digest>` (through `download.py`), and the manifest is written last, byte for
+byte, once every blob is verified. Hugging Face speaks the same protocol on `hf.co`: it builds
+the manifest from the repository's GGUF files, the tag naming the quantization.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import httpx
+import msgspec
+
+from supervisor.download import Downloads, Retry, follow
+from supervisor.errors import LlamagateError, bad_request, not_found
+from supervisor.names import ModelName
+from supervisor.store import MANIFEST_TYPE, MODEL, Layer, Manifest, Store, digest_hex
+
+log = logging.getLogger("llamagate.registry")
+
+# The Ollama release whose API we follow (routes.OLLAMA_VERSION): registries, Hugging Face's
+# among them, answer Ollama's protocol to an `ollama/` User-Agent.
+OLLAMA_VERSION = "0.12.11"
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
+USER_AGENT = (f"ollama/{OLLAMA_VERSION} ({_ARCH} {sys.platform}) "
+              f"Python/{platform.python_version()} llamagate")
+MAX_MANIFEST = 4 << 20
+
+
+class Progress(msgspec.Struct, omit_defaults=True):
+    """One step of a pull, in the terms Ollama reports it."""
+
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+
+
+class _Unreachable(Exception):
+    """The registry could not be reached at all (offline, DNS, refused, TLS)."""
+
+
+def registry_url(name: ModelName, insecure: bool, mirrors: dict[str, str]) -> str:
+    """Where a name's registry is: a configured mirror, else `https://<host>`; plain HTTP only
+    when the pull says `insecure`, and an `http://` name without it is refused."""
+    if mirror := mirrors.get(name.host.lower()):
+        return mirror
+    if name.scheme == "http" and not insecure:
+        raise bad_request("insecure protocol http: set insecure to pull over plain HTTP")
+    return f"{'http' if insecure else 'https'}://{name.host}"
+
+
+def check_manifest(raw: bytes) -> Manifest:
+    """A registry's manifest, decoded and checked: valid digests, and a GGUF to serve."""
+    try:
+        manifest = msgspec.json.decode(raw, type=Manifest)
+        for layer in [manifest.config, *manifest.layers]:
+            digest_hex(layer.digest)
+            if layer.size < 0:
+                raise ValueError(f"negative size for {layer.digest}")
+    except (msgspec.DecodeError, ValueError, LlamagateError) as e:
+        message = e.message if isinstance(e, LlamagateError) else str(e)
+        raise LlamagateError(502, f"pull model manifest: invalid manifest: {message}") from e
+    if not any(layer.mediaType == MODEL for layer in manifest.layers):
+        kinds = ", ".join(sorted({layer.mediaType.rsplit(".", 1)[-1] for layer in manifest.layers}))
+        raise bad_request(f"this model has no GGUF model layer (it has: {kinds}); "
+                          "llamagate serves GGUF models only")
+    return manifest
+
+
+def _layers(manifest: Manifest) -> list[Layer]:
+    """Every blob to fetch, in Ollama's order (layers, then the config), each digest once."""
+    seen: dict[str, Layer] = {}
+    for layer in [*manifest.layers, manifest.config]:
+        seen.setdefault(digest_hex(layer.digest), layer)
+    return list(seen.values())
+
+
+class Puller:
+    def __init__(self, store: Store, mirrors: dict[str, str], retry: Retry | None = None) -> None:
+        self.store = store
+        self.mirrors = mirrors
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0), headers={"User-Agent": USER_AGENT}
+        )
+        self.downloads = Downloads(store, self.client, retry)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _manifest(self, base: str, name: ModelName, insecure: bool) -> bytes:
+        url = f"{base}/v2/{name.namespace}/{name.model}/manifests/{name.tag}"
+        try:
+            async with follow(self.client, url, {"Accept": MANIFEST_TYPE}, insecure) as r:
+                if r.status_code == 404:
+                    raise not_found("pull model manifest: file does not exist")
+                body = b""
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_MANIFEST:
+                        raise LlamagateError(502, "pull model manifest: the manifest is too large")
+                if r.status_code >= 400:
+                    text = body.decode(errors="replace").strip()[:500]
+                    raise LlamagateError(502, f"pull model manifest: {r.status_code}: {text}")
+                return body
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _Unreachable(f"{url}: {e}") from e
+        except httpx.TransportError as e:
+            raise LlamagateError(502, f"pull model manifest: {e or type(e).__name__}") from e
+
+    async def pull(self, text: str, insecure: bool) -> AsyncIterator[Progress]:
+        """Pull a model, reporting each step; the first step comes once the manifest is in,
+        so a bad name or an unknown model fails before anything is streamed."""
+        name = ModelName.parse(text)
+        base = registry_url(name, insecure, self.mirrors)
+        local = self.store.get(name)
+        try:
+            raw = await self._manifest(base, name, insecure)
+        except _Unreachable as e:
+            if local is None or not local.is_complete:
+                raise LlamagateError(502, f"pull model manifest: registry unreachable: {e}") from e
+            log.info("pull %s: registry unreachable, the local copy is complete (%s)", name.display, e)
+            yield Progress("pulling manifest")
+            yield Progress("registry unreachable: using the complete local copy")
+            yield Progress("success")
+            return
+        manifest = check_manifest(raw)
+        yield Progress("pulling manifest")
+        blob_base = f"{base}/v2/{name.namespace}/{name.model}/blobs/"
+        async with AsyncExitStack() as waiting:
+            fresh = []
+            for layer in _layers(manifest):
+                status = f"pulling {digest_hex(layer.digest)[:12]}"
+                if self.store.has_blob(layer.digest):
+                    self.downloads.clean_leftovers(layer.digest)
+                    yield Progress(status, layer.digest, layer.size, layer.size)
+                    continue
+                download = waiting.enter_context(
+                    self.downloads.join(layer.digest, layer.size, blob_base + layer.digest, insecure)
+                )
+                async for completed in download.progress():
+                    yield Progress(status, layer.digest, layer.size, completed)
+                fresh.append(download)
+            yield Progress("verifying sha256 digest")
+            for download in fresh:
+                await download.wait()
+        yield Progress("writing manifest")
+        try:
+            self.store.write_manifest(name, manifest, raw)
+        except OSError as e:
+            raise LlamagateError(507, f"writing the manifest of {name.display}: {e.strerror or e}") from e
+        yield Progress("success")
