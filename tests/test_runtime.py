@@ -518,7 +518,7 @@ def test_a_server_with_no_llama_server_downloads_one_on_first_need(tmp_path, rel
                                           "What is 2+2?"]))
         assert "Paris" in answers[0] and "4" in answers[1]
 
-        # The runner is the downloaded build, started in its folder with no LLAMA_* variables.
+        # The runner is the downloaded build, started in its folder with a clean environment.
         runtime_dir = tmp_path / "cache" / "llamagate" / "runtime"
         (pid,) = srv.runner_pids()
         exe_folder = Path(f"/proc/{pid}/exe").resolve().parent
@@ -527,7 +527,8 @@ def test_a_server_with_no_llama_server_downloads_one_on_first_need(tmp_path, rel
         assert exe_folder.name in {f"{DEFAULT_TAG}-{f}" for f in FLAVORS}
         assert Path(f"/proc/{pid}/cwd").resolve() == exe_folder
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert not [v for v in environ if v.startswith(b"LLAMA_")]
+        # None of ours: only the runner's own API key.
+        assert [v.split(b"=")[0] for v in environ if v.startswith(b"LLAMA_")] == [b"LLAMA_API_KEY"]
         log = srv.log()
         assert log.count(f"no llama-server found: downloading llama.cpp {DEFAULT_TAG}") == 1
         assert "100% of" in log
