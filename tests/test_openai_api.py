@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -686,3 +687,62 @@ def test_passed_through_streams_end_in_their_own_error_event(server, smollm2, pa
     assert error["type"] == "error"
     message = error["error"]["message"] if path == "/v1/messages" else error["message"]
     assert "llama-server" in message
+
+
+# What reaches llama-server, where no small model can show it (vision, native tools) ----------
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    """llamagate in front of tests/fake_llama_server.py, which records every request."""
+    from test_ollama_fake_upstream import HERE, THINKING_TEMPLATE, _metadata_gguf
+
+    tmp = tmp_path_factory.mktemp("fake-openai")
+    log = tmp / "requests.jsonl"
+    wrapper = tmp / "llama-server"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'fake_llama_server.py'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    srv = Server(tmp, "--llama-server", str(wrapper), env={"FAKE_LLAMA_LOG": str(log)})
+    srv.requests = lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    try:
+        srv.create("thinker", _metadata_gguf(tmp / "thinker.gguf", "qwen3", **{"tokenizer.chat_template": THINKING_TEMPLATE}))
+        files = {name: _upload(srv, _metadata_gguf(tmp / name, arch)) for name, arch in
+                 (("vision.gguf", "llama"), ("mmproj.gguf", "clip"))}
+        httpx.post(f"{srv.url}/api/create", json={"model": "vision", "files": files, "stream": False}).raise_for_status()
+        srv.oai = OpenAI(base_url=f"{srv.url}/v1/", api_key="x", max_retries=0)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _upload(srv: Server, path: Path) -> str:
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    httpx.post(f"{srv.url}/api/blobs/{digest}", content=path.read_bytes()).raise_for_status()
+    return digest
+
+
+def _last_chat(fake) -> dict:
+    return [r for r in fake.requests() if r.get("path") == "/v1/chat/completions"][-1]["body"]
+
+
+def test_image_parts_reach_a_vision_runner(fake):
+    parts = [{"type": "text", "text": "What is this?"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+             {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png", "detail": "low"}}]
+    chunks = list(fake.oai.chat.completions.create(model="vision", stream=True,
+                                                   messages=[{"role": "user", "content": parts}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hi there"
+    (message,) = _last_chat(fake)["messages"]
+    assert message["content"] == parts
+    argv = next(r["argv"] for r in reversed(fake.requests()) if "argv" in r)
+    assert "--mmproj" in argv
+
+
+def test_a_template_with_tools_leaves_tool_choice_to_llama_server(fake):
+    """No grammar of llamagate's: tools and tool_choice go to llama-server as they came."""
+    list(fake.oai.chat.completions.create(model="thinker", stream=True, tools=[WEATHER], tool_choice="required",
+                                          parallel_tool_calls=False, messages=ASK_WEATHER))
+    body = _last_chat(fake)
+    assert body["tools"] == [WEATHER] and body["tool_choice"] == "required"
+    assert body["parallel_tool_calls"] is False and "response_format" not in body
+    assert [m["role"] for m in body["messages"]] == ["user"]
