@@ -11,7 +11,6 @@ import math
 import os
 import signal
 import struct
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import Server, wait_until
+from conftest import Server, fake_upstream_server, wait_until
 from tinymodel import write_tiny_model
 
 MODEL = "smollm2:135m"
@@ -695,15 +694,10 @@ def test_passed_through_streams_end_in_their_own_error_event(server, smollm2, pa
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     """llamagate in front of tests/fake_llama_server.py, which records every request."""
-    from test_ollama_fake_upstream import HERE, THINKING_TEMPLATE, _metadata_gguf
+    from test_ollama_fake_upstream import THINKING_TEMPLATE, _metadata_gguf
 
     tmp = tmp_path_factory.mktemp("fake-openai")
-    log = tmp / "requests.jsonl"
-    wrapper = tmp / "llama-server"
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'fake_llama_server.py'} \"$@\"\n")
-    wrapper.chmod(0o755)
-    srv = Server(tmp, "--llama-server", str(wrapper), env={"FAKE_LLAMA_LOG": str(log)})
-    srv.requests = lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    srv = fake_upstream_server(tmp)
     try:
         srv.create("thinker", _metadata_gguf(tmp / "thinker.gguf", "qwen3", **{"tokenizer.chat_template": THINKING_TEMPLATE}))
         files = {name: _upload(srv, _metadata_gguf(tmp / name, arch)) for name, arch in
