@@ -13,6 +13,8 @@ from litestar.exceptions import HTTPException
 
 from proxy.gateway import Gateway
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
+from proxy.openai.routes import ROUTES as OPENAI_ROUTES
+from proxy.openai.routes import error_response
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 
@@ -28,11 +30,14 @@ def _ollama_error(status: int, message: str) -> Response[bytes]:
 def _on_error(request: Request, exc: LlamagateError) -> Response[bytes]:
     if exc.status >= 500:
         log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-    return _ollama_error(exc.status, exc.message)
+    return error_response(request.url.path, exc.status, exc.message, exc.code) or _ollama_error(exc.status, exc.message)
 
 
 def _on_http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
-    """Routing errors (unknown path, wrong method) in Ollama's plain-text style."""
+    """Routing errors (unknown path, wrong method, body too large): in OpenAI's shape on /v1,
+    else in Ollama's plain-text style."""
+    if openai := error_response(request.url.path, exc.status_code, str(exc.detail)):
+        return openai
     if exc.status_code == 404:
         return Response(b"404 page not found", status_code=404, media_type="text/plain")
     if exc.status_code == 405:
@@ -42,7 +47,8 @@ def _on_http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
 
 def _on_unexpected(request: Request, exc: Exception) -> Response[bytes]:
     log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return _ollama_error(500, "internal server error (see the llamagate log)")
+    message = "internal server error (see the llamagate log)"
+    return error_response(request.url.path, 500, message) or _ollama_error(500, message)
 
 
 def _version_header(response: Response) -> Response:
@@ -70,7 +76,7 @@ def create_app(config: Config) -> Litestar:
             await gate.aclose()
 
     return Litestar(
-        route_handlers=[*OLLAMA_ROUTES],
+        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES],
         state=State({"gate": gate}),
         lifespan=[lifespan],
         exception_handlers={

@@ -6,11 +6,21 @@ from supervisor.config import Config
 from supervisor.httpclient import tls_context
 from supervisor.registry import Puller
 from supervisor.scheduler import Scheduler
-from supervisor.store import Store
-from supervisor.upstreams import Upstreams
+from supervisor.store import Store, StoredModel
+from supervisor.upstreams import RemoteModel, Upstreams
 
 from proxy.inference import Inference
+from proxy.ollama.translate import ModelDefaults
 from proxy.upstream import Upstream
+
+
+def model_defaults(model: StoredModel | RemoteModel) -> ModelDefaults:
+    """What the model's Modelfile layers (SYSTEM, PARAMETER, MESSAGE) add to every request."""
+    return ModelDefaults(
+        system=model.system,
+        params=model.params,
+        messages=tuple((m.role, m.content) for m in model.messages),
+    )
 
 
 class Gateway:

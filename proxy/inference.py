@@ -57,6 +57,21 @@ class Inference:
             async for chunk in self.upstream.stream(runner, path, body, chunk_type):
                 yield chunk
 
+    async def call(
+        self, model: StoredModel | RemoteModel, load: LoadOptions, path: str, body: msgspec.Struct, result_type: type[T]
+    ) -> T:
+        """One whole answer, not streamed (from the embedding runner with `load.embedding`)."""
+        async with self.scheduler.lease(model, load) as runner:
+            return await self.upstream.post(runner, path, body, result_type)
+
+    async def relay(
+        self, model: StoredModel | RemoteModel, load: LoadOptions, path: str, content: bytes
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """A client's body passed on as is; llama-server's answer as (event, data) pairs."""
+        async with self.scheduler.lease(model, load) as runner:
+            async for event in self.upstream.relay(runner, path, content):
+                yield event
+
     async def load(self, model: StoredModel | RemoteModel, load: LoadOptions) -> None:
         async with self.scheduler.lease(model, load):
             pass

@@ -37,27 +37,40 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
     name: str | None = None
 
 
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = True
+
+
 class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     messages: list[ChatMessage]
     # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
     cache_prompt: bool
+    stream_options: StreamOptions | None = None
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logit_bias: dict[str, float] | None = None
 
 
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
+    """Native /completion, and (with `logprobs` as a count) OpenAI's /v1/completions."""
+
     # A string, or token ids and strings mixed (a generate `context` followed by the new prompt).
     prompt: str | list[int | str]
     # No defaults: omit_defaults would drop them, and llama-server's own defaults are false.
     stream: bool
     cache_prompt: bool
+    stream_options: StreamOptions | None = None
     json_schema: dict[str, Any] | None = None
     grammar: str | None = None
     n_probs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = None
 
 
 class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
@@ -91,7 +104,9 @@ class ApplyTemplateResponse(msgspec.Struct):
 
 
 class EmbeddingsRequest(msgspec.Struct):
-    input: list[list[int]]
+    # Token-id lists (/api/embed tokenizes first), or what /v1/embeddings was sent: a string, or
+    # a list of strings, of token ids or of token-id lists.
+    input: str | list[Any]
     encoding_format: str = "float"
 
 
@@ -175,6 +190,38 @@ class CompletionChunk(msgspec.Struct):
     stop_type: str = ""
     timings: Timings | None = None
     completion_probabilities: list[TokenProb] | None = None
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    """OpenAI's usage as llama-server reports it: prompt_tokens include the cached ones."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: dict[str, Any] | None = None
+
+
+# JSON null as a raw value (msgspec can't put Raw in a union with None).
+NULL = msgspec.Raw(b"null")
+
+
+class OpenAIChoice(msgspec.Struct):
+    """One choice of an OpenAI-shaped answer (chat or text, whole or streamed); the parts we
+    pass on untouched stay raw JSON."""
+
+    index: int = 0
+    message: msgspec.Raw = NULL
+    delta: msgspec.Raw = NULL
+    text: str | None = None
+    logprobs: msgspec.Raw = NULL
+    finish_reason: str | None = None
+
+
+class OpenAIResult(msgspec.Struct):
+    """llama-server's /v1/chat/completions or /v1/completions answer, or one chunk of it."""
+
+    choices: list[OpenAIChoice] = []
+    usage: Usage | None = None
 
 
 class ErrorBody(msgspec.Struct):

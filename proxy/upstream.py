@@ -24,12 +24,19 @@ T = TypeVar("T")
 _TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
 
 
-def _error_message(body: bytes) -> str:
+# llama-server's error types that have a name of their own in the dialects (OpenAI's `code`).
+_CODES = {"exceed_context_size_error": "context_length_exceeded"}
+
+
+def _error(status: int, body: bytes) -> LlamagateError:
+    """llama-server's error answer as ours: its status, message and (where it has one) code."""
     try:
         err = msgspec.json.decode(body, type=ErrorEnvelope).error
-        return err if isinstance(err, str) else err.message
     except msgspec.DecodeError:
-        return body.decode(errors="replace").strip()
+        return LlamagateError(status, body.decode(errors="replace").strip())
+    if isinstance(err, str):
+        return LlamagateError(status, err)
+    return LlamagateError(status, err.message, _CODES.get(err.type))
 
 
 class Upstream:
@@ -86,7 +93,7 @@ class Upstream:
         response = await self._send(runner, path, msgspec.json.encode(body), stream=True)
         try:
             if response.status_code != 200:
-                raise LlamagateError(response.status_code, _error_message(await response.aread()))
+                raise _error(response.status_code, await response.aread())
             decoder = msgspec.json.Decoder(chunk_type)
             buffer = b""
             async for data in response.aiter_raw():
@@ -98,11 +105,37 @@ class Upstream:
                         if payload == b"[DONE]":
                             return
                         if payload.startswith(b'{"error"'):
-                            raise LlamagateError(500, _error_message(payload))
+                            raise _error(500, payload)
                         yield decoder.decode(payload)
                     elif line.startswith(b"error:"):
                         # llama-server builds before Nov 2025 sent mid-stream errors this way.
-                        raise LlamagateError(500, _error_message(line[6:].strip()))
+                        raise _error(500, line[6:].strip())
+        except httpx.HTTPError as e:
+            raise await runner.failure(e) from e
+        finally:
+            await response.aclose()
+
+    async def relay(self, runner: Runner | Lease, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
+        """POST a body as the client sent it and yield llama-server's answer as (event, data)
+        pairs: one per SSE event, or ("", body) for a JSON answer. An error status before the
+        answer starts is raised; a broken connection after it is raised as a 500."""
+        response = await self._send(runner, path, content, stream=True)
+        try:
+            if response.status_code != 200:
+                raise _error(response.status_code, await response.aread())
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                yield "", await response.aread()
+                return
+            event, buffer = "", b""
+            async for data in response.aiter_raw():
+                buffer += data
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"event:"):
+                        event = line[6:].strip().decode()
+                    elif line.startswith(b"data:"):
+                        yield event, line[5:].strip()
+                        event = ""
         except httpx.HTTPError as e:
             raise await runner.failure(e) from e
         finally:
@@ -112,7 +145,7 @@ class Upstream:
         """POST `body` and decode the whole JSON answer (embeddings, tokenize, apply-template)."""
         response = await self._send(runner, path, msgspec.json.encode(body), stream=False)
         if response.status_code != 200:
-            raise LlamagateError(response.status_code, _error_message(response.content))
+            raise _error(response.status_code, response.content)
         return msgspec.json.decode(response.content, type=response_type)
 
     async def aclose(self) -> None:

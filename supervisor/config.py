@@ -25,6 +25,16 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    """Ollama's boolean grammar (strconv.ParseBool): 1/t/true/0/f/false, any case; else the default."""
+    text = _env(name).lower()
+    if text in ("1", "t", "true"):
+        return True
+    if text in ("0", "f", "false"):
+        return False
+    return default
+
+
 def _env_seconds(name: str, default: str) -> float:
     text = _env(name) or default
     return float(text) if text.lstrip("-").isdigit() else parse_go_duration(text)
@@ -162,6 +172,9 @@ class Config:
     # Existing llama-servers by model name, and RPC workers for supervised models by model name.
     upstreams: dict[str, list[str]] = field(default_factory=dict)
     rpc: dict[str, list[str]] = field(default_factory=dict)
+    # The two rewrites Ollama documents for /v1 (see proxy/openai/translate.py, "Rewrites").
+    openai_seed_greedy: bool = True
+    openai_finish_stop: bool = True
     registry_mirrors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -183,6 +196,8 @@ class Config:
             max_queue=max(1, _env_int("OLLAMA_MAX_QUEUE", 512)),
             max_memory=parse_size(_env("LLAMAGATE_MAX_MEMORY") or "0"),
             hang_timeout=_env_seconds("LLAMAGATE_HANG_TIMEOUT", "5m"),
+            openai_seed_greedy=_env_bool("LLAMAGATE_OPENAI_SEED_GREEDY", True),
+            openai_finish_stop=_env_bool("LLAMAGATE_OPENAI_FINISH_STOP", True),
             registry_mirrors=parse_mirrors(_env("LLAMAGATE_REGISTRY_MIRRORS")),
         )
         if models := _env("OLLAMA_MODELS"):

@@ -10,10 +10,13 @@ class LlamagateError(Exception):
     503 busy) because every caller ends up answering HTTP, but nothing here depends on a server.
     """
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        # A machine-readable reason for dialects that have one (OpenAI's `code`), e.g.
+        # "context_length_exceeded".
+        self.code = code
 
 
 def bad_request(message: str) -> LlamagateError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -102,6 +103,18 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def fake_upstream_server(tmp: Path) -> Server:
+    """A `llamagate serve` whose llama-server is tests/fake_llama_server.py; `.requests()` lists
+    what that fake was started with and sent."""
+    log = tmp / "requests.jsonl"
+    wrapper = tmp / "llama-server"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'fake_llama_server.py'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    srv = Server(tmp, "--llama-server", str(wrapper), env={"FAKE_LLAMA_LOG": str(log)})
+    srv.requests = lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return srv
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:

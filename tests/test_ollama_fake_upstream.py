@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from pathlib import Path
 
 import gguf
 import httpx
 import ollama
 import pytest
-from conftest import Server
+from conftest import fake_upstream_server
 
 from supervisor.gguf import read_gguf
 
-HERE = Path(__file__).resolve().parent
 THINKING_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
                      "{% if enable_thinking %}<think>{% endif %}{% if tools %}{{ tools | tojson }}{% endif %}")
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
@@ -39,12 +37,7 @@ def _metadata_gguf(path: Path, arch: str, **kv) -> Path:
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fake")
-    log = tmp / "requests.jsonl"
-    wrapper = tmp / "llama-server"
-    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'fake_llama_server.py'} \"$@\"\n")
-    wrapper.chmod(0o755)
-    srv = Server(tmp, "--llama-server", str(wrapper), env={"FAKE_LLAMA_LOG": str(log)})
-    srv.requests = lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    srv = fake_upstream_server(tmp)
     client = ollama.Client(host=srv.url)
     try:
         srv.create("thinker", _metadata_gguf(tmp / "thinker.gguf", "qwen3", **{"tokenizer.chat_template": THINKING_TEMPLATE}))

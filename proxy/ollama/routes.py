@@ -20,7 +20,7 @@ from litestar.response import Stream
 
 from proxy import llama
 from proxy.body import convert, decode_body
-from proxy.gateway import Gateway
+from proxy.gateway import Gateway, model_defaults
 from proxy.inference import Timer
 from proxy.ollama import schemas, translate
 from supervisor.capabilities import capabilities
@@ -55,14 +55,6 @@ def now_rfc3339() -> str:
 
 def _json(obj: msgspec.Struct, status: int = 200) -> Response[bytes]:
     return Response(_encode(obj), status_code=status, media_type=JSON)
-
-
-def _defaults(model: StoredModel) -> translate.ModelDefaults:
-    return translate.ModelDefaults(
-        system=model.system,
-        params=model.params,
-        messages=tuple((m.role, m.content) for m in model.messages),
-    )
 
 
 def _keep_alive(value: schemas.KeepAlive) -> float | None:
@@ -225,7 +217,7 @@ async def chat(request: Request) -> Response[Any]:
             lambda reason: schemas.ChatChunk(req.model, now_rfc3339(), schemas.OutMessage("assistant", ""), True, reason),
         )
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
-    body = translate.chat_request(req, _defaults(model), num_ctx, req.model, _capabilities(model))
+    body = translate.chat_request(req, model_defaults(model), num_ctx, req.model, _capabilities(model))
     chunks = _chat_chunks(gate, req.model, model, _load(req.options, num_ctx, keep_alive), body)
     return await _respond(chunks, req.stream is not False, _merge_chat)
 
@@ -297,7 +289,7 @@ async def generate(request: Request) -> Response[Any]:
             lambda reason: schemas.GenerateChunk(model=req.model, created_at=now_rfc3339(), response="", done=True, done_reason=reason),
         )
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
-    body = translate.generate_request(req, _defaults(model), num_ctx, req.model, _capabilities(model))
+    body = translate.generate_request(req, model_defaults(model), num_ctx, req.model, _capabilities(model))
     chunks = _generate_chunks(gate, req, model, _load(req.options, num_ctx, keep_alive), body)
     return await _respond(chunks, req.stream is not False, _merge_generate)
 

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible dialect (`/v1/*`), with the Anthropic Messages route beside it."""
