@@ -26,9 +26,10 @@ log = logging.getLogger("llamagate.scheduler")
 SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoadOptions:
-    """The request options that shape the process rather than one generation (None = default)."""
+    """The request options that shape the process rather than one generation (None = default).
+    Keyword-only: several fields share a type, and a positional mix-up starts a wrong process."""
 
     num_ctx: int | None = None
     keep_alive: float | None = None

@@ -144,7 +144,8 @@ def test_format_schema(client):
 
 
 def test_num_predict_limits_and_reports_length(client):
-    r = client.generate(model=MODEL, prompt="Count from one to one hundred in words.", options={"num_predict": 5})
+    r = client.generate(model=MODEL, prompt="Count from one to one hundred in words.",
+                        options={"num_predict": 5, "temperature": 0})
     assert r.eval_count == 5 and r.done_reason == "length"
 
 

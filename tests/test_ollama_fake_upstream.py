@@ -5,7 +5,6 @@ driven by the official `ollama` client. Capabilities come from the GGUFs, as wit
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
 import gguf

@@ -57,6 +57,16 @@ def _kill_chat_runner(server: Server, gguf: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _answering(server: Server) -> None:
+    """Wait out the crash backoff that earlier kills left (a runner killed twice in a row is
+    not restarted for a second or more), with one completed request, which also resets it."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    deadline = time.monotonic() + 40
+    while (r := httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)).status_code != 200:
+        assert "not retrying" in r.text and time.monotonic() < deadline, r.text
+        time.sleep(0.5)
+
+
 # Chat ----------------------------------------------------------------------------------------
 
 
@@ -639,6 +649,7 @@ def test_bearer_token_is_accepted(server):
 def test_failure_mid_stream_is_an_error_event_then_done(server, oai, smollm2):
     """The runner dies while streaming: the client gets an error event, not a cut stream.
     (SmolLM2 with its end-of-turn token banned: slow and endless enough to be killed mid-way.)"""
+    _answering(server)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a story."}], "stream": True,
             "max_tokens": 100000, "logit_bias": {"2": -100}}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as r:
@@ -670,6 +681,7 @@ def test_failure_mid_stream_is_an_error_event_then_done(server, oai, smollm2):
 def test_passed_through_streams_end_in_their_own_error_event(server, smollm2, path, body):
     """A runner that dies mid-stream: Responses and Anthropic streams end with their API's
     `error` event (llamagate's own, since llama-server can no longer send one)."""
+    _answering(server)
     events = []
     with httpx.stream("POST", f"{server.url}{path}", json={"model": MODEL, **body}, timeout=60) as r:
         assert r.status_code == 200

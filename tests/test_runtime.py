@@ -381,7 +381,7 @@ def test_nvidia_driver_detection(tmp_path, monkeypatch):
 
 def test_latest_is_the_newest_build_tag_with_a_fitting_asset(tmp_path, releases, good_tar):
     releases.publish("b11500", {f"llama-b11500-bin-{FLAVOR}.tar.gz": good_tar})
-    releases.publish("b11501", {f"llama-b11501-bin-win-cpu-x64.zip": b"still uploading the rest"})
+    releases.publish("b11501", {"llama-b11501-bin-win-cpu-x64.zip": b"still uploading the rest"})
     # llama.cpp's stable releases carry only a pointer file; GitHub's /releases/latest names them.
     releases.publish("v0.5.0", {"nightly-tag.txt": b"b11500\n"}, prerelease=False)
     assert _install(tmp_path, releases, "latest").tag == "b11500"

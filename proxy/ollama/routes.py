@@ -63,7 +63,8 @@ def _keep_alive(value: schemas.KeepAlive) -> float | None:
 
 def _load(options: schemas.Options | None, num_ctx: int, keep_alive: float | None) -> LoadOptions:
     o = options or schemas.Options()
-    return LoadOptions(num_ctx, keep_alive, num_gpu=o.num_gpu, num_thread=o.num_thread, num_batch=o.num_batch)
+    return LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, num_gpu=o.num_gpu, num_thread=o.num_thread,
+                       num_batch=o.num_batch)
 
 
 async def _ndjson(first: msgspec.Struct, rest: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
@@ -199,7 +200,7 @@ async def _load_or_unload(gate: Gateway, model: StoredModel, keep_alive: float |
         await gate.scheduler.unload(model)
         return _json(done("unload"))
     num_ctx = gate.scheduler.num_ctx(model, None)
-    await gate.inference.load(model, LoadOptions(num_ctx, keep_alive))
+    await gate.inference.load(model, LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive))
     return _json(done("load"))
 
 
@@ -586,7 +587,7 @@ async def _embed(
     """Raw vectors and the token count of `inputs`. Each input is tokenized first, so that one
     longer than the context is cut (truncate) or refused with Ollama's 400, not llama-server's."""
     num_ctx = gate.scheduler.num_ctx(model, options.num_ctx if options else None)
-    load = LoadOptions(num_ctx, keep_alive, embedding=True)
+    load = LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, embedding=True)
     async with gate.inference.runner(model, load, timer) as runner:
         if not inputs:
             return [], 0

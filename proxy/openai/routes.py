@@ -62,8 +62,17 @@ def _require(gate: Gateway, name: str) -> StoredModel:
 
 
 def _load(gate: Gateway, model: StoredModel, req: schemas._Extensions, embedding: bool = False) -> LoadOptions:
+    """The load-time options of the `options`, `num_ctx` and `keep_alive` extensions."""
     keep_alive = None if req.keep_alive is None else parse_keep_alive(req.keep_alive)
-    return LoadOptions(gate.scheduler.num_ctx(model, translate.requested_num_ctx(req)), keep_alive, embedding)
+    o = req.options
+    return LoadOptions(
+        num_ctx=gate.scheduler.num_ctx(model, translate.requested_num_ctx(req)),
+        keep_alive=keep_alive,
+        num_gpu=o.num_gpu if o else None,
+        num_thread=o.num_thread if o else None,
+        num_batch=o.num_batch if o else None,
+        embedding=embedding,
+    )
 
 
 async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
