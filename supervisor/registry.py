@@ -24,8 +24,8 @@ from supervisor.store import MANIFEST_TYPE, MODEL, Layer, Manifest, Store, diges
 
 log = logging.getLogger("llamagate.registry")
 
-# The Ollama release whose API we follow (routes.OLLAMA_VERSION): registries, Hugging Face's
-# among them, answer Ollama's protocol to an `ollama/` User-Agent.
+# The Ollama release whose API we follow, reported by /api/version too: registries, Hugging
+# Face's among them, answer Ollama's protocol to an `ollama/` User-Agent.
 OLLAMA_VERSION = "0.12.11"
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
 USER_AGENT = (f"ollama/{OLLAMA_VERSION} ({_ARCH} {sys.platform}) "

@@ -1,0 +1,307 @@
+"""Ollama's inference routes: /api/chat, /api/generate, /api/embed and /api/embeddings."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Request, Response, post
+
+from proxy import llama
+from proxy.body import decode_body
+from proxy.gateway import Gateway, model_defaults
+from proxy.inference import Timer
+from proxy.ollama import schemas, translate
+from supervisor.capabilities import capabilities
+from supervisor.errors import bad_request, not_found
+from supervisor.gguf import cached_info
+from supervisor.names import ModelName
+from supervisor.runner import Runner
+from supervisor.scheduler import LoadOptions
+from supervisor.store import StoredModel
+from supervisor.upstreams import RemoteModel
+
+from proxy.ollama.responses import gate_of, json_response, keep_alive_of, now_rfc3339, respond
+
+
+def _load(options: schemas.Options | None, num_ctx: int, keep_alive: float | None) -> LoadOptions:
+    o = options or schemas.Options()
+    return LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, num_gpu=o.num_gpu, num_thread=o.num_thread,
+                       num_batch=o.num_batch)
+
+
+
+# Chat -----------------------------------------------------------------------------------------
+
+
+def _capabilities(model: StoredModel | RemoteModel) -> list[str]:
+    if isinstance(model, RemoteModel):
+        return model.capabilities
+    return capabilities(cached_info(model.model_path), projector=model.projector_path is not None)
+
+
+def _add_tool_call(calls: dict[int, tuple[str, str, list[str]]], piece: llama.ToolCallDelta) -> None:
+    call_id, name, parts = calls.get(piece.index, ("", "", []))
+    if piece.function.arguments:
+        parts.append(piece.function.arguments)
+    # Ollama's own ids look like this when the runner gives none.
+    call_id = piece.id or call_id or "call_" + "".join(secrets.choice(_ID_CHARS) for _ in range(8))
+    calls[piece.index] = (call_id, piece.function.name or name, parts)
+
+
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass
+class _Ending:
+    """How llama-server ended a generation, filled in as its stream goes by; tool calls arrive
+    in pieces ({index: (id, name, argument pieces)}) and are whole only at the end."""
+
+    reason: str | None = None
+    timings: llama.Timings | None = None
+    calls: dict[int, tuple[str, str, list[str]]] = field(default_factory=dict)
+
+    def tool_calls(self) -> list[schemas.OutToolCall]:
+        return translate.tool_calls(self.calls, truncated=self.reason in ("length", "limit"))
+
+
+@dataclass
+class _Piece:
+    content: str
+    thinking: str = ""
+    logprobs: list[schemas.Logprob] | None = None
+
+
+async def _pieces(
+    gate: Gateway, runner: Runner, body: llama.ChatRequest | llama.CompletionRequest | llama.InfillRequest,
+    ending: _Ending,
+) -> AsyncIterator[_Piece]:
+    """What llama-server generates, from /completion, /infill or /v1/chat/completions."""
+    if isinstance(body, llama.ChatRequest):
+        async for chunk in gate.upstream.stream(runner, "/v1/chat/completions", body, llama.ChatChunk):
+            ending.timings = chunk.timings or ending.timings
+            for choice in chunk.choices:
+                ending.reason = choice.finish_reason or ending.reason
+                d = choice.delta
+                for call in d.tool_calls or []:
+                    _add_tool_call(ending.calls, call)
+                logprobs = translate.logprobs(choice.logprobs.content if choice.logprobs else None)
+                if d.content or d.reasoning_content or logprobs:
+                    yield _Piece(d.content or "", d.reasoning_content or "", logprobs)
+        return
+    path = "/infill" if isinstance(body, llama.InfillRequest) else "/completion"
+    async for c in gate.upstream.stream(runner, path, body, llama.CompletionChunk):
+        ending.timings = c.timings or ending.timings
+        ending.reason = c.stop_type or ending.reason
+        logprobs = translate.logprobs(c.completion_probabilities)
+        if c.content or logprobs:
+            yield _Piece(c.content, "", logprobs)
+
+
+async def _chat_chunks(
+    gate: Gateway, name: str, model: StoredModel, load: LoadOptions, body: llama.ChatRequest
+) -> AsyncIterator[schemas.ChatChunk]:
+    timer, ending = Timer(), _Ending()
+    async with gate.inference.runner(model, load, timer) as runner:
+        async for p in _pieces(gate, runner, body, ending):
+            message = schemas.OutMessage("assistant", p.content, p.thinking)
+            yield schemas.ChatChunk(name, now_rfc3339(), message, False, logprobs=p.logprobs)
+    # Whole calls, one per line: Zed reads only the first call of a line.
+    for call in ending.tool_calls():
+        yield schemas.ChatChunk(name, now_rfc3339(), schemas.OutMessage("assistant", "", tool_calls=[call]), False)
+    yield schemas.ChatChunk(
+        name,
+        now_rfc3339(),
+        schemas.OutMessage("assistant", ""),
+        True,
+        translate.done_reason(ending.reason),
+        **translate.metrics(ending.timings, timer.total_ns(), timer.load_ns),
+    )
+
+
+async def _merge_chat(chunks: AsyncIterator[schemas.ChatChunk]) -> schemas.ChatChunk:
+    content, thinking, calls, logprobs = [], [], [], []
+    async for c in chunks:
+        content.append(c.message.content)
+        thinking.append(c.message.thinking)
+        calls.extend(c.message.tool_calls or [])
+        logprobs.extend(c.logprobs or [])
+    c.message = schemas.OutMessage("assistant", "".join(content), "".join(thinking), calls or None)
+    c.logprobs = logprobs or None
+    return c
+
+
+async def _load_or_unload(gate: Gateway, model: StoredModel, keep_alive: float | None, done: Callable[[str], Any]) -> Response[Any]:
+    """An empty prompt loads the model; with keep_alive 0 it unloads it (Ollama's `stop`)."""
+    if keep_alive == 0:
+        await gate.scheduler.unload(model)
+        return json_response(done("unload"))
+    num_ctx = gate.scheduler.num_ctx(model, None)
+    await gate.inference.load(model, LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive))
+    return json_response(done("load"))
+
+
+@post("/api/chat")
+async def chat(request: Request) -> Response[Any]:
+    req = await decode_body(request, schemas.ChatRequest)
+    if not req.model:
+        raise bad_request("model is required")
+    gate = gate_of(request)
+    model = gate.store.require(req.model)
+    keep_alive = keep_alive_of(req.keep_alive)
+    if not req.messages:
+        return await _load_or_unload(
+            gate, model, keep_alive,
+            lambda reason: schemas.ChatChunk(req.model, now_rfc3339(), schemas.OutMessage("assistant", ""), True, reason),
+        )
+    num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
+    body = translate.chat_request(req, model_defaults(model), num_ctx, req.model, _capabilities(model))
+    chunks = _chat_chunks(gate, req.model, model, _load(req.options, num_ctx, keep_alive), body)
+    return await respond(chunks, req.stream is not False, _merge_chat)
+
+
+# Generate -------------------------------------------------------------------------------------
+
+
+async def _generate_chunks(
+    gate: Gateway, req: schemas.GenerateRequest, model: StoredModel, load: LoadOptions,
+    body: llama.ChatRequest | llama.CompletionRequest | llama.InfillRequest,
+) -> AsyncIterator[schemas.GenerateChunk]:
+    """The answer, then a final chunk with the `context` tokens (prompt + answer) that a later
+    request can send back, except for raw prompts and infill, as Ollama does."""
+    name = req.model
+    timer, ending = Timer(), _Ending()
+    response: list[str] = []
+    async with gate.inference.runner(model, load, timer) as runner:
+        prompt = body.prompt if isinstance(body, llama.CompletionRequest) and not req.raw else None
+        if isinstance(body, llama.ChatRequest) and not req.images:
+            applied = await gate.upstream.post(
+                runner, "/apply-template", llama.ApplyTemplateRequest(body.messages, body.chat_template_kwargs),
+                llama.ApplyTemplateResponse,
+            )
+            prompt = applied.prompt
+            if req.context:
+                body = translate.with_context(body, prompt, req.context)
+        async for p in _pieces(gate, runner, body, ending):
+            response.append(p.content)
+            yield schemas.GenerateChunk(model=name, created_at=now_rfc3339(), response=p.content,
+                                        thinking=p.thinking, done=False, logprobs=p.logprobs)
+        context = None
+        if isinstance(prompt, str):
+            tokens = await gate.upstream.post(runner, "/tokenize", llama.TokenizeRequest(prompt + "".join(response)),
+                                              llama.TokenizeResponse)
+            context = [*(req.context or []), *tokens.tokens]
+    yield schemas.GenerateChunk(
+        model=name,
+        created_at=now_rfc3339(),
+        response="",
+        done=True,
+        done_reason=translate.done_reason(ending.reason),
+        context=context,
+        **translate.metrics(ending.timings, timer.total_ns(), timer.load_ns),
+    )
+
+
+async def _merge_generate(chunks: AsyncIterator[schemas.GenerateChunk]) -> schemas.GenerateChunk:
+    response, thinking, logprobs = [], [], []
+    async for c in chunks:
+        response.append(c.response)
+        thinking.append(c.thinking)
+        logprobs.extend(c.logprobs or [])
+    c.response, c.thinking = "".join(response), "".join(thinking)
+    c.logprobs = logprobs or None
+    return c
+
+
+@post("/api/generate")
+async def generate(request: Request) -> Response[Any]:
+    req = await decode_body(request, schemas.GenerateRequest)
+    if not req.model:
+        raise not_found("model '' not found")
+    gate = gate_of(request)
+    model = gate.store.require(req.model)
+    keep_alive = keep_alive_of(req.keep_alive)
+    if not req.prompt and not req.suffix:
+        return await _load_or_unload(
+            gate, model, keep_alive,
+            lambda reason: schemas.GenerateChunk(model=req.model, created_at=now_rfc3339(), response="", done=True, done_reason=reason),
+        )
+    num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
+    body = translate.generate_request(req, model_defaults(model), num_ctx, req.model, _capabilities(model))
+    chunks = _generate_chunks(gate, req, model, _load(req.options, num_ctx, keep_alive), body)
+    return await respond(chunks, req.stream is not False, _merge_generate)
+
+
+# Embeddings -----------------------------------------------------------------------------------
+
+
+def _embedding_model(gate: Gateway, text: str) -> StoredModel:
+    model = gate.store.get(ModelName.parse(text))
+    if model is None:
+        raise not_found(f'model "{text}" not found, try pulling it first')
+    return model
+
+
+async def _embed(
+    gate: Gateway, model: StoredModel, inputs: list[str], options: schemas.Options | None,
+    keep_alive: float | None, truncate: bool, timer: Timer,
+) -> tuple[list[list[float]], int]:
+    """Raw vectors and the token count of `inputs`. Each input is tokenized first, so that one
+    longer than the context is cut (truncate) or refused with Ollama's 400, not llama-server's."""
+    num_ctx = gate.scheduler.num_ctx(model, options.num_ctx if options else None)
+    load = LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, embedding=True)
+    async with gate.inference.runner(model, load, timer) as runner:
+        if not inputs:
+            return [], 0
+        tokens = []
+        for text in inputs:
+            ids = (await gate.upstream.post(runner, "/tokenize", llama.TokenizeRequest(text, add_special=True),
+                                            llama.TokenizeResponse)).tokens
+            if len(ids) > num_ctx:
+                if not truncate:
+                    raise bad_request("the input length exceeds the context length")
+                ids = ids[:num_ctx]
+            if not ids:
+                raise bad_request("cannot embed an empty input")
+            tokens.append(ids)
+        result = await gate.upstream.post(runner, "/v1/embeddings", llama.EmbeddingsRequest(tokens),
+                                          llama.EmbeddingsResponse)
+    vectors = [item.embedding for item in sorted(result.data, key=lambda i: i.index)]
+    return vectors, sum(len(t) for t in tokens)
+
+
+@post("/api/embed")
+async def embed(request: Request) -> Response[bytes]:
+    req = await decode_body(request, schemas.EmbedRequest)
+    if not req.model:
+        raise not_found("model '' not found")
+    gate = gate_of(request)
+    model = _embedding_model(gate, req.model)
+    inputs = [req.input] if isinstance(req.input, str) else (req.input or [])
+    if inputs == [""]:
+        inputs = []  # an empty input only loads the model, as in Ollama
+    timer = Timer()
+    vectors, count = await _embed(gate, model, inputs, req.options, keep_alive_of(req.keep_alive), req.truncate, timer)
+    return json_response(schemas.EmbedResponse(
+        model=req.model,
+        embeddings=[translate.normalize(v, req.dimensions) for v in vectors],
+        total_duration=timer.total_ns(),
+        load_duration=timer.load_ns,
+        prompt_eval_count=count,
+    ))
+
+
+@post("/api/embeddings")
+async def embeddings(request: Request) -> Response[bytes]:
+    req = await decode_body(request, schemas.EmbeddingsRequest)
+    if not req.model:
+        raise bad_request("model is required")
+    gate = gate_of(request)
+    model = _embedding_model(gate, req.model)
+    inputs = [req.prompt] if req.prompt else []
+    vectors, _ = await _embed(gate, model, inputs, req.options, keep_alive_of(req.keep_alive), True, Timer())
+    return json_response(schemas.EmbeddingsResponse(translate.normalize(vectors[0]) if vectors else []))
+
+

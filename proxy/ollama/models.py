@@ -1,0 +1,323 @@
+"""Ollama's model-management routes: tags, show, ps, create, blobs, copy, delete, pull."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, head, post, route
+from litestar.enums import HttpMethod
+from litestar.response import Stream
+
+from proxy.body import convert, decode_body
+from proxy.gateway import Gateway
+from proxy.ollama import schemas, translate
+from proxy.ollama.responses import NDJSON, encode, gate_of, json_response, log, respond
+from supervisor.capabilities import capabilities
+from supervisor.errors import LlamagateError, bad_request, not_found
+from supervisor.gguf import cached_info, read_gguf
+from supervisor.names import ModelName
+from supervisor.registry import OLLAMA_VERSION
+from supervisor.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
+from supervisor.upstreams import RemoteModel
+
+# Models ---------------------------------------------------------------------------------------
+
+
+def details(model: StoredModel) -> schemas.ModelDetails:
+    c = model.config
+    return schemas.ModelDetails(
+        parent_model="",
+        format=c.model_format or "gguf",
+        family=c.model_family,
+        families=c.model_families,
+        parameter_size=c.model_type,
+        quantization_level=c.file_type,
+    )
+
+
+@route("/api/tags", http_method=[HttpMethod.GET, HttpMethod.HEAD])
+async def tags(request: Request) -> Response[bytes]:
+    models = [
+        schemas.ListedModel(
+            name=m.name.display,
+            model=m.name.display,
+            modified_at=m.modified_at.isoformat(),
+            size=m.size,
+            digest=m.digest,
+            details=details(m),
+        )
+        for m in gate_of(request).store.list()
+    ]
+    return json_response(schemas.TagsResponse(models))
+
+
+@route("/api/version", http_method=[HttpMethod.GET, HttpMethod.HEAD])
+async def version() -> Response[bytes]:
+    return json_response(schemas.VersionResponse(OLLAMA_VERSION))
+
+
+@route("/", http_method=[HttpMethod.GET, HttpMethod.HEAD])
+async def root() -> Response[str]:
+    return Response("Ollama is running", media_type="text/plain; charset=utf-8")
+
+
+# Blobs and create -----------------------------------------------------------------------------
+
+
+@head("/api/blobs/{digest:str}")
+async def blob_exists(request: Request, digest: str) -> Response[None]:
+    if not gate_of(request).store.has_blob(digest):
+        raise not_found(f'blob "{digest}" not found')
+    return Response(None, status_code=200)
+
+
+@post("/api/blobs/{digest:str}", request_max_body_size=None)
+async def blob_upload(request: Request, digest: str) -> Response[None]:
+    created = await gate_of(request).store.add_blob_stream(digest, request.stream())
+    return Response(None, status_code=201 if created else 200)
+
+
+def _gguf_layer(gate: Gateway, digest: str, filename: str, default: str) -> Layer:
+    """An uploaded file as a layer: a CLIP GGUF is a vision projector, anything else `default`."""
+    if not gate.store.has_blob(digest):
+        raise bad_request(f"blob {digest} for {filename} not found: upload it with POST /api/blobs/{digest} first")
+    path = gate.store.blob_path(digest)
+    media_type = PROJECTOR if read_gguf(path).architecture == "clip" else default
+    return Layer(media_type, digest, path.stat().st_size)
+
+
+def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLine]:
+    """Write the model, then report it in Ollama's status lines: every failure comes before
+    the first line, so it gets a real status instead of an error line in a 200 stream."""
+    name = ModelName.parse(req.model or req.name)
+    if req.quantize:
+        raise bad_request("quantize is not supported: import an already quantized GGUF")
+    for filename in [*(req.files or {}), *(req.adapters or {})]:
+        if filename.startswith(("/", "\\")) or ".." in Path(filename).parts:
+            raise bad_request("file path must be relative")
+    lines = []
+    base: StoredModel | None = None
+    extra: list[Layer] = []
+    if req.files:
+        lines.append(schemas.StatusLine("parsing GGUF"))
+        layers = [_gguf_layer(gate, digest, filename, MODEL) for filename, digest in req.files.items()]
+        models = [la for la in layers if la.mediaType == MODEL]
+        if len(models) != 1:
+            raise bad_request("files must hold exactly one GGUF model (split GGUFs are not supported), "
+                              "plus at most a vision projector")
+        layer = models[0]
+        extra = [la for la in layers if la.mediaType == PROJECTOR]
+    elif req.from_:
+        base = gate.store.require(req.from_)
+        layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
+        extra = [la for la in base.manifest.layers if la.mediaType in (PROJECTOR, ADAPTER)]
+    else:
+        raise bad_request("neither 'from' or 'files' was specified")
+    for filename, digest in (req.adapters or {}).items():
+        adapter = _gguf_layer(gate, digest, filename, ADAPTER)
+        if adapter.mediaType != ADAPTER or read_gguf(gate.store.blob_path(digest)).metadata.get("general.type") != "adapter":
+            raise bad_request(f"{filename}: not a LoRA adapter GGUF")
+        extra.append(adapter)
+    params = base.params if base else {}
+    if req.parameters is not None:
+        options = convert(req.parameters, schemas.Options, "parameters")
+        params = {**params, **{k: v for k, v in msgspec.structs.asdict(options).items() if v is not None}}
+    if req.messages is not None:
+        messages = [Message(m.role, m.content or "") for m in req.messages]
+    else:
+        messages = base.messages if base else []
+    if req.license is not None:
+        licenses = req.license if isinstance(req.license, list) else [req.license]
+    else:
+        licenses = base.licenses if base else []
+
+    def report(la: Layer, new: bool) -> None:
+        lines.append(schemas.StatusLine(f"{'creating new' if new else 'using existing'} layer {la.digest}"))
+
+    gate.store.create(
+        name,
+        layer,
+        template=req.template if req.template is not None else (base.template if base else ""),
+        system=req.system if req.system is not None else (base.system if base else ""),
+        params=params,
+        messages=messages,
+        license=licenses,
+        extra_layers=extra,
+        on_layer=report,
+    )
+    return [*lines, schemas.StatusLine("writing manifest"), schemas.StatusLine("success")]
+
+
+@post("/api/create")
+async def create(request: Request) -> Response[Any]:
+    req = await decode_body(request, schemas.CreateRequest)
+    lines = _create(gate_of(request), req)
+    if req.stream is False:
+        return json_response(lines[-1])
+    return Stream((encode(line) + b"\n" for line in lines), status_code=200, media_type=NDJSON)
+
+
+# Copy and delete ------------------------------------------------------------------------------
+
+
+@post("/api/copy")
+async def copy(request: Request) -> Response[None]:
+    req = await decode_body(request, schemas.CopyRequest)
+    gate = gate_of(request)
+    try:
+        source_name = ModelName.parse(req.source)
+    except LlamagateError:
+        raise bad_request(f'source "{req.source}" is invalid') from None
+    try:
+        destination = ModelName.parse(req.destination)
+    except LlamagateError:
+        raise bad_request(f'destination "{req.destination}" is invalid') from None
+    source = gate.store.get(source_name)
+    if source is None:
+        raise not_found(f'model "{req.source}" not found')
+    gate.store.copy(source, destination)
+    return Response(None, status_code=200)
+
+
+@route("/api/delete", http_method=[HttpMethod.DELETE])
+async def delete(request: Request) -> Response[None]:
+    req = await decode_body(request, schemas.DeleteRequest)
+    gate = gate_of(request)
+    text = req.model or req.name
+    try:
+        name = ModelName.parse(text)
+    except LlamagateError:
+        raise bad_request(f'name "{text}" is invalid') from None
+    model = gate.store.get(name)
+    if model is None:
+        raise not_found(f"model '{text}' not found")
+    # Its runner is stopped first (after the requests in flight) unless another name (a copy)
+    # still uses the model file, so that no runner outlives its model.
+    model_layer = model.model_path.name.replace("sha256-", "sha256:")
+    if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
+        await gate.scheduler.unload(model)
+    pruned = gate.store.delete(model)
+    log.info("deleted %s; pruned %d blob(s)", model.name.display, len(pruned))
+    return Response(None, status_code=200)
+
+
+# Show and ps ----------------------------------------------------------------------------------
+
+
+@post("/api/show")
+async def show(request: Request) -> Response[bytes]:
+    req = await decode_body(request, schemas.ShowRequest)
+    text = req.model or req.name
+    if not text:
+        raise bad_request("model is required")
+    name = ModelName.parse(text)
+    model = gate_of(request).store.get(name)
+    if model is None:
+        raise not_found(f"model '{name.display}' not found")
+    if isinstance(model, RemoteModel):
+        return json_response(_show_remote(model))
+    info = read_gguf(model.model_path, max_array=1 << 62) if req.verbose else cached_info(model.model_path)
+    projector = model.projector_path
+    system = req.system if req.system is not None else model.system
+    caps = capabilities(info, projector=projector is not None)
+    params = dict(model.params)
+    if "num_ctx" in params:  # shown as the context the server will really use (clients read it)
+        params["num_ctx"] = gate_of(request).scheduler.num_ctx(model, None)
+    return json_response(schemas.ShowResponse(
+        modelfile=translate.modelfile_text(
+            model.name.display, str(model.model_path), template=model.template, system=system,
+            params=model.params, messages=[(m.role, m.content) for m in model.messages],
+            licenses=model.licenses, projector=str(projector or ""), adapters=[str(a) for a in model.adapter_paths],
+        ),
+        parameters=translate.parameters_text(params),
+        template=model.template or translate.shown_template(info.chat_template, caps),
+        license="\n".join(model.licenses),
+        details=details(model),
+        model_info=translate.model_info(info.metadata, info.parameter_count, req.verbose, model.name.model),
+        capabilities=caps,
+        modified_at=model.modified_at.isoformat(),
+        system=system,
+        messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,
+        projector_info=translate.model_info(cached_info(projector).metadata, 0, req.verbose) if projector else None,
+    ))
+
+
+def _show_remote(model: RemoteModel) -> schemas.ShowResponse:
+    """What an upstream's /props and /v1/models tell of its model (there is no GGUF here)."""
+    caps = model.capabilities
+    urls = ", ".join(e.base_url for e in model.pool.endpoints)
+    return schemas.ShowResponse(
+        modelfile=f"# {model.name.display}: served by the llama-server(s) at {urls}\n",
+        parameters="",
+        template=translate.shown_template(model.chat_template, caps),
+        license="",
+        details=details(model),
+        model_info=model.model_info,
+        capabilities=caps,
+        modified_at=model.modified_at.isoformat(),
+    )
+
+
+# `expires_at` of a model kept forever: Ollama's now + max duration (~292 years).
+_FOREVER = timedelta(microseconds=2**63 // 1000)
+
+
+def _resident_bytes(pid: int | None) -> int:
+    """What the runner holds in memory (weights touched, KV cache, buffers), from /proc."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@get("/api/ps")
+async def ps(request: Request) -> Response[bytes]:
+    now = datetime.now().astimezone()
+    models = []
+    for model, runner in gate_of(request).scheduler.loaded():
+        if runner.keep_alive == math.inf:
+            expires = now + _FOREVER
+        elif runner.expires_at == math.inf:  # busy: an estimate, as Ollama gives
+            expires = now + timedelta(seconds=runner.keep_alive)
+        else:
+            expires = datetime.fromtimestamp(runner.expires_at).astimezone()
+        models.append(schemas.RunningModel(
+            name=model.name.display,
+            model=model.name.display,
+            size=max(_resident_bytes(runner.pid), model.model_path.stat().st_size),
+            digest=model.digest,
+            details=details(model),
+            expires_at=expires.isoformat(),
+            size_vram=0,  # CPU only
+            context_length=runner.spec.num_ctx if runner.spec else 0,
+        ))
+    models.sort(key=lambda m: m.expires_at, reverse=True)
+    return json_response(schemas.PsResponse(models))
+
+
+# Pull -----------------------------------------------------------------------------------------
+
+
+async def _pull_chunks(gate: Gateway, req: schemas.PullRequest) -> AsyncIterator[schemas.ProgressResponse]:
+    async for p in gate.puller.pull(req.model or req.name, req.insecure):
+        yield schemas.ProgressResponse(p.status, p.digest, p.total, p.completed)
+
+
+async def _last(chunks: AsyncIterator[schemas.ProgressResponse]) -> schemas.ProgressResponse:
+    async for c in chunks:
+        pass
+    return c
+
+
+@post("/api/pull")
+async def pull(request: Request) -> Response[Any]:
+    req = await decode_body(request, schemas.PullRequest)
+    return await respond(_pull_chunks(gate_of(request), req), req.stream is not False, _last)
+
+

@@ -1,0 +1,73 @@
+"""What every Ollama route answers with: JSON objects, NDJSON streams, timestamps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.response import Stream
+
+from proxy.gateway import Gateway
+from proxy.ollama import schemas
+from supervisor.durations import parse_keep_alive
+from supervisor.errors import LlamagateError
+
+log = logging.getLogger("llamagate.ollama")
+
+NDJSON = "application/x-ndjson"
+JSON = "application/json; charset=utf-8"
+
+encode = msgspec.json.Encoder().encode
+
+
+def gate_of(request: Request) -> Gateway:
+    return request.app.state.gate
+
+
+def now_rfc3339() -> str:
+    """UTC with nanoseconds and a Z, as Go's RFC3339Nano writes `created_at`."""
+    ns = time.time_ns()
+    frac = f"{ns % 1_000_000_000:09d}".rstrip("0")
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + (f".{frac}" if frac else "") + "Z"
+
+
+def json_response(obj: msgspec.Struct, status: int = 200) -> Response[bytes]:
+    return Response(encode(obj), status_code=status, media_type=JSON)
+
+
+def keep_alive_of(value: schemas.KeepAlive) -> float | None:
+    return None if value is None else parse_keep_alive(value)
+
+
+
+async def ndjson(first: msgspec.Struct, rest: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
+    try:
+        yield encode(first) + b"\n"
+        async for chunk in rest:
+            yield encode(chunk) + b"\n"
+    except LlamagateError as e:
+        yield encode(schemas.ErrorResponse(e.message)) + b"\n"
+    except Exception:
+        log.exception("stream failed")
+        yield encode(schemas.ErrorResponse("internal error while streaming the answer")) + b"\n"
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
+
+
+async def respond(
+    chunks: AsyncIterator[msgspec.Struct],
+    stream: bool,
+    merge: Callable[[AsyncIterator[Any]], Awaitable[msgspec.Struct]],
+) -> Response[Any]:
+    """One object, or NDJSON whose headers wait for the first chunk, so that a failure before
+    the first token (a load error, a bad request upstream) still gets its real status."""
+    if not stream:
+        return json_response(await merge(chunks))
+    first = await anext(chunks)
+    return Stream(ndjson(first, chunks), status_code=200, media_type=NDJSON)
+
+
