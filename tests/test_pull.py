@@ -335,6 +335,9 @@ def test_unknown_model_or_tag(server, registry, tiny_bytes):
     assert r.status_code == 400 and "invalid model name" in r.json()["error"]
     r = httpx.post(f"{server.url}/api/pull", json={"model": "test/known:v1", "stream": False}, timeout=30)
     assert r.status_code == 200 and r.json() == {"status": "success"}
+    # ollama-js and Continue send the deprecated `name`.
+    lines = httpx.post(f"{server.url}/api/pull", json={"name": "test/known:v1"}, timeout=30).text.splitlines()
+    assert json.loads(lines[-1]) == {"status": "success"}
 
 
 def test_interrupted_blob_resumes_where_it_stopped(server, registry, cdn):
