@@ -1,6 +1,7 @@
 """Benchmarks (not tests): figures for README, measured against llama-server called directly.
 
   python contrib/bench.py asgi   — uvicorn (uvloop, httptools) vs granian serving the same app
+                                   (needs `pip install granian`, not a dependency of ours)
   python contrib/bench.py proxy  — llama-server direct vs through llamagate, same run, SmolLM2
 
 Both start their own servers on free loopback ports with temporary stores.

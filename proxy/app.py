@@ -15,6 +15,7 @@ from proxy.gateway import Gateway
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
 from proxy.openai.routes import error_response
+from supervisor.binary import find_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 
@@ -62,7 +63,8 @@ def create_app(config: Config) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         try:
-            binary = gate.scheduler.binary()
+            # Reported now; looked up again at each load, so installing one needs no restart.
+            binary = find_llama_server(config.llama_server, config.runtime_dir)
             log.info("llama-server: %s (from %s)", binary.path, binary.source)
         except LlamagateError as e:
             log.warning("%s", e.message)

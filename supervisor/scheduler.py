@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor import memory
-from supervisor.binary import Binary, ensure_llama_server, find_llama_server
+from supervisor.binary import ensure_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.gguf import embedding_pooling
@@ -61,14 +61,6 @@ class Scheduler:
         self._changed = asyncio.Event()
         self._pending = 0
         self._rpc = {ModelName.parse(name).display.lower(): tuple(workers) for name, workers in config.rpc.items()}
-        self._binary: Binary | None = None
-
-    def binary(self) -> Binary:
-        """Found once; a failure is not remembered, so installing llama-server later needs no
-        restart of ours."""
-        if self._binary is None:
-            self._binary = find_llama_server(self.config.llama_server, self.config.runtime_dir)
-        return self._binary
 
     def num_ctx(self, model: StoredModel, requested: int | None) -> int:
         """Request, else the model's PARAMETER, else the server default; capped by training."""
