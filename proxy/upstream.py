@@ -72,11 +72,10 @@ class Upstream:
                 try:
                     return await client.send(request, stream=stream)
                 except httpx.RemoteProtocolError:
-                    if stream:
-                        raise
                     # A pooled connection llama-server closed while it sat idle (its keep-alive
-                    # timeout is 5 s): whole-answer calls have no side effects, so once more.
-                    return await client.send(client.build_request("POST", path, content=content))
+                    # timeout is 5 s) fails before any answer: nothing ran, so once more on a
+                    # new connection (a dead server then fails to connect, below).
+                    return await client.send(client.build_request("POST", path, content=content), stream=stream)
             except httpx.ConnectError as e:
                 if not (isinstance(runner, Lease) and runner.failover(e)):
                     raise await runner.failure(e) from e
