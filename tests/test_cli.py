@@ -8,12 +8,21 @@ import select
 import subprocess
 import time
 
+import httpx
 from conftest import llamagate_cmd
 
 
-def test_run_with_a_prompt(server):
-    out = server.cli("run", "smollm2:135m", "Say", "this", "is", "a", "test").stdout
+def test_run_with_a_prompt(server, tmp_path):
+    # `run` sends no options: a PARAMETER bounds the answer (SmolLM2 may otherwise ramble to the
+    # end of its context) and shows that the model's Modelfile applies.
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM smollm2:135m\nPARAMETER num_predict 24\nPARAMETER temperature 0\n")
+    server.cli("create", "smollm2-brief", "-f", str(mf))
+    out = server.cli("run", "smollm2-brief", "Say", "this", "is", "a", "test").stdout
     assert out.strip()
+    r = httpx.post(f"{server.url}/api/generate", json={"model": "smollm2-brief", "prompt": "Say this is a test",
+                                                       "stream": False}, timeout=60).json()
+    assert r["eval_count"] <= 24 and r["response"].strip() == out.strip()
 
 
 def test_run_reads_a_piped_prompt(server):
