@@ -31,6 +31,11 @@ def parse_go_duration(text: str) -> float:
     return sign * total
 
 
+def request_keep_alive(value: str | int | float | None) -> float | None:
+    """A request's keep_alive in seconds; None when absent, so the runner's sticky one applies."""
+    return None if value is None else parse_keep_alive(value)
+
+
 def parse_keep_alive(value: str | int | float) -> float:
     """A keep_alive in seconds: numbers are seconds, strings Go durations, negative is forever."""
     if isinstance(value, bool):

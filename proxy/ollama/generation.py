@@ -14,7 +14,9 @@ from proxy.body import decode_body
 from proxy.gateway import Gateway, model_defaults
 from proxy.inference import Timer
 from proxy.ollama import schemas, translate
+from proxy.ollama.responses import gate_of, json_response, now_rfc3339, respond
 from supervisor.capabilities import capabilities
+from supervisor.durations import request_keep_alive
 from supervisor.errors import bad_request, not_found
 from supervisor.gguf import cached_info
 from supervisor.names import ModelName
@@ -22,8 +24,6 @@ from supervisor.runner import Runner
 from supervisor.scheduler import LoadOptions
 from supervisor.store import StoredModel
 from supervisor.upstreams import RemoteModel
-
-from proxy.ollama.responses import gate_of, json_response, keep_alive_of, now_rfc3339, respond
 
 
 def _load(options: schemas.Options | None, num_ctx: int, keep_alive: float | None) -> LoadOptions:
@@ -150,7 +150,7 @@ async def chat(request: Request) -> Response[Any]:
         raise bad_request("model is required")
     gate = gate_of(request)
     model = gate.store.require(req.model)
-    keep_alive = keep_alive_of(req.keep_alive)
+    keep_alive = request_keep_alive(req.keep_alive)
     if not req.messages:
         return await _load_or_unload(
             gate, model, keep_alive,
@@ -222,7 +222,7 @@ async def generate(request: Request) -> Response[Any]:
         raise not_found("model '' not found")
     gate = gate_of(request)
     model = gate.store.require(req.model)
-    keep_alive = keep_alive_of(req.keep_alive)
+    keep_alive = request_keep_alive(req.keep_alive)
     if not req.prompt and not req.suffix:
         return await _load_or_unload(
             gate, model, keep_alive,
@@ -283,7 +283,7 @@ async def embed(request: Request) -> Response[bytes]:
     if inputs == [""]:
         inputs = []  # an empty input only loads the model, as in Ollama
     timer = Timer()
-    vectors, count = await _embed(gate, model, inputs, req.options, keep_alive_of(req.keep_alive), req.truncate, timer)
+    vectors, count = await _embed(gate, model, inputs, req.options, request_keep_alive(req.keep_alive), req.truncate, timer)
     return json_response(schemas.EmbedResponse(
         model=req.model,
         embeddings=[translate.normalize(v, req.dimensions) for v in vectors],
@@ -301,7 +301,7 @@ async def embeddings(request: Request) -> Response[bytes]:
     gate = gate_of(request)
     model = _embedding_model(gate, req.model)
     inputs = [req.prompt] if req.prompt else []
-    vectors, _ = await _embed(gate, model, inputs, req.options, keep_alive_of(req.keep_alive), True, Timer())
+    vectors, _ = await _embed(gate, model, inputs, req.options, request_keep_alive(req.keep_alive), True, Timer())
     return json_response(schemas.EmbeddingsResponse(translate.normalize(vectors[0]) if vectors else []))
 
 

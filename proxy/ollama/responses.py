@@ -13,7 +13,6 @@ from litestar.response import Stream
 
 from proxy.gateway import Gateway
 from proxy.ollama import schemas
-from supervisor.durations import parse_keep_alive
 from supervisor.errors import LlamagateError
 
 log = logging.getLogger("llamagate.ollama")
@@ -37,10 +36,6 @@ def now_rfc3339() -> str:
 
 def json_response(obj: msgspec.Struct, status: int = 200) -> Response[bytes]:
     return Response(encode(obj), status_code=status, media_type=JSON)
-
-
-def keep_alive_of(value: schemas.KeepAlive) -> float | None:
-    return None if value is None else parse_keep_alive(value)
 
 
 

@@ -19,7 +19,7 @@ from proxy.body import decode_body
 from proxy.gateway import Gateway, model_defaults
 from proxy.inference import Timer
 from proxy.openai import schemas, translate
-from supervisor.durations import parse_keep_alive
+from supervisor.durations import request_keep_alive
 from supervisor.errors import LlamagateError, bad_request
 from supervisor.gguf import cached_info
 from supervisor.scheduler import LoadOptions
@@ -63,7 +63,7 @@ def _require(gate: Gateway, name: str) -> StoredModel:
 
 def _load(gate: Gateway, model: StoredModel, req: schemas._Extensions, embedding: bool = False) -> LoadOptions:
     """The load-time options of the `options`, `num_ctx` and `keep_alive` extensions."""
-    keep_alive = None if req.keep_alive is None else parse_keep_alive(req.keep_alive)
+    keep_alive = request_keep_alive(req.keep_alive)
     o = req.options
     return LoadOptions(
         num_ctx=gate.scheduler.num_ctx(model, translate.requested_num_ctx(req)),
