@@ -22,7 +22,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 if sys.argv[1] == "llamagate":
     from pathlib import Path
-    from supervisor.gguf import read_gguf
+    from supervisor.models.gguf import read_gguf
     info = read_gguf(Path(path))
     arch = info.metadata["general.architecture"]
 else:

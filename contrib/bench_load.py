@@ -28,8 +28,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "contrib"), str(ROOT / "tests")]
 import default_model  # noqa: E402
 from tinymodel import write_tiny_model  # noqa: E402
 
-from supervisor.binary import find_llama_server  # noqa: E402
-from supervisor.runner import LaunchSpec  # noqa: E402
+from supervisor.runtime.binary import find_llama_server  # noqa: E402
+from supervisor.runners.runner import LaunchSpec  # noqa: E402
 
 
 def _port() -> int:
@@ -92,7 +92,7 @@ class Gate:
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(folder / "models"),
                     "LLAMAGATE_THREADS": "1", **env}
-        cmd = [sys.executable, "-c", "from proxy.cli import main; main()"]
+        cmd = [sys.executable, "-c", "from proxy.cli.main import main; main()"]
         self.log = folder / "serve.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([*cmd, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT)

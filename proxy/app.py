@@ -15,7 +15,7 @@ from proxy.gateway import Gateway
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
 from proxy.openai.routes import error_response
-from supervisor.binary import find_llama_server
+from supervisor.runtime.binary import find_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from supervisor.config import Config
 from supervisor.httpclient import tls_context
-from supervisor.registry import Puller
-from supervisor.scheduler import Scheduler
-from supervisor.store import Store, StoredModel
-from supervisor.upstreams import RemoteModel, Upstreams
+from supervisor.pull.registry import Puller
+from supervisor.runners.scheduler import Scheduler
+from supervisor.models.store import Store, StoredModel
+from supervisor.models.remote import RemoteModel, Upstreams
 
-from proxy.inference import Inference
+from proxy.llama.lease import Inference
 from proxy.ollama.translate import ModelDefaults
-from proxy.upstream import Upstream
+from proxy.llama.client import Upstream
 
 
 def model_defaults(model: StoredModel | RemoteModel) -> ModelDefaults:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "contrib"))
 
 import default_model  # noqa: E402
 
-from supervisor.binary import find_llama_server  # noqa: E402
+from supervisor.runtime.binary import find_llama_server  # noqa: E402
 from tinymodel import write_tiny_model  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 def llamagate_cmd() -> list[str]:
-    return [sys.executable, "-c", "from proxy.cli import main; main()"]
+    return [sys.executable, "-c", "from proxy.cli.main import main; main()"]
 
 
 class Server:

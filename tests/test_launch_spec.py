@@ -6,8 +6,8 @@ from pathlib import Path
 
 import gguf
 
-from supervisor.gguf import embedding_pooling
-from supervisor.runner import LaunchSpec
+from supervisor.models.gguf import embedding_pooling
+from supervisor.runners.runner import LaunchSpec
 
 
 def _spec(**kw) -> LaunchSpec:

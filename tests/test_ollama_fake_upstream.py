@@ -13,7 +13,7 @@ import ollama
 import pytest
 from conftest import fake_upstream_server
 
-from supervisor.gguf import read_gguf
+from supervisor.models.gguf import read_gguf
 
 THINKING_TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
                      "{% if enable_thinking %}<think>{% endif %}{% if tools %}{{ tools | tojson }}{% endif %}")

@@ -8,7 +8,7 @@ import struct
 import msgspec
 import pytest
 
-from proxy import llama
+from proxy.llama import wire
 from proxy.ollama.schemas import Options
 from proxy.ollama.translate import ModelDefaults
 from proxy.openai import schemas, translate
@@ -198,7 +198,7 @@ def test_tool_choice(choice, expected):
 
 
 def test_stream_asks_upstream_for_usage():
-    assert translate.chat_request(chat(stream=True), NO_MODEL, 100, ON).stream_options == llama.StreamOptions(True)
+    assert translate.chat_request(chat(stream=True), NO_MODEL, 100, ON).stream_options == wire.StreamOptions(True)
     assert translate.chat_request(chat(), NO_MODEL, 100, ON).stream_options is None
 
 
@@ -240,23 +240,23 @@ def test_bad_prompts_are_400(fields, match):
 def test_completion_request_is_raw_with_logprobs_as_a_count():
     req = completion(prompt=["q", "p"], logprobs=2, max_tokens=3, stop=".")
     body = translate.completion_request(req, "p", ModelDefaults(system="not used"), 100, ON)
-    assert isinstance(body, llama.CompletionRequest)
+    assert isinstance(body, wire.CompletionRequest)
     assert (body.prompt, body.logprobs, body.n_predict, body.stop) == ("p", 2, 3, ["."])
 
 
 def test_suffix_is_an_infill():
     body = translate.completion_request(completion(prompt="def f(", suffix="return x"), "def f(", NO_MODEL, 100, ON)
-    assert isinstance(body, llama.InfillRequest)
+    assert isinstance(body, wire.InfillRequest)
     assert (body.input_prefix, body.input_suffix) == ("def f(", "return x")
 
 
 @pytest.mark.parametrize(
     ("chunk", "text", "reason"),
     [
-        (llama.CompletionChunk(content="ab"), "ab", None),
-        (llama.CompletionChunk(stop=True, stop_type="limit"), "", "length"),
-        (llama.CompletionChunk(stop=True, stop_type="eos"), "", "stop"),
-        (llama.CompletionChunk(stop=True, stop_type="word"), "", "stop"),
+        (wire.CompletionChunk(content="ab"), "ab", None),
+        (wire.CompletionChunk(stop=True, stop_type="limit"), "", "length"),
+        (wire.CompletionChunk(stop=True, stop_type="eos"), "", "stop"),
+        (wire.CompletionChunk(stop=True, stop_type="word"), "", "stop"),
     ],
 )
 def test_infill_choice(chunk, text, reason):
@@ -265,9 +265,9 @@ def test_infill_choice(chunk, text, reason):
 
 
 def test_infill_usage_counts_cached_prompt_tokens():
-    chunk = llama.CompletionChunk(stop=True, timings=llama.Timings(cache_n=2, prompt_n=3, predicted_n=4))
-    assert translate.infill_usage(chunk) == llama.Usage(5, 4, 9)
-    assert translate.infill_usage(llama.CompletionChunk(content="x")) is None
+    chunk = wire.CompletionChunk(stop=True, timings=wire.Timings(cache_n=2, prompt_n=3, predicted_n=4))
+    assert translate.infill_usage(chunk) == wire.Usage(5, 4, 9)
+    assert translate.infill_usage(wire.CompletionChunk(content="x")) is None
 
 
 # Answers -------------------------------------------------------------------------------------
@@ -277,12 +277,12 @@ def test_infill_usage_counts_cached_prompt_tokens():
     ("parts", "n", "expected"),
     [
         ([], 1, schemas.Usage(0, 0, 0)),
-        ([llama.Usage(10, 5, 15)], 1, schemas.Usage(10, 5, 15)),
+        ([wire.Usage(10, 5, 15)], 1, schemas.Usage(10, 5, 15)),
         # n answers to one prompt: the prompt counts once.
-        ([llama.Usage(10, 5, 15), llama.Usage(10, 7, 17)], 2, schemas.Usage(10, 12, 22)),
+        ([wire.Usage(10, 5, 15), wire.Usage(10, 7, 17)], 2, schemas.Usage(10, 12, 22)),
         # two prompts, one answer each: both prompts count.
-        ([llama.Usage(10, 5, 15), llama.Usage(4, 7, 11)], 1, schemas.Usage(14, 12, 26)),
-        ([llama.Usage(10, 5, 15, {"cached_tokens": 6}), llama.Usage(10, 1, 11, {"cached_tokens": 9})], 2,
+        ([wire.Usage(10, 5, 15), wire.Usage(4, 7, 11)], 1, schemas.Usage(14, 12, 26)),
+        ([wire.Usage(10, 5, 15, {"cached_tokens": 6}), wire.Usage(10, 1, 11, {"cached_tokens": 9})], 2,
          schemas.Usage(10, 6, 16, {"cached_tokens": 6})),
     ],
 )
@@ -291,14 +291,14 @@ def test_usage(parts, n, expected):
 
 
 def test_choices_are_reindexed_and_keep_their_raw_parts():
-    upstream = llama.OpenAIChoice(index=0, message=msgspec.Raw(b'{"role":"assistant","content":"x"}'),
+    upstream = wire.OpenAIChoice(index=0, message=msgspec.Raw(b'{"role":"assistant","content":"x"}'),
                                   finish_reason="length")
     c = translate.chat_choice(3, upstream, OFF)
     assert (c.index, bytes(c.message), c.finish_reason) == (3, b'{"role":"assistant","content":"x"}', "length")
     assert translate.chat_choice(3, upstream, ON).finish_reason == "stop"
-    d = translate.chunk_choice(1, llama.OpenAIChoice(delta=msgspec.Raw(b'{"content":"y"}')), ON)
+    d = translate.chunk_choice(1, wire.OpenAIChoice(delta=msgspec.Raw(b'{"content":"y"}')), ON)
     assert (d.index, bytes(d.delta), d.finish_reason) == (1, b'{"content":"y"}', None)
-    t = translate.text_choice(2, llama.OpenAIChoice(text="z", finish_reason="stop"), OFF)
+    t = translate.text_choice(2, wire.OpenAIChoice(text="z", finish_reason="stop"), OFF)
     assert (t.index, t.text, t.finish_reason) == (2, "z", "stop")
 
 
@@ -443,11 +443,11 @@ def test_forced_call_becomes_a_tool_call():
 
 
 def test_forced_choice():
-    whole = llama.OpenAIChoice(message=msgspec.Raw(b'{"role":"assistant","content":"{\\"name\\":\\"t\\",\\"arguments\\":{}}"}'),
+    whole = wire.OpenAIChoice(message=msgspec.Raw(b'{"role":"assistant","content":"{\\"name\\":\\"t\\",\\"arguments\\":{}}"}'),
                                finish_reason="stop")
     c = translate.forced_choice(whole, "call_9")
     assert c.finish_reason == "tool_calls" and _decoded(c.message)["tool_calls"][0]["function"]["name"] == "t"
-    cut = llama.OpenAIChoice(message=msgspec.Raw(b'{"role":"assistant","content":"{\\"na"}'), finish_reason="length")
+    cut = wire.OpenAIChoice(message=msgspec.Raw(b'{"role":"assistant","content":"{\\"na"}'), finish_reason="length")
     assert translate.forced_choice(cut, "call_9") is cut
 
 

@@ -33,14 +33,14 @@ from registries import (
 )
 from tinymodel import write_tiny_model
 
-from proxy.progress import PullDisplay
-from supervisor import registry as reg
+from proxy.cli.progress import PullDisplay
+from supervisor.pull import registry as reg
 from supervisor.config import default_models_dir, parse_mirrors
-from supervisor.download import Downloads, Part, Retry, parts_fit, plan_parts
+from supervisor.pull.download import Downloads, Part, Retry, parts_fit, plan_parts
 from supervisor.errors import LlamagateError
 from supervisor.names import ModelName
-from supervisor.registry import OLLAMA_VERSION
-from supervisor.store import Store
+from supervisor.pull.registry import OLLAMA_VERSION
+from supervisor.models.store import Store
 
 MB = 1_000_000
 

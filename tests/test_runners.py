@@ -17,7 +17,7 @@ import httpx
 import pytest
 from conftest import Server, wait_until
 
-from supervisor.binary import find_llama_server
+from supervisor.runtime.binary import find_llama_server
 from supervisor.errors import LlamagateError
 
 

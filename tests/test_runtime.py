@@ -22,7 +22,7 @@ import ollama
 import pytest
 from conftest import Server, llamagate_cmd
 
-from supervisor.binary import Binary, find_llama_server
+from supervisor.runtime.binary import Binary, find_llama_server
 from supervisor.errors import LlamagateError
 from supervisor.runtime.assets import Asset, Host, Release, pick
 from supervisor.runtime.host import detect

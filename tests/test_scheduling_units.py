@@ -10,9 +10,9 @@ import pytest
 
 from supervisor.config import Config, parse_pairs, parse_size, read_config_file
 from supervisor.errors import LlamagateError
-from supervisor.memory import Estimate, estimate, fits, kv_cache_bytes
-from supervisor.runner import LaunchSpec, _backoff
-from supervisor.upstreams import Pool
+from supervisor.runners.memory import Estimate, estimate, fits, kv_cache_bytes
+from supervisor.runners.runner import LaunchSpec, _backoff
+from supervisor.models.remote import Pool
 
 MB = 1 << 20
 
@@ -165,7 +165,7 @@ def test_remote_model_details_from_props_and_models():
     import msgspec
 
     from supervisor.names import ModelName
-    from supervisor.upstreams import RemoteModel, _Meta, _Props
+    from supervisor.models.remote import RemoteModel, _Meta, _Props
 
     pool = Pool.of("m:latest", ["http://a"])
     model = RemoteModel(ModelName.parse("m"), pool, datetime.now().astimezone())

@@ -10,11 +10,11 @@ from pathlib import Path
 import gguf
 import pytest
 
-from proxy.modelfile import ModelfileError, parse
+from proxy.cli.modelfile import ModelfileError, parse
 from supervisor.errors import LlamagateError
-from supervisor.gguf import SkippedArray, human_number, read_gguf
+from supervisor.models.gguf import SkippedArray, human_number, read_gguf
 from supervisor.names import ModelName
-from supervisor.store import MODEL, PARAMS, SYSTEM, Store
+from supervisor.models.store import MODEL, PARAMS, SYSTEM, Store
 
 
 def _import(store: Store, gguf_path: Path, name: str = "tiny", **layers) -> object:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from proxy import llama
+from proxy.llama import wire
 from proxy.ollama import schemas, translate
 from supervisor.errors import LlamagateError
 
@@ -75,14 +75,14 @@ def test_chat_messages(defaults, messages, expected):
 def test_generate_raw_goes_to_completion():
     req = schemas.GenerateRequest(model="m", prompt="<|im_start|>x", raw=True, format="json")
     body = translate.generate_request(req, translate.ModelDefaults(system="ignored"), 100)
-    assert isinstance(body, llama.CompletionRequest)
+    assert isinstance(body, wire.CompletionRequest)
     assert body.prompt == "<|im_start|>x" and body.json_schema == {"type": "object"}
 
 
 def test_generate_templated_is_a_one_turn_chat():
     req = schemas.GenerateRequest(model="m", prompt="hello", system="be brief")
     body = translate.generate_request(req, translate.ModelDefaults(system="model system"), 100)
-    assert isinstance(body, llama.ChatRequest)
+    assert isinstance(body, wire.ChatRequest)
     assert [(m.role, m.content) for m in body.messages] == [("system", "be brief"), ("user", "hello")]
 
 
@@ -103,7 +103,7 @@ def test_done_reason(reason, expected):
 
 
 def test_metrics_count_cached_prompt_tokens():
-    t = llama.Timings(cache_n=3, prompt_n=5, prompt_ms=1.5, predicted_n=7, predicted_ms=20.25)
+    t = wire.Timings(cache_n=3, prompt_n=5, prompt_ms=1.5, predicted_n=7, predicted_ms=20.25)
     assert translate.metrics(t, total_ns=99, load_ns=11) == {
         "total_duration": 99, "load_duration": 11, "prompt_eval_count": 8,
         "prompt_eval_duration": 1_500_000, "eval_count": 7, "eval_duration": 20_250_000,

@@ -8,11 +8,11 @@ import math
 
 import pytest
 
-from proxy import llama
+from proxy.llama import wire
 from proxy.ollama import schemas, translate
-from supervisor.capabilities import capabilities
+from supervisor.models.capabilities import capabilities
 from supervisor.errors import LlamagateError
-from supervisor.gguf import GGUFInfo, SkippedArray
+from supervisor.models.gguf import GGUFInfo, SkippedArray
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n1234").decode()
 JPEG = base64.b64encode(b"\xff\xd8\xff\xe0abcd").decode()
@@ -123,10 +123,10 @@ def test_generate_paths():
     caps = ["completion", "insert"]
     infill = translate.generate_request(schemas.GenerateRequest(model="m", prompt="a", suffix="b"),
                                         translate.ModelDefaults(), 100, "m", caps)
-    assert isinstance(infill, llama.InfillRequest) and (infill.input_prefix, infill.input_suffix) == ("a", "b")
+    assert isinstance(infill, wire.InfillRequest) and (infill.input_prefix, infill.input_suffix) == ("a", "b")
     tpl = translate.generate_request(schemas.GenerateRequest(model="m", prompt="P", template="<{{ .System }}|{{ .Prompt }}>"),
                                      translate.ModelDefaults(system="S"), 100, "m", caps)
-    assert isinstance(tpl, llama.CompletionRequest) and tpl.prompt == "<S|P>"
+    assert isinstance(tpl, wire.CompletionRequest) and tpl.prompt == "<S|P>"
     chat = translate.generate_request(schemas.GenerateRequest(model="m", prompt="P"), translate.ModelDefaults(), 100)
     mixed = translate.with_context(chat, "<rendered>", [5, 6])
     assert mixed.prompt == [5, 6, "<rendered>"] and mixed.n_predict == chat.n_predict

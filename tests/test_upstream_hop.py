@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy import llama
-from proxy.upstream import Upstream
+from proxy.llama import wire
+from proxy.llama.client import Upstream
 from supervisor.errors import LlamagateError
 
 SSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -49,8 +49,8 @@ def test_a_stream_is_retried_once_when_the_connection_is_closed_unanswered():
         upstream = Upstream()
         try:
             endpoint = _Endpoint(server.sockets[0].getsockname()[1])
-            body = llama.CompletionRequest(prompt="x", stream=True, cache_prompt=True)
-            chunks = [c async for c in upstream.stream(endpoint, "/completion", body, llama.CompletionChunk)]
+            body = wire.CompletionRequest(prompt="x", stream=True, cache_prompt=True)
+            chunks = [c async for c in upstream.stream(endpoint, "/completion", body, wire.CompletionChunk)]
             assert [c.content for c in chunks] == ["hi"] and chunks[0].stop
             assert len(connections) == 2
         finally:
@@ -70,9 +70,9 @@ def test_the_retry_is_only_once():
         upstream = Upstream()
         try:
             endpoint = _Endpoint(server.sockets[0].getsockname()[1])
-            body = llama.CompletionRequest(prompt="x", stream=True, cache_prompt=True)
+            body = wire.CompletionRequest(prompt="x", stream=True, cache_prompt=True)
             try:
-                [c async for c in upstream.stream(endpoint, "/completion", body, llama.CompletionChunk)]
+                [c async for c in upstream.stream(endpoint, "/completion", body, wire.CompletionChunk)]
             except LlamagateError as e:
                 assert e.status == 500 and "failed" in e.message
             else:

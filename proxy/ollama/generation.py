@@ -9,21 +9,21 @@ from typing import Any
 
 from litestar import Request, Response, post
 
-from proxy import llama
+from proxy.llama import wire
 from proxy.body import decode_body
 from proxy.gateway import Gateway, model_defaults
-from proxy.inference import Timer
+from proxy.llama.lease import Timer
 from proxy.ollama import schemas, translate
-from proxy.ollama.responses import gate_of, json_response, now_rfc3339, respond
-from supervisor.capabilities import capabilities
+from proxy.ollama.ndjson import gate_of, json_response, now_rfc3339, respond
+from supervisor.models.capabilities import capabilities
 from supervisor.durations import request_keep_alive
 from supervisor.errors import bad_request, not_found
-from supervisor.gguf import cached_info
+from supervisor.models.gguf import cached_info
 from supervisor.names import ModelName
-from supervisor.runner import Runner
-from supervisor.scheduler import LoadOptions
-from supervisor.store import StoredModel
-from supervisor.upstreams import RemoteModel
+from supervisor.runners.runner import Runner
+from supervisor.runners.scheduler import LoadOptions
+from supervisor.models.store import StoredModel
+from supervisor.models.remote import RemoteModel
 
 
 def _load(options: schemas.Options | None, num_ctx: int, keep_alive: float | None) -> LoadOptions:
@@ -42,7 +42,7 @@ def _capabilities(model: StoredModel | RemoteModel) -> list[str]:
     return capabilities(cached_info(model.model_path), projector=model.projector_path is not None)
 
 
-def _add_tool_call(calls: dict[int, tuple[str, str, list[str]]], piece: llama.ToolCallDelta) -> None:
+def _add_tool_call(calls: dict[int, tuple[str, str, list[str]]], piece: wire.ToolCallDelta) -> None:
     call_id, name, parts = calls.get(piece.index, ("", "", []))
     if piece.function.arguments:
         parts.append(piece.function.arguments)
@@ -60,7 +60,7 @@ class _Ending:
     in pieces ({index: (id, name, argument pieces)}) and are whole only at the end."""
 
     reason: str | None = None
-    timings: llama.Timings | None = None
+    timings: wire.Timings | None = None
     calls: dict[int, tuple[str, str, list[str]]] = field(default_factory=dict)
 
     def tool_calls(self) -> list[schemas.OutToolCall]:
@@ -75,12 +75,12 @@ class _Piece:
 
 
 async def _pieces(
-    gate: Gateway, runner: Runner, body: llama.ChatRequest | llama.CompletionRequest | llama.InfillRequest,
+    gate: Gateway, runner: Runner, body: wire.ChatRequest | wire.CompletionRequest | wire.InfillRequest,
     ending: _Ending,
 ) -> AsyncIterator[_Piece]:
     """What llama-server generates, from /completion, /infill or /v1/chat/completions."""
-    if isinstance(body, llama.ChatRequest):
-        async for chunk in gate.upstream.stream(runner, "/v1/chat/completions", body, llama.ChatChunk):
+    if isinstance(body, wire.ChatRequest):
+        async for chunk in gate.upstream.stream(runner, "/v1/chat/completions", body, wire.ChatChunk):
             ending.timings = chunk.timings or ending.timings
             for choice in chunk.choices:
                 ending.reason = choice.finish_reason or ending.reason
@@ -91,8 +91,8 @@ async def _pieces(
                 if d.content or d.reasoning_content or logprobs:
                     yield _Piece(d.content or "", d.reasoning_content or "", logprobs)
         return
-    path = "/infill" if isinstance(body, llama.InfillRequest) else "/completion"
-    async for c in gate.upstream.stream(runner, path, body, llama.CompletionChunk):
+    path = "/infill" if isinstance(body, wire.InfillRequest) else "/completion"
+    async for c in gate.upstream.stream(runner, path, body, wire.CompletionChunk):
         ending.timings = c.timings or ending.timings
         ending.reason = c.stop_type or ending.reason
         logprobs = translate.logprobs(c.completion_probabilities)
@@ -101,7 +101,7 @@ async def _pieces(
 
 
 async def _chat_chunks(
-    gate: Gateway, name: str, model: StoredModel, load: LoadOptions, body: llama.ChatRequest
+    gate: Gateway, name: str, model: StoredModel, load: LoadOptions, body: wire.ChatRequest
 ) -> AsyncIterator[schemas.ChatChunk]:
     timer, ending = Timer(), _Ending()
     async with gate.inference.runner(model, load, timer) as runner:
@@ -167,7 +167,7 @@ async def chat(request: Request) -> Response[Any]:
 
 async def _generate_chunks(
     gate: Gateway, req: schemas.GenerateRequest, model: StoredModel, load: LoadOptions,
-    body: llama.ChatRequest | llama.CompletionRequest | llama.InfillRequest,
+    body: wire.ChatRequest | wire.CompletionRequest | wire.InfillRequest,
 ) -> AsyncIterator[schemas.GenerateChunk]:
     """The answer, then a final chunk with the `context` tokens (prompt + answer) that a later
     request can send back, except for raw prompts and infill, as Ollama does."""
@@ -175,11 +175,11 @@ async def _generate_chunks(
     timer, ending = Timer(), _Ending()
     response: list[str] = []
     async with gate.inference.runner(model, load, timer) as runner:
-        prompt = body.prompt if isinstance(body, llama.CompletionRequest) and not req.raw else None
-        if isinstance(body, llama.ChatRequest) and not req.images:
+        prompt = body.prompt if isinstance(body, wire.CompletionRequest) and not req.raw else None
+        if isinstance(body, wire.ChatRequest) and not req.images:
             applied = await gate.upstream.post(
-                runner, "/apply-template", llama.ApplyTemplateRequest(body.messages, body.chat_template_kwargs),
-                llama.ApplyTemplateResponse,
+                runner, "/apply-template", wire.ApplyTemplateRequest(body.messages, body.chat_template_kwargs),
+                wire.ApplyTemplateResponse,
             )
             prompt = applied.prompt
             if req.context:
@@ -190,8 +190,8 @@ async def _generate_chunks(
                                         thinking=p.thinking, done=False, logprobs=p.logprobs)
         context = None
         if isinstance(prompt, str):
-            tokens = await gate.upstream.post(runner, "/tokenize", llama.TokenizeRequest(prompt + "".join(response)),
-                                              llama.TokenizeResponse)
+            tokens = await gate.upstream.post(runner, "/tokenize", wire.TokenizeRequest(prompt + "".join(response)),
+                                              wire.TokenizeResponse)
             context = [*(req.context or []), *tokens.tokens]
     yield schemas.GenerateChunk(
         model=name,
@@ -257,8 +257,8 @@ async def _embed(
             return [], 0
         tokens = []
         for text in inputs:
-            ids = (await gate.upstream.post(runner, "/tokenize", llama.TokenizeRequest(text, add_special=True),
-                                            llama.TokenizeResponse)).tokens
+            ids = (await gate.upstream.post(runner, "/tokenize", wire.TokenizeRequest(text, add_special=True),
+                                            wire.TokenizeResponse)).tokens
             if len(ids) > num_ctx:
                 if not truncate:
                     raise bad_request("the input length exceeds the context length")
@@ -266,8 +266,8 @@ async def _embed(
             if not ids:
                 raise bad_request("cannot embed an empty input")
             tokens.append(ids)
-        result = await gate.upstream.post(runner, "/v1/embeddings", llama.EmbeddingsRequest(tokens),
-                                          llama.EmbeddingsResponse)
+        result = await gate.upstream.post(runner, "/v1/embeddings", wire.EmbeddingsRequest(tokens),
+                                          wire.EmbeddingsResponse)
     vectors = [item.embedding for item in sorted(result.data, key=lambda i: i.index)]
     return vectors, sum(len(t) for t in tokens)
 

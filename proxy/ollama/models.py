@@ -17,14 +17,14 @@ from litestar.response import Stream
 from proxy.body import convert, decode_body
 from proxy.gateway import Gateway
 from proxy.ollama import schemas, translate
-from proxy.ollama.responses import NDJSON, encode, gate_of, json_response, log, respond
-from supervisor.capabilities import capabilities
+from proxy.ollama.ndjson import NDJSON, encode, gate_of, json_response, log, respond
+from supervisor.models.capabilities import capabilities
 from supervisor.errors import LlamagateError, bad_request, not_found
-from supervisor.gguf import cached_info, read_gguf
+from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.names import ModelName
-from supervisor.registry import OLLAMA_VERSION
-from supervisor.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
-from supervisor.upstreams import RemoteModel
+from supervisor.pull.registry import OLLAMA_VERSION
+from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
+from supervisor.models.remote import RemoteModel
 
 # Models ---------------------------------------------------------------------------------------
 

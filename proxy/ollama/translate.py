@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from proxy import llama
+from proxy.llama import wire
 from proxy.ollama import schemas
 from supervisor.errors import bad_request, server_error
 
@@ -28,7 +28,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "frequency_penalty": 0.0,
     "seed": -1,
 }
-_SAMPLING_FIELDS = set(llama.Sampling.__struct_fields__)
+_SAMPLING_FIELDS = set(wire.Sampling.__struct_fields__)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _arguments(args: dict[str, Any] | str) -> str:
     return args if isinstance(args, str) else msgspec.json.encode(args).decode()
 
 
-def chat_message(m: schemas.Message) -> llama.ChatMessage:
+def chat_message(m: schemas.Message) -> wire.ChatMessage:
     content: str | list[Any] = m.content or ""
     if m.images:
         content = [{"type": "text", "text": m.content or ""}, *(image_part(i) for i in m.images)]
@@ -106,7 +106,7 @@ def chat_message(m: schemas.Message) -> llama.ChatMessage:
              "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
             for i, c in enumerate(m.tool_calls)
         ]
-    return llama.ChatMessage(
+    return wire.ChatMessage(
         m.role.lower(),
         content,
         reasoning_content=m.thinking or None,
@@ -116,12 +116,12 @@ def chat_message(m: schemas.Message) -> llama.ChatMessage:
     )
 
 
-def chat_messages(defaults: ModelDefaults, messages: list[schemas.Message]) -> list[llama.ChatMessage]:
+def chat_messages(defaults: ModelDefaults, messages: list[schemas.Message]) -> list[wire.ChatMessage]:
     """The model's SYSTEM (unless the request starts with its own) and MESSAGEs, then the request's."""
     out = []
     if defaults.system and not (messages and messages[0].role == "system"):
-        out.append(llama.ChatMessage("system", defaults.system))
-    out.extend(llama.ChatMessage(role, content) for role, content in defaults.messages)
+        out.append(wire.ChatMessage("system", defaults.system))
+    out.extend(wire.ChatMessage(role, content) for role, content in defaults.messages)
     out.extend(chat_message(m) for m in messages)
     return out
 
@@ -160,7 +160,7 @@ def top_logprobs(logprobs: bool, top: int) -> int | None:
 
 def chat_request(
     req: schemas.ChatRequest, defaults: ModelDefaults, num_ctx: int, name: str = "", capabilities: list[str] = []
-) -> llama.ChatRequest:
+) -> wire.ChatRequest:
     """Tools, images and `think` are checked against the model's capabilities (from its GGUF)."""
     messages = req.messages or []
     if req.tools:
@@ -168,7 +168,7 @@ def chat_request(
     if any(m.images for m in messages):
         require("vision", "images", name, capabilities)
     top = top_logprobs(req.logprobs, req.top_logprobs)
-    return llama.ChatRequest(
+    return wire.ChatRequest(
         stream=True, cache_prompt=True,
         messages=chat_messages(defaults, messages),
         response_format=response_format(req.format),
@@ -200,7 +200,7 @@ def tool_calls(pieces: dict[int, tuple[str, str, list[str]]], truncated: bool = 
     return out
 
 
-def logprobs(tokens: list[llama.TokenProb] | None) -> list[schemas.Logprob] | None:
+def logprobs(tokens: list[wire.TokenProb] | None) -> list[schemas.Logprob] | None:
     if not tokens:
         return None
     return [
@@ -267,7 +267,7 @@ def render_template(template: str, system: str, prompt: str) -> str:
 
 def generate_request(
     req: schemas.GenerateRequest, defaults: ModelDefaults, num_ctx: int, name: str = "", capabilities: list[str] = []
-) -> llama.ChatRequest | llama.CompletionRequest | llama.InfillRequest:
+) -> wire.ChatRequest | wire.CompletionRequest | wire.InfillRequest:
     """Raw prompts and `template` overrides go to /completion as text; a `suffix` to /infill
     (fill-in-the-middle); the others are rendered by the model's chat template as a one-turn
     chat, which is what Ollama's template does with them. A `context` from an earlier answer
@@ -282,16 +282,16 @@ def generate_request(
             raise bad_request("raw mode does not support template, system, or context")
     if req.suffix:
         require("insert", "insert", name, capabilities)
-        return llama.InfillRequest(stream=True, cache_prompt=True, input_prefix=req.prompt, input_suffix=req.suffix, n_probs=n_probs, **options)
+        return wire.InfillRequest(stream=True, cache_prompt=True, input_prefix=req.prompt, input_suffix=req.suffix, n_probs=n_probs, **options)
     if req.raw or req.template:
         if req.images:
             raise bad_request("images need the model's chat template: drop raw and template")
         prompt = req.prompt if req.raw else render_template(req.template or "", req.system or defaults.system, req.prompt)
-        return llama.CompletionRequest(stream=True, cache_prompt=True, prompt=prompt, json_schema=_json_schema(response_format(req.format)), n_probs=n_probs, **options)
+        return wire.CompletionRequest(stream=True, cache_prompt=True, prompt=prompt, json_schema=_json_schema(response_format(req.format)), n_probs=n_probs, **options)
     messages = [schemas.Message("user", req.prompt, images=req.images)]
     if req.system:
         messages.insert(0, schemas.Message("system", req.system))
-    return llama.ChatRequest(
+    return wire.ChatRequest(
         stream=True, cache_prompt=True,
         messages=chat_messages(defaults, messages),
         response_format=response_format(req.format),
@@ -302,11 +302,11 @@ def generate_request(
     )
 
 
-def with_context(chat: llama.ChatRequest, rendered: str, context: list[int]) -> llama.CompletionRequest:
+def with_context(chat: wire.ChatRequest, rendered: str, context: list[int]) -> wire.CompletionRequest:
     """A chat-path generate whose request carried `context`: the earlier tokens, then the new
     turn as the model's template rendered it, sent to /completion (which takes such a mix)."""
     sampling_fields = {k: getattr(chat, k) for k in _SAMPLING_FIELDS}
-    return llama.CompletionRequest(
+    return wire.CompletionRequest(
         stream=True, cache_prompt=True, prompt=[*context, rendered], json_schema=_json_schema(chat.response_format),
         n_probs=None if chat.top_logprobs is None and not chat.logprobs else max(chat.top_logprobs or 0, 1),
         **sampling_fields,
@@ -328,9 +328,9 @@ def done_reason(reason: str | None) -> str:
     return "length" if reason in ("length", "limit") else "stop"
 
 
-def metrics(timings: llama.Timings | None, total_ns: int, load_ns: int) -> dict[str, int]:
+def metrics(timings: wire.Timings | None, total_ns: int, load_ns: int) -> dict[str, int]:
     """The final chunk's counters; prompt_eval_count includes the cached prompt tokens."""
-    t = timings or llama.Timings()
+    t = timings or wire.Timings()
     return {
         "total_duration": total_ns,
         "load_duration": load_ns,

@@ -14,16 +14,16 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.response import Stream
 
-from proxy import llama
+from proxy.llama import wire
 from proxy.body import decode_body
 from proxy.gateway import Gateway, model_defaults
-from proxy.inference import Timer
+from proxy.llama.lease import Timer
 from proxy.openai import schemas, translate
 from supervisor.durations import request_keep_alive
 from supervisor.errors import LlamagateError, bad_request
-from supervisor.gguf import cached_info
-from supervisor.scheduler import LoadOptions
-from supervisor.store import PROJECTOR, StoredModel
+from supervisor.models.gguf import cached_info
+from supervisor.runners.scheduler import LoadOptions
+from supervisor.models.store import PROJECTOR, StoredModel
 
 log = logging.getLogger("llamagate.openai")
 
@@ -164,9 +164,9 @@ async def _begin(request: Request, type_: type[T]) -> tuple[Gateway, T, StoredMo
 async def _answer(
     req: schemas._Sampling,
     bodies: list[Any],
-    stream: Callable[[Any], AsyncIterator[llama.OpenAIResult]],
-    call: Callable[[Any], Awaitable[llama.OpenAIResult]],
-    choice: Callable[[int, llama.OpenAIChoice], Any],
+    stream: Callable[[Any], AsyncIterator[wire.OpenAIResult]],
+    call: Callable[[Any], Awaitable[wire.OpenAIResult]],
+    choice: Callable[[int, wire.OpenAIChoice], Any],
     make: Callable[[list[Any], schemas.Usage | None], msgspec.Struct],
 ) -> Response[Any]:
     """One OpenAI answer from one upstream request per choice: choice i is request i's answer,
@@ -175,7 +175,7 @@ async def _answer(
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def chunks() -> AsyncIterator[msgspec.Struct]:
-            usages = [llama.Usage()] * len(bodies)
+            usages = [wire.Usage()] * len(bodies)
             async for i, r in _fan_in([stream(b) for b in bodies]):
                 if r.usage:
                     usages[i] = r.usage
@@ -188,7 +188,7 @@ async def _answer(
     results = await _all(call(b) for b in bodies)
     return _json(make(
         [choice(i, c) for i, r in enumerate(results) for c in r.choices],
-        translate.usage([r.usage or llama.Usage() for r in results], req.n),
+        translate.usage([r.usage or wire.Usage() for r in results], req.n),
     ))
 
 
@@ -206,20 +206,20 @@ async def chat_completions(request: Request) -> Response[Any]:
     forced = translate.forced_tools(req, native_tools)
     body = translate.chat_request(req, model_defaults(model), load.num_ctx or 0, rewrites, forced)
 
-    async def stream(b: llama.ChatRequest) -> AsyncIterator[llama.OpenAIResult]:
-        chunks = gate.inference.stream(model, load, _CHAT, b, llama.OpenAIResult, Timer())
+    async def stream(b: wire.ChatRequest) -> AsyncIterator[wire.OpenAIResult]:
+        chunks = gate.inference.stream(model, load, _CHAT, b, wire.OpenAIResult, Timer())
         async for r in (_forced_stream(chunks) if forced is not None else chunks):
             yield r
 
-    async def call(b: llama.ChatRequest) -> llama.OpenAIResult:
-        r = await gate.inference.call(model, load, _CHAT, b, llama.OpenAIResult)
+    async def call(b: wire.ChatRequest) -> wire.OpenAIResult:
+        r = await gate.inference.call(model, load, _CHAT, b, wire.OpenAIResult)
         if forced is not None:
             r.choices = [translate.forced_choice(c, _new_id("call_")) for c in r.choices]
         return r
 
     head = {"id": _new_id("chatcmpl-"), "created": int(time.time()), "model": req.model,
             "system_fingerprint": translate.SYSTEM_FINGERPRINT}
-    choice: Callable[[int, llama.OpenAIChoice], Any]
+    choice: Callable[[int, wire.OpenAIChoice], Any]
     if req.stream:
         choice = lambda i, c: translate.chunk_choice(i, c, rewrites)  # noqa: E731
         make = lambda choices, usage: schemas.ChatCompletionChunk(**head, choices=choices, usage=usage)  # noqa: E731
@@ -229,7 +229,7 @@ async def chat_completions(request: Request) -> Response[Any]:
     return await _answer(req, [body] * req.n, stream, call, choice, make)
 
 
-async def _forced_stream(chunks: AsyncIterator[llama.OpenAIResult]) -> AsyncIterator[llama.OpenAIResult]:
+async def _forced_stream(chunks: AsyncIterator[wire.OpenAIResult]) -> AsyncIterator[wire.OpenAIResult]:
     """A forced tool call's stream: the call's JSON is held back and sent as one tool call."""
     text: list[str] = []
     async for r in chunks:
@@ -240,7 +240,7 @@ async def _forced_stream(chunks: AsyncIterator[llama.OpenAIResult]) -> AsyncIter
                 text.append(translate.content_of(c.delta))
             else:
                 for choice in translate.forced_finish("".join(text), c.finish_reason, _new_id("call_")):
-                    yield llama.OpenAIResult([choice])
+                    yield wire.OpenAIResult([choice])
 
 
 def _no_infill(e: LlamagateError, model: StoredModel) -> LlamagateError:
@@ -252,29 +252,29 @@ def _no_infill(e: LlamagateError, model: StoredModel) -> LlamagateError:
 
 
 async def _completion_stream(
-    gate: Gateway, model: StoredModel, load: LoadOptions, body: llama.CompletionRequest | llama.InfillRequest
-) -> AsyncIterator[llama.OpenAIResult]:
-    if isinstance(body, llama.InfillRequest):
+    gate: Gateway, model: StoredModel, load: LoadOptions, body: wire.CompletionRequest | wire.InfillRequest
+) -> AsyncIterator[wire.OpenAIResult]:
+    if isinstance(body, wire.InfillRequest):
         try:
-            async for c in gate.inference.stream(model, load, "/infill", body, llama.CompletionChunk, Timer()):
-                yield llama.OpenAIResult([translate.infill_choice(c)], translate.infill_usage(c))
+            async for c in gate.inference.stream(model, load, "/infill", body, wire.CompletionChunk, Timer()):
+                yield wire.OpenAIResult([translate.infill_choice(c)], translate.infill_usage(c))
         except LlamagateError as e:
             raise _no_infill(e, model) from None
     else:
-        async for r in gate.inference.stream(model, load, "/v1/completions", body, llama.OpenAIResult, Timer()):
+        async for r in gate.inference.stream(model, load, "/v1/completions", body, wire.OpenAIResult, Timer()):
             yield r
 
 
 async def _completion_call(
-    gate: Gateway, model: StoredModel, load: LoadOptions, body: llama.CompletionRequest | llama.InfillRequest
-) -> llama.OpenAIResult:
-    if isinstance(body, llama.InfillRequest):
+    gate: Gateway, model: StoredModel, load: LoadOptions, body: wire.CompletionRequest | wire.InfillRequest
+) -> wire.OpenAIResult:
+    if isinstance(body, wire.InfillRequest):
         try:
-            c = await gate.inference.call(model, load, "/infill", body, llama.CompletionChunk)
+            c = await gate.inference.call(model, load, "/infill", body, wire.CompletionChunk)
         except LlamagateError as e:
             raise _no_infill(e, model) from None
-        return llama.OpenAIResult([translate.infill_choice(c)], translate.infill_usage(c))
-    return await gate.inference.call(model, load, "/v1/completions", body, llama.OpenAIResult)
+        return wire.OpenAIResult([translate.infill_choice(c)], translate.infill_usage(c))
+    return await gate.inference.call(model, load, "/v1/completions", body, wire.OpenAIResult)
 
 
 @post("/v1/completions")
@@ -308,9 +308,9 @@ async def embeddings(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbeddingRequest)
     gate = _gate(request)
     model = _require(gate, req.model)
-    body = llama.EmbeddingsRequest(translate.embedding_input(req))
+    body = wire.EmbeddingsRequest(translate.embedding_input(req))
     result = await gate.inference.call(model, _load(gate, model, req, embedding=True), "/v1/embeddings", body,
-                                       llama.EmbeddingsResponse)
+                                       wire.EmbeddingsResponse)
     return _json(schemas.EmbeddingList(
         data=[
             schemas.Embedding(d.index, translate.embedding(d.embedding, req.dimensions, req.encoding_format))

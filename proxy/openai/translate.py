@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from proxy import llama
+from proxy.llama import wire
 from proxy.ollama import translate as ollama
 from proxy.ollama.schemas import Options
 from proxy.openai import schemas
@@ -98,15 +98,15 @@ def _tool_calls(m: schemas.Message, i: int) -> list[schemas.ToolCall] | None:
     return m.tool_calls
 
 
-def chat_messages(defaults: ollama.ModelDefaults, messages: list[schemas.Message]) -> list[llama.ChatMessage]:
+def chat_messages(defaults: ollama.ModelDefaults, messages: list[schemas.Message]) -> list[wire.ChatMessage]:
     """The model's SYSTEM (unless the request starts with its own) and MESSAGEs, then the
     request's messages; `developer` is OpenAI's newer name for `system`."""
     out = []
     if defaults.system and messages[0].role not in ("system", "developer"):
-        out.append(llama.ChatMessage("system", defaults.system))
-    out.extend(llama.ChatMessage(role, content) for role, content in defaults.messages)
+        out.append(wire.ChatMessage("system", defaults.system))
+    out.extend(wire.ChatMessage(role, content) for role, content in defaults.messages)
     for i, m in enumerate(messages):
-        out.append(llama.ChatMessage(
+        out.append(wire.ChatMessage(
             role="system" if m.role == "developer" else m.role,
             content=_content(m, i),
             reasoning_content=m.reasoning_content,
@@ -181,18 +181,18 @@ def tool_prompt(tools: list[schemas.Tool]) -> str:
             '{"name": <the function name>, "arguments": <its arguments as an object>}.')
 
 
-def _with_tool_prompt(messages: list[llama.ChatMessage], tools: list[schemas.Tool]) -> list[llama.ChatMessage]:
+def _with_tool_prompt(messages: list[wire.ChatMessage], tools: list[schemas.Tool]) -> list[wire.ChatMessage]:
     prompt = tool_prompt(tools)
     if messages[0].role == "system" and isinstance(messages[0].content, str):
         first = msgspec.structs.replace(messages[0], content=f"{messages[0].content}\n\n{prompt}")
         return [first, *messages[1:]]
-    return [llama.ChatMessage("system", prompt), *messages]
+    return [wire.ChatMessage("system", prompt), *messages]
 
 
 def chat_request(
     req: schemas.ChatCompletionRequest, defaults: ollama.ModelDefaults, num_ctx: int, rewrites: Rewrites,
     forced: list[schemas.Tool] | None = None,
-) -> llama.ChatRequest:
+) -> wire.ChatRequest:
     """One upstream request (of `n`): llamagate asks for n choices by n requests, because
     llama-server answers n > 1 only with as many slots. With `forced` tools (see
     `forced_tools`) the answer is a JSON call that `forced_call` turns into a tool call."""
@@ -210,7 +210,7 @@ def chat_request(
         messages = _with_tool_prompt(messages, forced)
         schema = {"name": "tool_call", "schema": tool_call_schema(forced)}
         tools = {"response_format": {"type": "json_schema", "json_schema": schema}}
-    return llama.ChatRequest(
+    return wire.ChatRequest(
         messages=messages,
         top_logprobs=req.top_logprobs,
         **_common(req, req.logprobs),
@@ -225,7 +225,7 @@ def _common(req: schemas._Sampling, logprobs: bool | int | None) -> dict[str, An
     return {
         "stream": req.stream,
         "cache_prompt": True,
-        "stream_options": llama.StreamOptions() if req.stream else None,
+        "stream_options": wire.StreamOptions() if req.stream else None,
         "logit_bias": req.logit_bias,
         "logprobs": logprobs,
     }
@@ -246,10 +246,10 @@ def forced_call(content: str, call_id: str, delta: bool) -> msgspec.Raw | None:
 
 def content_of(raw: msgspec.Raw) -> str:
     """The text of an upstream message or delta."""
-    return msgspec.json.decode(raw, type=llama.Delta).content or ""
+    return msgspec.json.decode(raw, type=wire.Delta).content or ""
 
 
-def forced_choice(choice: llama.OpenAIChoice, call_id: str) -> llama.OpenAIChoice:
+def forced_choice(choice: wire.OpenAIChoice, call_id: str) -> wire.OpenAIChoice:
     """A whole answer to a forced call: its JSON as a tool call (as it is if cut short)."""
     message = forced_call(content_of(choice.message), call_id, delta=False)
     if message is None:
@@ -257,7 +257,7 @@ def forced_choice(choice: llama.OpenAIChoice, call_id: str) -> llama.OpenAIChoic
     return msgspec.structs.replace(choice, message=message, finish_reason="tool_calls")
 
 
-def forced_finish(content: str, reason: str, call_id: str) -> list[llama.OpenAIChoice]:
+def forced_finish(content: str, reason: str, call_id: str) -> list[wire.OpenAIChoice]:
     """The end of a streamed forced call, whose text was held back: one delta with the tool
     call (or the text, if cut short), then the finish."""
     delta = forced_call(content, call_id, delta=True)
@@ -265,7 +265,7 @@ def forced_finish(content: str, reason: str, call_id: str) -> list[llama.OpenAIC
         delta = msgspec.Raw(msgspec.json.encode({"role": "assistant", "content": content}))
     else:
         reason = "tool_calls"
-    return [llama.OpenAIChoice(delta=delta), llama.OpenAIChoice(delta=msgspec.Raw(b"{}"), finish_reason=reason)]
+    return [wire.OpenAIChoice(delta=delta), wire.OpenAIChoice(delta=msgspec.Raw(b"{}"), finish_reason=reason)]
 
 
 def prompts(req: schemas.CompletionRequest) -> list[str]:
@@ -278,38 +278,38 @@ def prompts(req: schemas.CompletionRequest) -> list[str]:
 
 def completion_request(
     req: schemas.CompletionRequest, prompt: str, defaults: ollama.ModelDefaults, num_ctx: int, rewrites: Rewrites
-) -> llama.CompletionRequest | llama.InfillRequest:
+) -> wire.CompletionRequest | wire.InfillRequest:
     """A raw text completion, as OpenAI's /v1/completions means it (no chat template); with a
     `suffix`, a fill-in-the-middle request to llama-server's /infill."""
     sampling = ollama.sampling(defaults, options(req, req.max_tokens, rewrites), num_ctx)
     if req.suffix:
         if req.logprobs:
             raise bad_request("logprobs are not supported together with suffix")
-        return llama.InfillRequest(input_prefix=prompt, input_suffix=req.suffix, stream=req.stream, cache_prompt=True,
+        return wire.InfillRequest(input_prefix=prompt, input_suffix=req.suffix, stream=req.stream, cache_prompt=True,
                                    **sampling)
-    return llama.CompletionRequest(prompt=prompt, **_common(req, req.logprobs), **sampling)
+    return wire.CompletionRequest(prompt=prompt, **_common(req, req.logprobs), **sampling)
 
 
-def infill_choice(chunk: llama.CompletionChunk) -> llama.OpenAIChoice:
+def infill_choice(chunk: wire.CompletionChunk) -> wire.OpenAIChoice:
     """A native /infill chunk as an OpenAI text choice."""
     reason = None
     if chunk.stop:
         reason = "length" if chunk.stop_type == "limit" else "stop"
-    return llama.OpenAIChoice(text=chunk.content, finish_reason=reason)
+    return wire.OpenAIChoice(text=chunk.content, finish_reason=reason)
 
 
-def infill_usage(chunk: llama.CompletionChunk) -> llama.Usage | None:
+def infill_usage(chunk: wire.CompletionChunk) -> wire.Usage | None:
     if chunk.timings is None:
         return None
     t = chunk.timings
     prompt = t.cache_n + t.prompt_n
-    return llama.Usage(prompt, t.predicted_n, prompt + t.predicted_n)
+    return wire.Usage(prompt, t.predicted_n, prompt + t.predicted_n)
 
 
 # Answers -------------------------------------------------------------------------------------
 
 
-def usage(parts: list[llama.Usage], n: int) -> schemas.Usage:
+def usage(parts: list[wire.Usage], n: int) -> schemas.Usage:
     """The usage of upstream answers made n per prompt: each prompt counted once."""
     prompt = sum(u.prompt_tokens for u in parts[::n])
     completion = sum(u.completion_tokens for u in parts)
@@ -320,12 +320,12 @@ def usage(parts: list[llama.Usage], n: int) -> schemas.Usage:
     return schemas.Usage(prompt, completion, prompt + completion, details)
 
 
-def chat_choice(index: int, choice: llama.OpenAIChoice, rewrites: Rewrites) -> schemas.ChatChoice:
+def chat_choice(index: int, choice: wire.OpenAIChoice, rewrites: Rewrites) -> schemas.ChatChoice:
     return schemas.ChatChoice(index, choice.message, choice.logprobs,
                               finish_reason(choice.finish_reason, rewrites))
 
 
-def chunk_choice(index: int, choice: llama.OpenAIChoice, rewrites: Rewrites) -> schemas.ChunkChoice:
+def chunk_choice(index: int, choice: wire.OpenAIChoice, rewrites: Rewrites) -> schemas.ChunkChoice:
     return schemas.ChunkChoice(index, choice.delta, choice.logprobs,
                                finish_reason(choice.finish_reason, rewrites))
 
@@ -333,7 +333,7 @@ def chunk_choice(index: int, choice: llama.OpenAIChoice, rewrites: Rewrites) -> 
 def text_logprobs(raw: msgspec.Raw) -> schemas.TextLogprobs | None:
     """llama-server's per-token logprobs (chat's shape) as the legacy completions' lists; the
     offsets count from the start of the text they come with."""
-    content = msgspec.json.decode(raw, type=llama.ChoiceLogprobs | None)
+    content = msgspec.json.decode(raw, type=wire.ChoiceLogprobs | None)
     if content is None or content.content is None:
         return None
     offsets, offset = [], 0
@@ -348,7 +348,7 @@ def text_logprobs(raw: msgspec.Raw) -> schemas.TextLogprobs | None:
     )
 
 
-def text_choice(index: int, choice: llama.OpenAIChoice, rewrites: Rewrites) -> schemas.TextChoice:
+def text_choice(index: int, choice: wire.OpenAIChoice, rewrites: Rewrites) -> schemas.TextChoice:
     return schemas.TextChoice(index, choice.text or "", text_logprobs(choice.logprobs),
                               finish_reason(choice.finish_reason, rewrites))
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from supervisor.errors import LlamagateError, bad_request, not_found
-from supervisor.gguf import human_number, read_gguf
+from supervisor.models.gguf import human_number, read_gguf
 from supervisor.names import ModelName
 
 if TYPE_CHECKING:
-    from supervisor.upstreams import RemoteModel, Upstreams
+    from supervisor.models.remote import RemoteModel, Upstreams
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from proxy.client import Client, ClientError
-from proxy.modelfile import ModelfileError, parse
-from proxy.progress import PullDisplay, human_bytes
+from proxy.cli.client import Client, ClientError
+from proxy.cli.modelfile import ModelfileError, parse
+from proxy.cli.progress import PullDisplay, human_bytes
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.names import ModelName

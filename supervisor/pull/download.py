@@ -27,7 +27,7 @@ import httpx
 import msgspec
 
 from supervisor.errors import LlamagateError
-from supervisor.store import Store, digest_hex, fsync_dir
+from supervisor.models.store import Store, digest_hex, fsync_dir
 
 log = logging.getLogger("llamagate.download")
 

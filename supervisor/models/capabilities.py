@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.gguf import GGUFInfo
+from supervisor.models.gguf import GGUFInfo
 
 # Encoder-only architectures: they embed, they cannot generate.
 _ENCODERS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert", "modern-bert", "t5encoder"}

@@ -17,11 +17,11 @@ import httpx
 import msgspec
 
 from supervisor.errors import LlamagateError, bad_request
-from supervisor.capabilities import capabilities
-from supervisor.gguf import FILE_TYPES, GGUFInfo, human_number
+from supervisor.models.capabilities import capabilities
+from supervisor.models.gguf import FILE_TYPES, GGUFInfo, human_number
 from supervisor.httpclient import async_client
 from supervisor.names import ModelName
-from supervisor.store import Manifest, Message, ModelConfig
+from supervisor.models.store import Manifest, Message, ModelConfig
 
 log = logging.getLogger("llamagate.upstreams")
 

@@ -17,10 +17,10 @@ from contextlib import AsyncExitStack
 import httpx
 import msgspec
 
-from supervisor.download import Downloads, Retry, follow
+from supervisor.pull.download import Downloads, Retry, follow
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.names import ModelName
-from supervisor.store import MANIFEST_TYPE, MODEL, Layer, Manifest, Store, digest_hex
+from supervisor.models.store import MANIFEST_TYPE, MODEL, Layer, Manifest, Store, digest_hex
 
 log = logging.getLogger("llamagate.registry")
 

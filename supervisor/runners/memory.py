@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from supervisor.errors import LlamagateError
-from supervisor.gguf import GGUFInfo, read_gguf
+from supervisor.models.gguf import GGUFInfo, read_gguf
 
 # llama.cpp's compute buffers: a few hundred MB for small models, growing with the batch and
 # vocabulary; a flat allowance is within the error of everything else here.

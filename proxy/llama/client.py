@@ -13,11 +13,11 @@ from typing import TypeVar
 import httpx
 import msgspec
 
-from proxy.llama import ErrorEnvelope
+from proxy.llama.wire import ErrorEnvelope
 from supervisor.errors import LlamagateError
 from supervisor.httpclient import async_client
-from supervisor.runner import Runner
-from supervisor.upstreams import Lease
+from supervisor.runners.runner import Runner
+from supervisor.models.remote import Lease
 
 T = TypeVar("T")
 

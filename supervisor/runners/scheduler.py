@@ -10,15 +10,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor import memory
-from supervisor.binary import ensure_llama_server
+from supervisor.runners import memory
+from supervisor.runtime.binary import ensure_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
-from supervisor.gguf import embedding_pooling
+from supervisor.models.gguf import embedding_pooling
 from supervisor.names import ModelName
-from supervisor.runner import LaunchSpec, Runner, State
-from supervisor.store import StoredModel
-from supervisor.upstreams import Lease, RemoteModel
+from supervisor.runners.runner import LaunchSpec, Runner, State
+from supervisor.models.store import StoredModel
+from supervisor.models.remote import Lease, RemoteModel
 
 log = logging.getLogger("llamagate.scheduler")
 

@@ -10,11 +10,11 @@ from typing import TypeVar
 
 import msgspec
 
-from proxy.upstream import Upstream
-from supervisor.runner import Runner
-from supervisor.scheduler import LoadOptions, Scheduler
-from supervisor.store import StoredModel
-from supervisor.upstreams import Lease, RemoteModel
+from proxy.llama.client import Upstream
+from supervisor.runners.runner import Runner
+from supervisor.runners.scheduler import LoadOptions, Scheduler
+from supervisor.models.store import StoredModel
+from supervisor.models.remote import Lease, RemoteModel
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""Pulling models: Ollama's registry protocol and Hugging Face, resumable parallel downloads."""
