@@ -1,36 +1,30 @@
-"""The server's long-lived parts, built once from the Config and shared by every route."""
+"""The composition root: the server's long-lived parts, built once from the Config and shared by
+every route."""
 
 from __future__ import annotations
 
+from litestar import Request
+
+from proxy.llama.client import Hop
+from proxy.llama.lease import Inference
 from supervisor.config import Config
 from supervisor.httpclient import tls_context
+from supervisor.models.catalog import Catalog
+from supervisor.models.remote import Upstreams
+from supervisor.models.store import Store
 from supervisor.pull.registry import Puller
 from supervisor.runners.scheduler import Scheduler
-from supervisor.models.store import Store, StoredModel
-from supervisor.models.remote import RemoteModel, Upstreams
-
-from proxy.llama.lease import Inference
-from proxy.ollama.translate import ModelDefaults
-from proxy.llama.client import Upstream
-
-
-def model_defaults(model: StoredModel | RemoteModel) -> ModelDefaults:
-    """What the model's Modelfile layers (SYSTEM, PARAMETER, MESSAGE) add to every request."""
-    return ModelDefaults(
-        system=model.system,
-        params=model.params,
-        messages=tuple((m.role, m.content) for m in model.messages),
-    )
 
 
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.upstreams = Upstreams(config.upstreams)
-        self.store = Store(config.models_dir, self.upstreams)
+        self.store = Store(config.models_dir)
+        self.catalog = Catalog(self.store, self.upstreams)
         self.scheduler = Scheduler(config)
-        self.upstream = Upstream()
-        self.inference = Inference(self.scheduler, self.upstream)
+        self.hop = Hop()
+        self.inference = Inference(self.scheduler, self.hop)
         self.puller = Puller(self.store, config.registry_mirrors)
 
     def start(self) -> None:
@@ -40,5 +34,9 @@ class Gateway:
     async def aclose(self) -> None:
         await self.upstreams.aclose()
         await self.scheduler.shutdown()
-        await self.upstream.aclose()
+        await self.hop.aclose()
         await self.puller.aclose()
+
+
+def gate_of(request: Request) -> Gateway:
+    return request.app.state.gate

@@ -39,7 +39,7 @@ from supervisor.config import default_models_dir, parse_mirrors
 from supervisor.pull.download import Downloads, Part, Retry, parts_fit, plan_parts
 from supervisor.errors import LlamagateError
 from supervisor.names import ModelName
-from supervisor.pull.registry import OLLAMA_VERSION
+from supervisor.version import OLLAMA_VERSION
 from supervisor.models.store import Store
 
 MB = 1_000_000
@@ -460,7 +460,7 @@ def test_killed_pull_leaves_no_model_and_resumes_with_the_rest(tmp_path, registr
     finally:
         first.stop()
     assert not (first.models / "manifests").exists()
-    assert Store(first.models).list() == []
+    assert Store(first.models).stored() == []
     assert f"sha256-{hex_digest}" not in blob_files(first.models, hex_digest)
     parts = saved_parts(first.models, hex_digest)
     have = sum(p.Completed for p in parts)

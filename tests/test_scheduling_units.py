@@ -161,23 +161,30 @@ def test_pool_picks_fewest_in_flight_then_fewest_served_and_skips_failed():
     assert e.value.status == 503 and "http://b: refused" in e.value.message and "http://c: timeout" in e.value.message
 
 
-def test_remote_model_details_from_props_and_models():
+def test_remote_model_details_from_props_and_models(tmp_path):
     import msgspec
 
+    from supervisor.models.catalog import Catalog
+    from supervisor.models.remote import Upstreams, _Meta, _Props
+    from supervisor.models.store import Store
     from supervisor.names import ModelName
-    from supervisor.models.remote import RemoteModel, _Meta, _Props
 
-    pool = Pool.of("m:latest", ["http://a"])
-    model = RemoteModel(ModelName.parse("m"), pool, datetime.now().astimezone())
-    assert model.config.file_type == "" and model.size == 0 and model.capabilities == ["completion"]
-    # An older build: no model_ftype, so the file name tells the quantization.
+    catalog = Catalog(Store(tmp_path), Upstreams({"m": ["http://a"]}))
+    name = ModelName.parse("m")
+    model = catalog.get(name)
+    assert model.details.file_type == "" and model.size == 0 and model.capabilities == ["completion"]
+    # An older build: no model_ftype, so the file name tells the quantization. The catalog builds
+    # an upstream's Model anew each time, so what a probe read since shows at once.
+    pool = catalog.upstreams.get(name)
     pool.props = msgspec.convert({"model_path": "/models/Qwen3-8B-q4_k_m.gguf", "chat_template": "{{ tools }}"}, _Props)
     pool.meta = _Meta(n_params=8_190_000_000, n_ctx_train=40960, size=5_000_000_000)
-    c = model.config
+    model = catalog.get(name)
+    c = model.details
     assert (c.file_type, c.model_type, c.context_length, model.size) == ("Q4_K_M", "8.2B", 40960, 5_000_000_000)
     assert model.capabilities == ["completion", "tools"]
     pool.props = msgspec.convert({"model_path": "/m/x.gguf", "model_ftype": "Q8_0"}, _Props)
-    assert model.config.file_type == "Q8_0"
+    assert catalog.get(name).details.file_type == "Q8_0"
+    # What changes the store has no file to work on: a 400 naming the servers.
     with pytest.raises(LlamagateError) as e:
-        model.model_path  # noqa: B018
+        catalog.stored(name)
     assert e.value.status == 400 and "http://a" in e.value.message

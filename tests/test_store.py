@@ -14,6 +14,8 @@ from proxy.cli.modelfile import ModelfileError, parse
 from supervisor.errors import LlamagateError
 from supervisor.models.gguf import SkippedArray, human_number, read_gguf
 from supervisor.names import ModelName
+from supervisor.models.catalog import Catalog
+from supervisor.models.remote import Upstreams
 from supervisor.models.store import MODEL, PARAMS, SYSTEM, Store
 
 
@@ -47,10 +49,37 @@ def test_layout_matches_ollama(tmp_path, tiny_gguf):
 def test_lookup_is_case_insensitive(tmp_path, tiny_gguf):
     store = Store(tmp_path)
     _import(store, tiny_gguf, "Tiny:Latest")
-    assert store.require("TINY").name.display == "Tiny:Latest"
+    catalog = Catalog(store, Upstreams({}))
+    assert catalog.require("TINY").name.display == "Tiny:Latest"
     with pytest.raises(LlamagateError) as e:
-        store.require("other")
+        catalog.require("other")
     assert e.value.status == 404 and e.value.message == "model 'other' not found"
+
+
+def test_catalog_reads_a_manifest_once_and_again_after_a_change(tmp_path, tiny_gguf, monkeypatch):
+    store = Store(tmp_path)
+    _import(store, tiny_gguf, "tiny", system="one")
+    catalog = Catalog(store, Upstreams({}))
+    first = catalog.require("tiny")
+    assert first.system == "one" and first.target.model.is_file()
+    # Cached: a second lookup opens no file (a stat of the manifest says it is unchanged).
+    opened = []
+    real_read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: opened.append(self) or real_read_bytes(self))
+    assert catalog.require("TINY") is first and opened == []
+    monkeypatch.undo()
+    # Our own write is seen at once, whatever the file system's clock says.
+    _import(store, tiny_gguf, "tiny", system="two")
+    assert catalog.require("tiny").system == "two"
+    # So is another process's rewrite of the manifest (a new inode), and a deletion.
+    manifest = tmp_path / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest"
+    cached = catalog.require("tiny")
+    other = Store(tmp_path)
+    _import(other, tiny_gguf, "tiny", system="three")
+    assert manifest.is_file() and catalog.require("tiny") is not cached
+    assert catalog.require("tiny").system == "three"
+    manifest.unlink()
+    assert catalog.get(ModelName.parse("tiny")) is None
 
 
 def test_manifest_needs_its_blobs(tmp_path, tiny_gguf):

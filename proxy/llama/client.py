@@ -1,4 +1,5 @@
-"""The hop to llama-server: one pooled HTTP client per runner; SSE bytes in, decoded chunks out.
+"""The hop to llama-server: one pooled HTTP client per target (a runner of ours, or a server of an
+`--upstream` pool); SSE bytes in, decoded chunks out.
 
 Kept behind this one small interface so the HTTP client can be tuned or swapped with numbers in
 hand (see README, Performance).
@@ -6,9 +7,11 @@ hand (see README, Performance).
 
 from __future__ import annotations
 
-import asyncio
+import time
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import httpx
 import msgspec
@@ -16,12 +19,31 @@ import msgspec
 from proxy.llama.wire import ErrorEnvelope
 from supervisor.errors import LlamagateError
 from supervisor.httpclient import async_client
-from supervisor.runners.runner import Runner
-from supervisor.models.remote import Lease
 
 T = TypeVar("T")
 
 _TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
+# A client unused this long belongs to a process that is gone (a restart has a new port and key).
+_STALE = 60.0
+
+
+class Target(Protocol):
+    """A llama-server a request is held on: where it is, its key, and what a failed call means."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def api_key(self) -> str: ...  # "" for servers with no key of ours
+
+    async def failure(self, error: Exception) -> LlamagateError:
+        """The error a call that broke answers with (the runner's exit, say)."""
+        ...
+
+    def failover(self, error: Exception) -> bool:
+        """After a refused connection: True if the target moved to another server, where the
+        call may be sent (nothing reached the first, so nothing runs twice)."""
+        ...
 
 
 # llama-server's error types that have a name of their own in the dialects (OpenAI's `code`).
@@ -39,58 +61,77 @@ def _error(status: int, body: bytes) -> LlamagateError:
     return LlamagateError(status, err.message, _CODES.get(err.type))
 
 
-class Upstream:
-    def __init__(self) -> None:
-        self._clients: dict[int, tuple[tuple[str, str], httpx.AsyncClient]] = {}
+@dataclass
+class _Pool:
+    client: httpx.AsyncClient
+    in_flight: int = 0
+    used: float = 0.0
 
-    def _client(self, runner: Runner | Lease) -> httpx.AsyncClient:
-        # A restarted runner has a new port and key: its old pool is closed and replaced.
-        key = (runner.base_url, runner.api_key)
-        entry = self._clients.get(id(runner))
-        if entry and entry[0] == key:
-            return entry[1]
-        if entry:
-            asyncio.create_task(entry[1].aclose())
-        client = async_client(
-            base_url=runner.base_url,
+
+class Hop:
+    def __init__(self) -> None:
+        # Keyed by where and as whom, so every request to one server shares its connections.
+        self._pools: dict[tuple[str, str], _Pool] = {}
+
+    async def _pool(self, target: Target) -> _Pool:
+        key = (target.base_url, target.api_key)
+        if pool := self._pools.get(key):
+            return pool
+        # A new server or a restarted runner (new port, new key): a pool left idle this long
+        # belongs to a process that is gone.
+        now = time.monotonic()
+        for old, stale in list(self._pools.items()):
+            if stale.in_flight == 0 and now - stale.used > _STALE:
+                del self._pools[old]
+                await stale.client.aclose()
+        pool = self._pools[key] = _Pool(async_client(
+            base_url=target.base_url,
             headers={"Content-Type": "application/json",
-                     # Upstreams added with --upstream have no key of ours.
-                     **({"Authorization": f"Bearer {runner.api_key}"} if runner.api_key else {})},
+                     **({"Authorization": f"Bearer {target.api_key}"} if target.api_key else {})},
             timeout=_TIMEOUT,
             limits=httpx.Limits(max_keepalive_connections=32),
-        )
-        self._clients[id(runner)] = (key, client)
-        return client
+        ))
+        return pool
 
-    async def _send(self, runner: Runner | Lease, path: str, content: bytes, stream: bool) -> httpx.Response:
-        """POST, moving a lease of existing llama-servers to another one when its server refuses
-        the connection (nothing reached it, so nothing runs twice)."""
+    @asynccontextmanager
+    async def _post(self, target: Target, path: str, content: bytes, stream: bool) -> AsyncIterator[httpx.Response]:
+        """POST and hold the answer open; a target that refused the connection may move to
+        another server and be tried there."""
         while True:
-            client = self._client(runner)
-            request = client.build_request("POST", path, content=content)
+            pool = await self._pool(target)
+            client = pool.client
             try:
                 try:
-                    return await client.send(request, stream=stream)
+                    response = await client.send(client.build_request("POST", path, content=content), stream=stream)
                 except httpx.RemoteProtocolError:
                     # A pooled connection llama-server closed while it sat idle (its keep-alive
                     # timeout is 5 s) fails before any answer: nothing ran, so once more on a
                     # new connection (a dead server then fails to connect, below).
-                    return await client.send(client.build_request("POST", path, content=content), stream=stream)
+                    response = await client.send(client.build_request("POST", path, content=content), stream=stream)
+                break
             except httpx.ConnectError as e:
-                if not (isinstance(runner, Lease) and runner.failover(e)):
-                    raise await runner.failure(e) from e
+                if not target.failover(e):
+                    raise await target.failure(e) from e
             except httpx.HTTPError as e:
-                raise await runner.failure(e) from e
+                raise await target.failure(e) from e
+        pool.in_flight += 1
+        try:
+            yield response
+        except httpx.HTTPError as e:
+            raise await target.failure(e) from e
+        finally:
+            pool.in_flight -= 1
+            pool.used = time.monotonic()
+            await response.aclose()
 
-    async def stream(self, runner: Runner | Lease, path: str, body: msgspec.Struct, chunk_type: type) -> AsyncIterator:
+    async def stream(self, target: Target, path: str, body: msgspec.Struct, chunk_type: type) -> AsyncIterator:
         """POST `body` and yield each SSE event decoded as `chunk_type`.
 
         An error status before the stream starts is raised with llama-server's status and
         message; an error event inside the stream is raised as a 500. Closing this generator
         closes the connection, which makes llama-server cancel the generation and free the slot.
         """
-        response = await self._send(runner, path, msgspec.json.encode(body), stream=True)
-        try:
+        async with self._post(target, path, msgspec.json.encode(body), stream=True) as response:
             if response.status_code != 200:
                 raise _error(response.status_code, await response.aread())
             decoder = msgspec.json.Decoder(chunk_type)
@@ -109,17 +150,12 @@ class Upstream:
                     elif line.startswith(b"error:"):
                         # llama-server builds before Nov 2025 sent mid-stream errors this way.
                         raise _error(500, line[6:].strip())
-        except httpx.HTTPError as e:
-            raise await runner.failure(e) from e
-        finally:
-            await response.aclose()
 
-    async def relay(self, runner: Runner | Lease, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
+    async def relay(self, target: Target, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
         """POST a body as the client sent it and yield llama-server's answer as (event, data)
         pairs: one per SSE event, or ("", body) for a JSON answer. An error status before the
         answer starts is raised; a broken connection after it is raised as a 500."""
-        response = await self._send(runner, path, content, stream=True)
-        try:
+        async with self._post(target, path, content, stream=True) as response:
             if response.status_code != 200:
                 raise _error(response.status_code, await response.aread())
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -135,19 +171,16 @@ class Upstream:
                     elif line.startswith(b"data:"):
                         yield event, line[5:].strip()
                         event = ""
-        except httpx.HTTPError as e:
-            raise await runner.failure(e) from e
-        finally:
-            await response.aclose()
 
-    async def post(self, runner: Runner | Lease, path: str, body: msgspec.Struct, response_type: type[T]) -> T:
+    async def post(self, target: Target, path: str, body: msgspec.Struct, response_type: type[T]) -> T:
         """POST `body` and decode the whole JSON answer (embeddings, tokenize, apply-template)."""
-        response = await self._send(runner, path, msgspec.json.encode(body), stream=False)
-        if response.status_code != 200:
-            raise _error(response.status_code, response.content)
-        return msgspec.json.decode(response.content, type=response_type)
+        async with self._post(target, path, msgspec.json.encode(body), stream=False) as response:
+            if response.status_code != 200:
+                raise _error(response.status_code, response.content)
+            return msgspec.json.decode(response.content, type=response_type)
 
     async def aclose(self) -> None:
-        for _, client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        for pool in self._pools.values():
+            await pool.client.aclose()
+        self._pools.clear()
+

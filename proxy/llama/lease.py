@@ -1,4 +1,5 @@
-"""From a resolved model to llama-server's stream: lease a ready runner, send, and time it."""
+"""From a resolved Model to llama-server: lease what serves it (a ready runner, or a server of its
+`--upstream` pool) and make the request's calls there. The only way routes reach a runner."""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ from typing import TypeVar
 
 import msgspec
 
-from proxy.llama.client import Upstream
-from supervisor.runners.runner import Runner
+from proxy.llama.client import Hop, Target
+from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions, Scheduler
-from supervisor.models.store import StoredModel
-from supervisor.models.remote import Lease, RemoteModel
 
 T = TypeVar("T")
 
@@ -30,48 +29,54 @@ class Timer:
         return time.monotonic_ns() - self.started
 
 
+@dataclass
+class Lease:
+    """One request's hold on one target: its calls (template, generation, tokenize) all go there."""
+
+    hop: Hop
+    target: Target
+
+    def stream(self, path: str, body: msgspec.Struct, chunk_type: type[T]) -> AsyncIterator[T]:
+        return self.hop.stream(self.target, path, body, chunk_type)
+
+    async def post(self, path: str, body: msgspec.Struct, result_type: type[T]) -> T:
+        return await self.hop.post(self.target, path, body, result_type)
+
+    def relay(self, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
+        return self.hop.relay(self.target, path, content)
+
+
 class Inference:
-    def __init__(self, scheduler: Scheduler, upstream: Upstream) -> None:
+    def __init__(self, scheduler: Scheduler, hop: Hop) -> None:
         self.scheduler = scheduler
-        self.upstream = upstream
+        self.hop = hop
 
     @asynccontextmanager
-    async def runner(
-        self, model: StoredModel | RemoteModel, load: LoadOptions, timer: Timer
-    ) -> AsyncIterator[Runner | Lease]:
-        """A leased runner for several calls (tokenize, then generate), its wait timed as load."""
-        async with self.scheduler.lease(model, load) as runner:
-            timer.load_ns = timer.total_ns()
-            yield runner
+    async def lease(self, model: Model, load: LoadOptions, timer: Timer | None = None) -> AsyncIterator[Lease]:
+        """A lease for several calls (tokenize, then generate), its wait timed as load."""
+        async with self.scheduler.lease(model, load) as target:
+            if timer:
+                timer.load_ns = timer.total_ns()
+            yield Lease(self.hop, target)
 
     async def stream(
-        self,
-        model: StoredModel | RemoteModel,
-        load: LoadOptions,
-        path: str,
-        body: msgspec.Struct,
-        chunk_type: type[T],
-        timer: Timer,
+        self, model: Model, load: LoadOptions, path: str, body: msgspec.Struct, chunk_type: type[T], timer: Timer,
     ) -> AsyncIterator[T]:
-        async with self.runner(model, load, timer) as runner:
-            async for chunk in self.upstream.stream(runner, path, body, chunk_type):
+        async with self.lease(model, load, timer) as lease:
+            async for chunk in lease.stream(path, body, chunk_type):
                 yield chunk
 
-    async def call(
-        self, model: StoredModel | RemoteModel, load: LoadOptions, path: str, body: msgspec.Struct, result_type: type[T]
-    ) -> T:
+    async def call(self, model: Model, load: LoadOptions, path: str, body: msgspec.Struct, result_type: type[T]) -> T:
         """One whole answer, not streamed (from the embedding runner with `load.embedding`)."""
-        async with self.scheduler.lease(model, load) as runner:
-            return await self.upstream.post(runner, path, body, result_type)
+        async with self.lease(model, load) as lease:
+            return await lease.post(path, body, result_type)
 
-    async def relay(
-        self, model: StoredModel | RemoteModel, load: LoadOptions, path: str, content: bytes
-    ) -> AsyncIterator[tuple[str, bytes]]:
+    async def relay(self, model: Model, load: LoadOptions, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
         """A client's body passed on as is; llama-server's answer as (event, data) pairs."""
-        async with self.scheduler.lease(model, load) as runner:
-            async for event in self.upstream.relay(runner, path, content):
+        async with self.lease(model, load) as lease:
+            async for event in lease.relay(path, content):
                 yield event
 
-    async def load(self, model: StoredModel | RemoteModel, load: LoadOptions) -> None:
-        async with self.scheduler.lease(model, load):
+    async def load(self, model: Model, load: LoadOptions) -> None:
+        async with self.lease(model, load):
             pass

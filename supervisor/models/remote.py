@@ -1,27 +1,24 @@
-"""Existing llama-servers behind a model name (`--upstream NAME=URL`): picked by requests in
-flight, a failed one taken out of rotation and probed back in, metadata read from `/props`."""
+"""Existing llama-servers behind a model name (`--upstream NAME=URL`): a pool picked by requests
+in flight, a failed server taken out of rotation and probed back in, metadata read from `/props`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import httpx
 import msgspec
 
-from supervisor.errors import LlamagateError, bad_request
-from supervisor.models.capabilities import capabilities
-from supervisor.models.gguf import FILE_TYPES, GGUFInfo, human_number
+from supervisor.errors import LlamagateError
 from supervisor.httpclient import async_client
+from supervisor.models.gguf import FILE_TYPES, GGUFInfo, human_number
+from supervisor.models.store import ModelConfig
 from supervisor.names import ModelName
-from supervisor.models.store import Manifest, Message, ModelConfig
 
 log = logging.getLogger("llamagate.upstreams")
 
@@ -77,7 +74,7 @@ class Endpoint:
     served: int = 0
     down: str = ""  # why it is out of rotation; "" while in
 
-    async def failure(self, error: Exception) -> LlamagateError:
+    def broken(self, error: Exception) -> LlamagateError:
         """A broken request takes the server out of rotation until a probe finds it again."""
         self.mark_down(f"{type(error).__name__}: {error}")
         return LlamagateError(502, f"upstream llama-server {self.base_url} for {self.name} failed: {error}")
@@ -88,20 +85,16 @@ class Endpoint:
         self.down = why or "unreachable"
 
 
-class Lease:
-    """One request's hold on a server of a pool; what `proxy.upstream` needs of a runner. The
-    request's calls (template, generation, tokenize) all go to one server, unless it refuses a
-    connection: then the lease moves to another, since nothing reached the first."""
+class PoolLease:
+    """One request's hold on a server of a pool, as the hop sees a target. The request's calls
+    (template, generation, tokenize) all go to one server, unless it refuses a connection: then
+    the lease moves to another, since nothing reached the first."""
 
     def __init__(self, pool: Pool, endpoint: Endpoint) -> None:
         self.pool = pool
         self.endpoint = endpoint
         endpoint.active += 1
         endpoint.served += 1
-
-    @property
-    def name(self) -> str:
-        return self.pool.name
 
     @property
     def base_url(self) -> str:
@@ -112,7 +105,7 @@ class Lease:
         return self.endpoint.api_key
 
     async def failure(self, error: Exception) -> LlamagateError:
-        return await self.endpoint.failure(error)
+        return self.endpoint.broken(error)
 
     def failover(self, error: Exception) -> bool:
         """Take the refusing server out of rotation and move to another; False if none is left."""
@@ -121,11 +114,14 @@ class Lease:
             endpoint = self.pool.pick()
         except LlamagateError:
             return False
-        self.endpoint.active -= 1
+        self.release()
         self.endpoint = endpoint
         endpoint.active += 1
         endpoint.served += 1
         return True
+
+    def release(self) -> None:
+        self.endpoint.active -= 1
 
 
 @dataclass(eq=False)
@@ -151,12 +147,47 @@ class Pool:
         return min(up, key=lambda e: (e.active, e.served))
 
     @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[Lease]:
-        lease = Lease(self, self.pick())
+    async def lease(self) -> AsyncIterator[PoolLease]:
+        lease = PoolLease(self, self.pick())
         try:
             yield lease
         finally:
-            lease.endpoint.active -= 1
+            lease.release()
+
+    # What a resolved Model reads of its target (see supervisor/models/model.py) -------------
+
+    @property
+    def location(self) -> str:
+        return ",".join(e.base_url for e in self.endpoints)
+
+    projector = None
+    adapters: tuple[()] = ()
+
+    @property
+    def vision(self) -> bool:
+        return bool(self.props and self.props.modalities.vision)
+
+    @property
+    def size(self) -> int:
+        return self.meta.size if self.meta else 0
+
+    def details(self) -> ModelConfig:
+        props, meta = self.props, self.meta
+        quant = _QUANT.search(props.model_path.rsplit("/", 1)[-1]) if props else None
+        return ModelConfig(
+            model_format="gguf",
+            model_type=human_number(meta.n_params) if meta and meta.n_params else "",
+            # Older builds don't report it: then the file name usually says it.
+            file_type=(props.model_ftype if props else "") or (quant.group(0).upper() if quant else ""),
+            context_length=(meta.n_ctx_train if meta else 0) or (props.default_generation_settings.n_ctx if props else 0),
+        )
+
+    def info(self, *, verbose: bool = False) -> GGUFInfo:
+        """What the server tells of its GGUF: the chat template and the parameter count, as a
+        GGUF's metadata would say them (verbose or not, there is no more)."""
+        meta = self.meta or _Meta()
+        return GGUFInfo(metadata={"tokenizer.chat_template": self.props.chat_template if self.props else "",
+                                  "general.parameter_count": meta.n_params})
 
     async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint) -> None:
         try:
@@ -190,89 +221,23 @@ class Pool:
                 await asyncio.gather(*(self._probe(client, e) for e in self.endpoints if e.down or self.props is None))
 
 
-class RemoteModel:
-    """A model served by existing llama-servers: read like a `StoredModel` by the routes (name,
-    details, no Modelfile layers), leased by the scheduler from its pool."""
-
-    def __init__(self, name: ModelName, pool: Pool, started: datetime) -> None:
-        self.name = name
-        self.pool = pool
-        self.modified_at = started
-        self.template = ""
-        self.system = ""
-        self.params: dict[str, Any] = {}
-        self.messages: list[Message] = []
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(" ".join([self.name.display, *(e.base_url for e in self.pool.endpoints)]).encode()).hexdigest()
-
-    @property
-    def size(self) -> int:
-        return self.pool.meta.size if self.pool.meta else 0
-
-    @property
-    def config(self) -> ModelConfig:
-        props, meta = self.pool.props, self.pool.meta
-        quant = _QUANT.search(props.model_path.rsplit("/", 1)[-1]) if props else None
-        return ModelConfig(
-            model_format="gguf",
-            model_type=human_number(meta.n_params) if meta and meta.n_params else "",
-            # Older builds don't report it: then the file name usually says it.
-            file_type=(props.model_ftype if props else "") or (quant.group(0).upper() if quant else ""),
-            context_length=(meta.n_ctx_train if meta else 0) or (props.default_generation_settings.n_ctx if props else 0),
-        )
-
-    @property
-    def chat_template(self) -> str:
-        return self.pool.props.chat_template if self.pool.props else ""
-
-    @property
-    def model_info(self) -> dict[str, Any]:
-        meta = self.pool.meta or _Meta()
-        return {"general.basename": self.name.model, "general.parameter_count": meta.n_params}
-
-    @property
-    def capabilities(self) -> list[str]:
-        """Read from the server's chat template and modalities as a GGUF's would be."""
-        props = self.pool.props or _Props()
-        info = GGUFInfo(metadata={"tokenizer.chat_template": self.chat_template})
-        return capabilities(info, projector=props.modalities.vision)
-
-    def _no_file(self) -> LlamagateError:
-        urls = ", ".join(e.base_url for e in self.pool.endpoints)
-        return bad_request(f"{self.name.display} is served by an existing llama-server ({urls}) and has no file here")
-
-    # What copy, delete and create read of a stored model: none of it exists here.
-    @property
-    def manifest(self) -> Manifest:
-        raise self._no_file()
-
-    @property
-    def manifest_bytes(self) -> bytes:
-        raise self._no_file()
-
-    @property
-    def model_path(self) -> Any:
-        raise self._no_file()
-
-
 class Upstreams:
-    """Every `--upstream` model by name, and the probes that keep their pools current."""
+    """Every `--upstream` pool by model name, and the probes that keep them current."""
 
     def __init__(self, config: dict[str, list[str]]) -> None:
-        started = datetime.now().astimezone()
-        self.models: dict[str, RemoteModel] = {}
+        self.started = datetime.now().astimezone()
+        self.pools: dict[str, tuple[ModelName, Pool]] = {}
         for text, urls in config.items():
             name = ModelName.parse(text)
-            self.models[name.display.lower()] = RemoteModel(name, Pool.of(name.display, urls), started)
+            self.pools[name.display.lower()] = (name, Pool.of(name.display, urls))
         self._tasks: list[asyncio.Task[None]] = []
 
-    def get(self, name: ModelName) -> RemoteModel | None:
-        return self.models.get(name.display.lower())
+    def get(self, name: ModelName) -> Pool | None:
+        entry = self.pools.get(name.display.lower())
+        return entry[1] if entry else None
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(m.pool.watch()) for m in self.models.values()]
+        self._tasks = [asyncio.create_task(pool.watch()) for _, pool in self.pools.values()]
 
     async def aclose(self) -> None:
         for task in self._tasks:

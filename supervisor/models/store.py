@@ -1,5 +1,5 @@
-"""The model store, in Ollama's on-disk layout: `manifests/<host>/<ns>/<model>/<tag>` and `blobs/`,
-plus the models of existing llama-servers (`--upstream`), which are listed and resolved with them."""
+"""The model store, in Ollama's on-disk layout: `manifests/<host>/<ns>/<model>/<tag>` and `blobs/`.
+Disk only: the catalog (catalog.py) resolves names over it and the `--upstream` pools."""
 
 from __future__ import annotations
 
@@ -12,16 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from supervisor.errors import LlamagateError, bad_request, not_found
+from supervisor.errors import LlamagateError, bad_request
 from supervisor.models.gguf import human_number, read_gguf
 from supervisor.names import ModelName
-
-if TYPE_CHECKING:
-    from supervisor.models.remote import RemoteModel, Upstreams
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -192,11 +189,12 @@ class StoredModel:
 
 
 class Store:
-    def __init__(self, root: Path, remote: Upstreams | None = None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.remote = remote
         self.blobs = root / "blobs"
         self.manifests = root / "manifests"
+        # Counts this process's writes of manifests, so that what was read before one is read again.
+        self.generation = 0
 
     def blob_path(self, digest: str) -> Path:
         return self.blobs / f"sha256-{digest_hex(digest)}"
@@ -214,14 +212,8 @@ class Store:
         host, namespace, model, tag = path.relative_to(self.manifests).parts
         return StoredModel(self, ModelName(host, namespace, model, tag), path, path.read_bytes())
 
-    def list(self) -> list[StoredModel | RemoteModel]:
-        """Every model, newest first, as /api/tags lists them; unreadable manifests are left out.
-        Upstream models come first, in the order they were configured."""
-        remote: list[StoredModel | RemoteModel] = list(self.remote.models.values()) if self.remote else []
-        return remote + self.stored()
-
     def stored(self) -> list[StoredModel]:
-        """The models in the store only, newest first."""
+        """Every model in the store, newest first; unreadable manifests are left out."""
         models = []
         for path in self._iter_manifest_paths():
             try:
@@ -256,19 +248,9 @@ class Store:
             used.update(la.digest for la in model.manifest.layers)
         return used
 
-    def get(self, name: ModelName) -> StoredModel | RemoteModel | None:
-        """An upstream model of that name, else the stored one."""
-        if self.remote and (remote := self.remote.get(name)):
-            return remote
+    def get(self, name: ModelName) -> StoredModel | None:
         path = self._existing_path(name)
         return self._load(path) if path else None
-
-    def require(self, text: str) -> StoredModel | RemoteModel:
-        """Resolve a model name sent by a client: 400 if malformed, 404 if absent."""
-        model = self.get(ModelName.parse(text))
-        if model is None:
-            raise not_found(f"model '{text}' not found")
-        return model
 
     # Writing -----------------------------------------------------------------------------------
 
@@ -342,17 +324,20 @@ class Store:
                 raise bad_request(f"blob {layer.digest} is missing from the store")
         existing = self._existing_path(name)
         path = existing or self.manifests.joinpath(*name.parts)
+        self.generation += 1
         _atomic_write(path, raw if raw is not None else msgspec.json.encode(manifest))
         return self._load(path)
 
     def copy(self, source: StoredModel, destination: ModelName) -> StoredModel:
         """An alias: the same manifest bytes under another name, so it shares every blob."""
         path = self._existing_path(destination) or self.manifests.joinpath(*destination.parts)
+        self.generation += 1
         _atomic_write(path, source.manifest_bytes)
         return self._load(path)
 
     def delete(self, model: StoredModel) -> list[str]:
         """Remove a manifest, then the blobs no other manifest names; returns the pruned digests."""
+        self.generation += 1
         model.manifest_path.unlink()
         directory = model.manifest_path.parent
         while directory != self.manifests and not any(directory.iterdir()):

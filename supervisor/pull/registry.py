@@ -17,16 +17,14 @@ from contextlib import AsyncExitStack
 import httpx
 import msgspec
 
-from supervisor.pull.download import Downloads, Retry, follow
 from supervisor.errors import LlamagateError, bad_request, not_found
-from supervisor.names import ModelName
 from supervisor.models.store import MANIFEST_TYPE, MODEL, Layer, Manifest, Store, digest_hex
+from supervisor.names import ModelName
+from supervisor.pull.download import Downloads, Retry, follow
+from supervisor.version import OLLAMA_VERSION
 
 log = logging.getLogger("llamagate.registry")
 
-# The Ollama release whose API we follow, reported by /api/version too: registries, Hugging
-# Face's among them, answer Ollama's protocol to an `ollama/` User-Agent.
-OLLAMA_VERSION = "0.12.11"
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
 USER_AGENT = (f"ollama/{OLLAMA_VERSION} ({_ARCH} {sys.platform}) "
               f"Python/{platform.python_version()} llamagate")

@@ -15,10 +15,10 @@ from supervisor.runtime.binary import ensure_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.models.gguf import embedding_pooling
+from supervisor.models.model import LocalFiles, Model
+from supervisor.models.remote import Pool, PoolLease
 from supervisor.names import ModelName
 from supervisor.runners.runner import LaunchSpec, Runner, State
-from supervisor.models.store import StoredModel
-from supervisor.models.remote import Lease, RemoteModel
 
 log = logging.getLogger("llamagate.scheduler")
 
@@ -39,7 +39,7 @@ class LoadOptions:
     embedding: bool = False
 
 
-def _option(requested: int | None, model: StoredModel, name: str) -> int | None:
+def _option(requested: int | None, model: Model, name: str) -> int | None:
     """A load option from the request, else the model's PARAMETER, else None."""
     if requested is not None:
         return requested
@@ -54,7 +54,7 @@ class Scheduler:
         # one model can serve completions and embeddings at once.
         self._runners: dict[tuple[Path, bool], Runner] = {}
         # The model each runner last served, for /api/ps.
-        self._served: dict[tuple[Path, bool], StoredModel] = {}
+        self._served: dict[tuple[Path, bool], Model] = {}
         # One load is admitted at a time, in arrival order; `_changed` wakes the one waiting for
         # room when a runner goes idle or lets its memory go.
         self._admission = asyncio.Lock()
@@ -62,18 +62,18 @@ class Scheduler:
         self._pending = 0
         self._rpc = {ModelName.parse(name).display.lower(): tuple(workers) for name, workers in config.rpc.items()}
 
-    def num_ctx(self, model: StoredModel, requested: int | None) -> int:
+    def num_ctx(self, model: Model, requested: int | None) -> int:
         """Request, else the model's PARAMETER, else the server default; capped by training."""
         num_ctx = requested or int(model.params.get("num_ctx") or 0) or self.config.context_length
-        trained = model.config.context_length
+        trained = model.context_length
         if trained:
             num_ctx = min(num_ctx, trained)
         return max(num_ctx, 4)
 
-    async def launch_spec(self, model: StoredModel, load: LoadOptions) -> LaunchSpec:
+    async def launch_spec(self, model: Model, files: LocalFiles, load: LoadOptions) -> LaunchSpec:
         return LaunchSpec(
             binary=(await ensure_llama_server(self.config)).path,
-            model_path=model.model_path,
+            model_path=files.model,
             num_ctx=self.num_ctx(model, load.num_ctx),
             threads=_option(load.num_thread, model, "num_thread") or self.config.threads,
             parallel=self.config.num_parallel,
@@ -81,19 +81,27 @@ class Scheduler:
             batch=_option(load.num_batch, model, "num_batch"),
             rpc=self._rpc.get(model.name.display.lower(), ()),
             embedding=load.embedding,
-            pooling=embedding_pooling(model.model_path) if load.embedding else "",
-            projector=None if load.embedding else model.projector_path,
-            adapters=model.adapter_paths,
+            pooling=embedding_pooling(files.model) if load.embedding else "",
+            projector=None if load.embedding else files.projector,
+            adapters=files.adapters,
         )
 
     @asynccontextmanager
-    async def lease(self, model: StoredModel | RemoteModel, load: LoadOptions) -> AsyncIterator[Runner | Lease]:
-        """A ready runner (or an existing upstream) for `model`, held for one request."""
-        if isinstance(model, RemoteModel):
-            async with model.pool.lease() as endpoint:
-                yield endpoint
-            return
-        spec = await self.launch_spec(model, load)
+    async def lease(self, model: Model, load: LoadOptions) -> AsyncIterator[Runner | PoolLease]:
+        """What serves `model`, held for one request: a ready runner of its files, or a server
+        of its `--upstream` pool. Here, and in `unload`, the scheduler tells the two targets apart;
+        nobody else needs to."""
+        match model.target:
+            case Pool() as pool:
+                async with pool.lease() as lease:
+                    yield lease
+            case LocalFiles() as files:
+                async with self._runner(model, files, load) as runner:
+                    yield runner
+
+    @asynccontextmanager
+    async def _runner(self, model: Model, files: LocalFiles, load: LoadOptions) -> AsyncIterator[Runner]:
+        spec = await self.launch_spec(model, files, load)
         key = (spec.model_path, load.embedding)
         runner = self._runners.get(key)
         if runner is None:
@@ -164,15 +172,15 @@ class Scheduler:
                 log.info("[%s] waiting for a busy model to finish before loading", runner.name)
                 await self._changed.wait()
 
-    async def unload(self, model: StoredModel | RemoteModel) -> None:
-        if isinstance(model, RemoteModel):
-            return
-        for embedding in (False, True):
-            runner = self._runners.get((model.model_path, embedding))
-            if runner is not None:
-                await runner.unload()
+    async def unload(self, model: Model) -> None:
+        """Stop the runners of the model's file; an `--upstream` pool's servers are not ours."""
+        match model.target:
+            case LocalFiles(model=path):
+                for embedding in (False, True):
+                    if runner := self._runners.get((path, embedding)):
+                        await runner.unload()
 
-    def loaded(self) -> list[tuple[StoredModel, Runner]]:
+    def loaded(self) -> list[tuple[Model, Runner]]:
         """Runners with a process (loading or ready), with the model each last served."""
         return [(self._served[key], r) for key, r in self._runners.items()
                 if key in self._served and r.state in (State.STARTING, State.READY)]

@@ -1,12 +1,13 @@
-"""The llama-server hop (proxy/upstream.py) against a loopback server that hangs up on the first
-connection without answering, as llama-server does with a pooled connection it closed as idle."""
+"""The llama-server hop (proxy/llama/client.py) against loopback servers: one that hangs up on the
+first connection without answering, as llama-server does with a pooled connection it closed as
+idle, and one that counts connections, to show that requests share one."""
 
 from __future__ import annotations
 
 import asyncio
 
 from proxy.llama import wire
-from proxy.llama.client import Upstream
+from proxy.llama.client import Hop
 from supervisor.errors import LlamagateError
 
 SSE = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -17,7 +18,7 @@ def _chunk(data: bytes) -> bytes:
 
 
 class _Endpoint:
-    """What Upstream needs of a runner."""
+    """A target as the hop sees one."""
 
     def __init__(self, port: int) -> None:
         self.base_url = f"http://127.0.0.1:{port}"
@@ -25,6 +26,9 @@ class _Endpoint:
 
     async def failure(self, error: Exception) -> LlamagateError:
         return LlamagateError(500, f"failed: {error}")
+
+    def failover(self, error: Exception) -> bool:
+        return False
 
 
 async def _hang_up_once() -> tuple[asyncio.Server, list[int]]:
@@ -46,15 +50,15 @@ async def _hang_up_once() -> tuple[asyncio.Server, list[int]]:
 def test_a_stream_is_retried_once_when_the_connection_is_closed_unanswered():
     async def main() -> None:
         server, connections = await _hang_up_once()
-        upstream = Upstream()
+        hop = Hop()
         try:
             endpoint = _Endpoint(server.sockets[0].getsockname()[1])
             body = wire.CompletionRequest(prompt="x", stream=True, cache_prompt=True)
-            chunks = [c async for c in upstream.stream(endpoint, "/completion", body, wire.CompletionChunk)]
+            chunks = [c async for c in hop.stream(endpoint, "/completion", body, wire.CompletionChunk)]
             assert [c.content for c in chunks] == ["hi"] and chunks[0].stop
             assert len(connections) == 2
         finally:
-            await upstream.aclose()
+            await hop.aclose()
             server.close()
 
     asyncio.run(main())
@@ -67,19 +71,53 @@ def test_the_retry_is_only_once():
             writer.close()
 
         server = await asyncio.start_server(never, "127.0.0.1", 0)
-        upstream = Upstream()
+        hop = Hop()
         try:
             endpoint = _Endpoint(server.sockets[0].getsockname()[1])
             body = wire.CompletionRequest(prompt="x", stream=True, cache_prompt=True)
             try:
-                [c async for c in upstream.stream(endpoint, "/completion", body, wire.CompletionChunk)]
+                [c async for c in hop.stream(endpoint, "/completion", body, wire.CompletionChunk)]
             except LlamagateError as e:
                 assert e.status == 500 and "failed" in e.message
             else:
                 raise AssertionError("a server that never answers must fail the request")
         finally:
-            await upstream.aclose()
+            await hop.aclose()
             server.close()
 
     asyncio.run(main())
 
+
+
+def test_requests_to_one_server_share_its_connection_whatever_holds_them():
+    """Each request holds its own lease object (a pool's lease is built per request): the hop's
+    connections belong to the server and key, so sequential requests reuse one."""
+    async def main() -> None:
+        connections: list[int] = []
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break
+                body = b'{"tokens":[1,2]}'
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        hop = Hop()
+        try:
+            port = server.sockets[0].getsockname()[1]
+            for _ in range(5):
+                result = await hop.post(_Endpoint(port), "/tokenize", wire.TokenizeRequest("x"), wire.TokenizeResponse)
+                assert result.tokens == [1, 2]
+            assert len(connections) == 1
+        finally:
+            await hop.aclose()
+            server.close()
+
+    asyncio.run(main())
