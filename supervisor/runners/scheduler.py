@@ -18,7 +18,8 @@ from supervisor.models.gguf import embedding_pooling
 from supervisor.models.model import LocalFiles, Model
 from supervisor.models.remote import Pool, PoolLease
 from supervisor.names import ModelName
-from supervisor.runners.runner import LaunchSpec, Runner, State
+from supervisor.runners.launch import LaunchSpec
+from supervisor.runners.runner import Runner, State
 
 log = logging.getLogger("llamagate.scheduler")
 
