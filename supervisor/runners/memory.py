@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from supervisor.errors import LlamagateError
-from supervisor.models.gguf import GGUFInfo, read_gguf
+from supervisor.models.gguf import cached_info
 
 # llama.cpp's compute buffers: a few hundred MB for small models, growing with the batch and
 # vocabulary; a flat allowance is within the error of everything else here.
@@ -24,15 +23,6 @@ class Estimate:
     @property
     def total(self) -> int:
         return self.weights + self.kv_and_buffers
-
-
-@lru_cache(maxsize=64)
-def _info(path: Path) -> GGUFInfo | None:
-    """A blob's metadata, read once (blobs are named by digest, so they never change)."""
-    try:
-        return read_gguf(path)
-    except LlamagateError:
-        return None
 
 
 def _per_layer_max(value: object) -> int:
@@ -61,8 +51,10 @@ def estimate(model_path: Path, n_ctx_total: int) -> Estimate:
         weights = model_path.stat().st_size
     except OSError:
         weights = 0
-    info = _info(model_path)
-    kv = kv_cache_bytes(info.metadata, n_ctx_total) if info else 0
+    try:
+        kv = kv_cache_bytes(cached_info(model_path).metadata, n_ctx_total)
+    except LlamagateError:  # unreadable as GGUF: count the file alone
+        kv = 0
     return Estimate(weights, kv + _COMPUTE_OVERHEAD)
 
 
