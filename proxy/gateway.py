@@ -10,7 +10,7 @@ from supervisor.models.store import Store, StoredModel
 from supervisor.models.remote import RemoteModel, Upstreams
 
 from proxy.llama.lease import Inference
-from proxy.ollama.translate import ModelDefaults
+from proxy.semantics import ModelDefaults
 from proxy.llama.client import Upstream
 
 
