@@ -1,4 +1,5 @@
-"""The Litestar application: routes of every dialect, errors in each dialect's shape, lifespan."""
+"""The Litestar application: routes of every dialect, errors in each dialect's shape (the
+handlers of proxy/errors.py), lifespan."""
 
 from __future__ import annotations
 
@@ -6,15 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import msgspec
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
+from proxy.errors import on_error, on_http_exception, on_unexpected
 from proxy.gateway import Gateway
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
-from proxy.openai.routes import error_response
 from supervisor.runtime.binary import find_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
@@ -22,34 +22,6 @@ from supervisor.errors import LlamagateError
 log = logging.getLogger("llamagate")
 
 VERSION = "0.1.0"
-
-
-def _ollama_error(status: int, message: str) -> Response[bytes]:
-    return Response(msgspec.json.encode({"error": message}), status_code=status, media_type="application/json")
-
-
-def _on_error(request: Request, exc: LlamagateError) -> Response[bytes]:
-    if exc.status >= 500:
-        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-    return error_response(request.url.path, exc.status, exc.message, exc.code) or _ollama_error(exc.status, exc.message)
-
-
-def _on_http_exception(request: Request, exc: HTTPException) -> Response[bytes]:
-    """Routing errors (unknown path, wrong method, body too large): in OpenAI's shape on /v1,
-    else in Ollama's plain-text style."""
-    if openai := error_response(request.url.path, exc.status_code, str(exc.detail)):
-        return openai
-    if exc.status_code == 404:
-        return Response(b"404 page not found", status_code=404, media_type="text/plain")
-    if exc.status_code == 405:
-        return Response(b"405 method not allowed", status_code=405, media_type="text/plain")
-    return _ollama_error(exc.status_code, str(exc.detail))
-
-
-def _on_unexpected(request: Request, exc: Exception) -> Response[bytes]:
-    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
-    message = "internal server error (see the llamagate log)"
-    return error_response(request.url.path, 500, message) or _ollama_error(500, message)
 
 
 def _version_header(response: Response) -> Response:
@@ -82,9 +54,9 @@ def create_app(config: Config) -> Litestar:
         state=State({"gate": gate}),
         lifespan=[lifespan],
         exception_handlers={
-            LlamagateError: _on_error,
-            HTTPException: _on_http_exception,
-            Exception: _on_unexpected,
+            LlamagateError: on_error,
+            HTTPException: on_http_exception,
+            Exception: on_unexpected,
         },
         after_request=_version_header,
         logging_config=None,

@@ -9,9 +9,8 @@ import msgspec
 import pytest
 
 from proxy.llama import wire
-from proxy.ollama.schemas import Options
-from proxy.ollama.translate import ModelDefaults
 from proxy.openai import schemas, translate
+from proxy.semantics import ModelDefaults, Options
 from supervisor.errors import LlamagateError
 
 ON = translate.Rewrites()

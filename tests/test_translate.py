@@ -7,9 +7,10 @@ import pytest
 
 from proxy.llama import wire
 from proxy.ollama import schemas, translate
+from proxy.semantics import ModelDefaults, Options, sampling
 from supervisor.errors import LlamagateError
 
-NO_MODEL = translate.ModelDefaults()
+NO_MODEL = ModelDefaults()
 
 
 @pytest.mark.parametrize(
@@ -20,18 +21,18 @@ NO_MODEL = translate.ModelDefaults()
                          "repeat_penalty": 1.0, "repeat_last_n": 64, "presence_penalty": 0.0,
                          "frequency_penalty": 0.0, "seed": -1, "n_predict": 1000}),
         # The model's PARAMETERs override the defaults, the request overrides both.
-        ({"temperature": 0.2, "top_k": 5}, schemas.Options(temperature=0.5), 100,
+        ({"temperature": 0.2, "top_k": 5}, Options(temperature=0.5), 100,
          {"temperature": 0.5, "top_k": 5}),
-        ({}, schemas.Options(num_predict=7, seed=42, stop=["x"]), 100, {"n_predict": 7, "seed": 42, "stop": ["x"]}),
-        ({}, schemas.Options(num_predict=-1), 50, {"n_predict": 500}),
-        ({}, schemas.Options(num_predict=10_000), 50, {"n_predict": 500}),
-        ({}, schemas.Options(num_keep=4, repeat_last_n=-1), 50, {"n_keep": 4, "repeat_last_n": -1}),
+        ({}, Options(num_predict=7, seed=42, stop=["x"]), 100, {"n_predict": 7, "seed": 42, "stop": ["x"]}),
+        ({}, Options(num_predict=-1), 50, {"n_predict": 500}),
+        ({}, Options(num_predict=10_000), 50, {"n_predict": 500}),
+        ({}, Options(num_keep=4, repeat_last_n=-1), 50, {"n_keep": 4, "repeat_last_n": -1}),
         # Load-time options are not sampling fields.
-        ({}, schemas.Options(num_ctx=999, num_thread=3), 50, {"n_predict": 500}),
+        ({}, Options(num_ctx=999, num_thread=3), 50, {"n_predict": 500}),
     ],
 )
 def test_sampling(params, options, num_ctx, expected):
-    out = translate.sampling(translate.ModelDefaults(params=params), options, num_ctx)
+    out = sampling(ModelDefaults(params=params), options, num_ctx)
     assert {k: out[k] for k in expected} == expected
     assert "num_ctx" not in out and "num_thread" not in out
 
@@ -60,11 +61,11 @@ def test_bad_format_is_400():
     [
         (NO_MODEL, [schemas.Message("user", "hi")], [("user", "hi")]),
         # The model's SYSTEM goes first unless the request brings its own.
-        (translate.ModelDefaults(system="S"), [schemas.Message("user", "hi")], [("system", "S"), ("user", "hi")]),
-        (translate.ModelDefaults(system="S"), [schemas.Message("system", "mine"), schemas.Message("user", "hi")],
+        (ModelDefaults(system="S"), [schemas.Message("user", "hi")], [("system", "S"), ("user", "hi")]),
+        (ModelDefaults(system="S"), [schemas.Message("system", "mine"), schemas.Message("user", "hi")],
          [("system", "mine"), ("user", "hi")]),
         # MESSAGEs from the Modelfile come before the request's; roles are lower-cased; null content is "".
-        (translate.ModelDefaults(messages=(("user", "q"), ("assistant", "a"))), [schemas.Message("USER", None)],
+        (ModelDefaults(messages=(("user", "q"), ("assistant", "a"))), [schemas.Message("USER", None)],
          [("user", "q"), ("assistant", "a"), ("user", "")]),
     ],
 )
@@ -74,14 +75,14 @@ def test_chat_messages(defaults, messages, expected):
 
 def test_generate_raw_goes_to_completion():
     req = schemas.GenerateRequest(model="m", prompt="<|im_start|>x", raw=True, format="json")
-    body = translate.generate_request(req, translate.ModelDefaults(system="ignored"), 100)
+    body = translate.generate_request(req, ModelDefaults(system="ignored"), 100)
     assert isinstance(body, wire.CompletionRequest)
     assert body.prompt == "<|im_start|>x" and body.json_schema == {"type": "object"}
 
 
 def test_generate_templated_is_a_one_turn_chat():
     req = schemas.GenerateRequest(model="m", prompt="hello", system="be brief")
-    body = translate.generate_request(req, translate.ModelDefaults(system="model system"), 100)
+    body = translate.generate_request(req, ModelDefaults(system="model system"), 100)
     assert isinstance(body, wire.ChatRequest)
     assert [(m.role, m.content) for m in body.messages] == [("system", "be brief"), ("user", "hello")]
 

@@ -10,6 +10,7 @@ import pytest
 
 from proxy.llama import wire
 from proxy.ollama import schemas, translate
+from proxy.semantics import ModelDefaults
 from supervisor.models.capabilities import capabilities
 from supervisor.errors import LlamagateError
 from supervisor.models.gguf import GGUFInfo, SkippedArray
@@ -106,12 +107,12 @@ def test_chat_request_checks_capabilities():
     tools = [{"type": "function", "function": {"name": "f"}}]
     req = schemas.ChatRequest(model="m", messages=[schemas.Message("user", "x")], tools=tools)
     with pytest.raises(LlamagateError) as e:
-        translate.chat_request(req, translate.ModelDefaults(), 100, "m", ["completion"])
+        translate.chat_request(req, ModelDefaults(), 100, "m", ["completion"])
     assert e.value.message == '"m" does not support tools'
-    assert translate.chat_request(req, translate.ModelDefaults(), 100, "m", ["completion", "tools"]).tools == tools
+    assert translate.chat_request(req, ModelDefaults(), 100, "m", ["completion", "tools"]).tools == tools
     # An empty tool list (ollama-python always sends one) needs no capability.
     req.tools = []
-    assert translate.chat_request(req, translate.ModelDefaults(), 100, "m", ["completion"]).tools is None
+    assert translate.chat_request(req, ModelDefaults(), 100, "m", ["completion"]).tools is None
 
 
 @pytest.mark.parametrize(("logprobs", "top", "expected"), [(False, 0, None), (True, 0, 0), (True, 5, 5), (False, 3, 3)])
@@ -122,12 +123,12 @@ def test_top_logprobs(logprobs, top, expected):
 def test_generate_paths():
     caps = ["completion", "insert"]
     infill = translate.generate_request(schemas.GenerateRequest(model="m", prompt="a", suffix="b"),
-                                        translate.ModelDefaults(), 100, "m", caps)
+                                        ModelDefaults(), 100, "m", caps)
     assert isinstance(infill, wire.InfillRequest) and (infill.input_prefix, infill.input_suffix) == ("a", "b")
     tpl = translate.generate_request(schemas.GenerateRequest(model="m", prompt="P", template="<{{ .System }}|{{ .Prompt }}>"),
-                                     translate.ModelDefaults(system="S"), 100, "m", caps)
+                                     ModelDefaults(system="S"), 100, "m", caps)
     assert isinstance(tpl, wire.CompletionRequest) and tpl.prompt == "<S|P>"
-    chat = translate.generate_request(schemas.GenerateRequest(model="m", prompt="P"), translate.ModelDefaults(), 100)
+    chat = translate.generate_request(schemas.GenerateRequest(model="m", prompt="P"), ModelDefaults(), 100)
     mixed = translate.with_context(chat, "<rendered>", [5, 6])
     assert mixed.prompt == [5, 6, "<rendered>"] and mixed.n_predict == chat.n_predict
 

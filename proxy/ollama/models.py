@@ -1,10 +1,9 @@
-"""Ollama's model-management routes: tags, show, ps, create, blobs, copy, delete, pull."""
+"""Ollama's model-management routes: tags, show, ps, create, blobs, copy, delete (pull is in pull.py)."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ from litestar.response import Stream
 from proxy.body import convert, decode_body
 from proxy.gateway import Gateway
 from proxy.ollama import schemas, translate
-from proxy.ollama.ndjson import NDJSON, encode, gate_of, json_response, log, respond
+from proxy.ollama.ndjson import NDJSON, encode, gate_of, json_response, log
+from proxy.semantics import Options
 from supervisor.models.capabilities import capabilities
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
@@ -126,7 +126,7 @@ def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLin
         extra.append(adapter)
     params = base.params if base else {}
     if req.parameters is not None:
-        options = convert(req.parameters, schemas.Options, "parameters")
+        options = convert(req.parameters, Options, "parameters")
         params = {**params, **{k: v for k, v in msgspec.structs.asdict(options).items() if v is not None}}
     if req.messages is not None:
         messages = [Message(m.role, m.content or "") for m in req.messages]
@@ -299,25 +299,3 @@ async def ps(request: Request) -> Response[bytes]:
         ))
     models.sort(key=lambda m: m.expires_at, reverse=True)
     return json_response(schemas.PsResponse(models))
-
-
-# Pull -----------------------------------------------------------------------------------------
-
-
-async def _pull_chunks(gate: Gateway, req: schemas.PullRequest) -> AsyncIterator[schemas.ProgressResponse]:
-    async for p in gate.puller.pull(req.model or req.name, req.insecure):
-        yield schemas.ProgressResponse(p.status, p.digest, p.total, p.completed)
-
-
-async def _last(chunks: AsyncIterator[schemas.ProgressResponse]) -> schemas.ProgressResponse:
-    async for c in chunks:
-        pass
-    return c
-
-
-@post("/api/pull")
-async def pull(request: Request) -> Response[Any]:
-    req = await decode_body(request, schemas.PullRequest)
-    return await respond(_pull_chunks(gate_of(request), req), req.stream is not False, _last)
-
-

@@ -1,7 +1,9 @@
 """Every route of Ollama's native API, for the app to mount."""
 
-from proxy.ollama.generation import chat, embed, embeddings, generate
-from proxy.ollama.models import blob_exists, blob_upload, copy, create, delete, ps, pull, root, show, tags, version
+from proxy.ollama.chat import chat, generate
+from proxy.ollama.embed import embed, embeddings
+from proxy.ollama.models import blob_exists, blob_upload, copy, create, delete, ps, root, show, tags, version
+from proxy.ollama.pull import pull
 
 ROUTES = [root, version, tags, chat, generate, blob_exists, blob_upload, create, copy, delete, show, ps, embed,
           embeddings, pull]

@@ -7,36 +7,11 @@ from typing import Any
 
 import msgspec
 
-KeepAlive = str | int | float | None
+from proxy.semantics import KeepAlive, Options
+
 Format = str | dict[str, Any] | None
 # `think`: a bool, or a level ("low", "medium", "high", "max"); checked in translate.think.
 Think = bool | str | None
-
-
-class Options(msgspec.Struct, omit_defaults=True):
-    """The `options` map; null means unset."""
-
-    num_predict: int | None = None
-    num_keep: int | None = None
-    seed: int | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    repeat_last_n: int | None = None
-    repeat_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    stop: list[str] | None = None
-    mirostat: int | None = None
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
-    # Load-time options: they shape the llama-server process.
-    num_ctx: int | None = None
-    num_batch: int | None = None
-    num_gpu: int | None = None
-    num_thread: int | None = None
 
 
 class ToolCallFunction(msgspec.Struct, omit_defaults=True):

@@ -6,58 +6,14 @@ import base64
 import binascii
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from proxy.llama import wire
 from proxy.ollama import schemas
+from proxy.semantics import SAMPLING_FIELDS, ModelDefaults, sampling
 from supervisor.errors import bad_request, server_error
-
-# Ollama's option defaults, sent explicitly because llama-server's differ (top_p 0.95, min_p 0.05).
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "temperature": 0.8,
-    "top_k": 40,
-    "top_p": 0.9,
-    "min_p": 0.0,
-    "typical_p": 1.0,
-    "repeat_penalty": 1.0,
-    "repeat_last_n": 64,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "seed": -1,
-}
-_SAMPLING_FIELDS = set(wire.Sampling.__struct_fields__)
-
-
-@dataclass(frozen=True)
-class ModelDefaults:
-    """What a model's Modelfile layers contribute to a request."""
-
-    system: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
-    messages: tuple[tuple[str, str], ...] = ()
-
-
-def sampling(defaults: ModelDefaults, options: schemas.Options | None, num_ctx: int) -> dict[str, Any]:
-    """Ollama's defaults ← the model's PARAMETERs ← the request's options, as llama-server fields.
-
-    An unbounded or oversized num_predict is bounded to 10 × num_ctx, as Ollama does, so that a
-    runaway generation cannot hold a slot forever.
-    """
-    merged = dict(DEFAULT_OPTIONS)
-    merged.update(defaults.params)
-    if options is not None:
-        merged.update((k, v) for k, v in msgspec.structs.asdict(options).items() if v is not None)
-    out = {k: v for k, v in merged.items() if v is not None and k in _SAMPLING_FIELDS}
-    num_predict = merged.get("num_predict")
-    if num_predict is None or num_predict < 0 or num_predict > 10 * num_ctx:
-        num_predict = 10 * num_ctx
-    out["n_predict"] = num_predict
-    if merged.get("num_keep") is not None:
-        out["n_keep"] = merged["num_keep"]
-    return out
 
 
 def response_format(fmt: schemas.Format) -> dict[str, Any] | None:
@@ -305,7 +261,7 @@ def generate_request(
 def with_context(chat: wire.ChatRequest, rendered: str, context: list[int]) -> wire.CompletionRequest:
     """A chat-path generate whose request carried `context`: the earlier tokens, then the new
     turn as the model's template rendered it, sent to /completion (which takes such a mix)."""
-    sampling_fields = {k: getattr(chat, k) for k in _SAMPLING_FIELDS}
+    sampling_fields = {k: getattr(chat, k) for k in SAMPLING_FIELDS}
     return wire.CompletionRequest(
         stream=True, cache_prompt=True, prompt=[*context, rendered], json_schema=_json_schema(chat.response_format),
         n_probs=None if chat.top_logprobs is None and not chat.logprobs else max(chat.top_logprobs or 0, 1),

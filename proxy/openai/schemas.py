@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from proxy.ollama.schemas import KeepAlive, Options
+from proxy.semantics import KeepAlive, Options
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=128)]
 Stop = str | list[str] | None

@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 
 from proxy.llama import wire
-from proxy.ollama import translate as ollama
-from proxy.ollama.schemas import Options
+from proxy import semantics
 from proxy.openai import schemas
+from proxy.semantics import Options
 from supervisor.errors import bad_request
 
 SYSTEM_FINGERPRINT = "fp_llamagate"
@@ -98,7 +98,7 @@ def _tool_calls(m: schemas.Message, i: int) -> list[schemas.ToolCall] | None:
     return m.tool_calls
 
 
-def chat_messages(defaults: ollama.ModelDefaults, messages: list[schemas.Message]) -> list[wire.ChatMessage]:
+def chat_messages(defaults: semantics.ModelDefaults, messages: list[schemas.Message]) -> list[wire.ChatMessage]:
     """The model's SYSTEM (unless the request starts with its own) and MESSAGEs, then the
     request's messages; `developer` is OpenAI's newer name for `system`."""
     out = []
@@ -190,7 +190,7 @@ def _with_tool_prompt(messages: list[wire.ChatMessage], tools: list[schemas.Tool
 
 
 def chat_request(
-    req: schemas.ChatCompletionRequest, defaults: ollama.ModelDefaults, num_ctx: int, rewrites: Rewrites,
+    req: schemas.ChatCompletionRequest, defaults: semantics.ModelDefaults, num_ctx: int, rewrites: Rewrites,
     forced: list[schemas.Tool] | None = None,
 ) -> wire.ChatRequest:
     """One upstream request (of `n`): llamagate asks for n choices by n requests, because
@@ -215,7 +215,7 @@ def chat_request(
         top_logprobs=req.top_logprobs,
         **_common(req, req.logprobs),
         **tools,
-        **ollama.sampling(defaults, options(req, max_tokens, rewrites), num_ctx),
+        **semantics.sampling(defaults, options(req, max_tokens, rewrites), num_ctx),
     )
 
 
@@ -277,11 +277,11 @@ def prompts(req: schemas.CompletionRequest) -> list[str]:
 
 
 def completion_request(
-    req: schemas.CompletionRequest, prompt: str, defaults: ollama.ModelDefaults, num_ctx: int, rewrites: Rewrites
+    req: schemas.CompletionRequest, prompt: str, defaults: semantics.ModelDefaults, num_ctx: int, rewrites: Rewrites
 ) -> wire.CompletionRequest | wire.InfillRequest:
     """A raw text completion, as OpenAI's /v1/completions means it (no chat template); with a
     `suffix`, a fill-in-the-middle request to llama-server's /infill."""
-    sampling = ollama.sampling(defaults, options(req, req.max_tokens, rewrites), num_ctx)
+    sampling = semantics.sampling(defaults, options(req, req.max_tokens, rewrites), num_ctx)
     if req.suffix:
         if req.logprobs:
             raise bad_request("logprobs are not supported together with suffix")

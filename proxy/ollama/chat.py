@@ -1,4 +1,5 @@
-"""Ollama's inference routes: /api/chat, /api/generate, /api/embed and /api/embeddings."""
+"""Ollama's inference routes: /api/chat and /api/generate, streamed as NDJSON or merged into one
+answer; an empty request loads (or, with keep_alive 0, unloads) the model."""
 
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ from proxy.gateway import Gateway, model_defaults
 from proxy.llama.lease import Timer
 from proxy.ollama import schemas, translate
 from proxy.ollama.ndjson import gate_of, json_response, now_rfc3339, respond
+from proxy.semantics import Options
 from supervisor.models.capabilities import capabilities
 from supervisor.durations import request_keep_alive
 from supervisor.errors import bad_request, not_found
 from supervisor.models.gguf import cached_info
-from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
 from supervisor.runners.scheduler import LoadOptions
 from supervisor.models.store import StoredModel
 from supervisor.models.remote import RemoteModel
 
 
-def _load(options: schemas.Options | None, num_ctx: int, keep_alive: float | None) -> LoadOptions:
-    o = options or schemas.Options()
+def _load(options: Options | None, num_ctx: int, keep_alive: float | None) -> LoadOptions:
+    o = options or Options()
     return LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, num_gpu=o.num_gpu, num_thread=o.num_thread,
                        num_batch=o.num_batch)
 
@@ -232,76 +233,3 @@ async def generate(request: Request) -> Response[Any]:
     body = translate.generate_request(req, model_defaults(model), num_ctx, req.model, _capabilities(model))
     chunks = _generate_chunks(gate, req, model, _load(req.options, num_ctx, keep_alive), body)
     return await respond(chunks, req.stream is not False, _merge_generate)
-
-
-# Embeddings -----------------------------------------------------------------------------------
-
-
-def _embedding_model(gate: Gateway, text: str) -> StoredModel:
-    model = gate.store.get(ModelName.parse(text))
-    if model is None:
-        raise not_found(f'model "{text}" not found, try pulling it first')
-    return model
-
-
-async def _embed(
-    gate: Gateway, model: StoredModel, inputs: list[str], options: schemas.Options | None,
-    keep_alive: float | None, truncate: bool, timer: Timer,
-) -> tuple[list[list[float]], int]:
-    """Raw vectors and the token count of `inputs`. Each input is tokenized first, so that one
-    longer than the context is cut (truncate) or refused with Ollama's 400, not llama-server's."""
-    num_ctx = gate.scheduler.num_ctx(model, options.num_ctx if options else None)
-    load = LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, embedding=True)
-    async with gate.inference.runner(model, load, timer) as runner:
-        if not inputs:
-            return [], 0
-        tokens = []
-        for text in inputs:
-            ids = (await gate.upstream.post(runner, "/tokenize", wire.TokenizeRequest(text, add_special=True),
-                                            wire.TokenizeResponse)).tokens
-            if len(ids) > num_ctx:
-                if not truncate:
-                    raise bad_request("the input length exceeds the context length")
-                ids = ids[:num_ctx]
-            if not ids:
-                raise bad_request("cannot embed an empty input")
-            tokens.append(ids)
-        result = await gate.upstream.post(runner, "/v1/embeddings", wire.EmbeddingsRequest(tokens),
-                                          wire.EmbeddingsResponse)
-    vectors = [item.embedding for item in sorted(result.data, key=lambda i: i.index)]
-    return vectors, sum(len(t) for t in tokens)
-
-
-@post("/api/embed")
-async def embed(request: Request) -> Response[bytes]:
-    req = await decode_body(request, schemas.EmbedRequest)
-    if not req.model:
-        raise not_found("model '' not found")
-    gate = gate_of(request)
-    model = _embedding_model(gate, req.model)
-    inputs = [req.input] if isinstance(req.input, str) else (req.input or [])
-    if inputs == [""]:
-        inputs = []  # an empty input only loads the model, as in Ollama
-    timer = Timer()
-    vectors, count = await _embed(gate, model, inputs, req.options, request_keep_alive(req.keep_alive), req.truncate, timer)
-    return json_response(schemas.EmbedResponse(
-        model=req.model,
-        embeddings=[translate.normalize(v, req.dimensions) for v in vectors],
-        total_duration=timer.total_ns(),
-        load_duration=timer.load_ns,
-        prompt_eval_count=count,
-    ))
-
-
-@post("/api/embeddings")
-async def embeddings(request: Request) -> Response[bytes]:
-    req = await decode_body(request, schemas.EmbeddingsRequest)
-    if not req.model:
-        raise bad_request("model is required")
-    gate = gate_of(request)
-    model = _embedding_model(gate, req.model)
-    inputs = [req.prompt] if req.prompt else []
-    vectors, _ = await _embed(gate, model, inputs, req.options, request_keep_alive(req.keep_alive), True, Timer())
-    return json_response(schemas.EmbeddingsResponse(translate.normalize(vectors[0]) if vectors else []))
-
-

@@ -1,0 +1,29 @@
+"""OpenAI's /v1/embeddings."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, post
+
+from proxy.llama import wire
+from proxy.body import decode_body
+from proxy.openai import schemas, translate
+from proxy.openai.models import gate_of, load_options, require_model
+from proxy.openai.sse import json_answer
+
+
+@post("/v1/embeddings")
+async def embeddings(request: Request) -> Response[bytes]:
+    req = await decode_body(request, schemas.EmbeddingRequest)
+    gate = gate_of(request)
+    model = require_model(gate, req.model)
+    body = wire.EmbeddingsRequest(translate.embedding_input(req))
+    result = await gate.inference.call(model, load_options(gate, model, req, embedding=True), "/v1/embeddings", body,
+                                       wire.EmbeddingsResponse)
+    return json_answer(schemas.EmbeddingList(
+        data=[
+            schemas.Embedding(d.index, translate.embedding(d.embedding, req.dimensions, req.encoding_format))
+            for d in result.data
+        ],
+        model=req.model,
+        usage=schemas.EmbeddingUsage(result.usage.prompt_tokens, result.usage.prompt_tokens),
+    ))

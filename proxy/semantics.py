@@ -1,0 +1,84 @@
+"""Ollama's model semantics both dialects use: Modelfile defaults, options → sampling (the
+`options` map and `keep_alive` as requests carry them, and how they become llama-server fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from proxy.llama import wire
+
+KeepAlive = str | int | float | None
+
+
+class Options(msgspec.Struct, omit_defaults=True):
+    """The `options` map; null means unset."""
+
+    num_predict: int | None = None
+    num_keep: int | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repeat_last_n: int | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: list[str] | None = None
+    mirostat: int | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    # Load-time options: they shape the llama-server process.
+    num_ctx: int | None = None
+    num_batch: int | None = None
+    num_gpu: int | None = None
+    num_thread: int | None = None
+
+
+# Ollama's option defaults, sent explicitly because llama-server's differ (top_p 0.95, min_p 0.05).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+    "repeat_last_n": 64,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "seed": -1,
+}
+SAMPLING_FIELDS = set(wire.Sampling.__struct_fields__)
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model's Modelfile layers contribute to a request."""
+
+    system: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    messages: tuple[tuple[str, str], ...] = ()
+
+
+def sampling(defaults: ModelDefaults, options: Options | None, num_ctx: int) -> dict[str, Any]:
+    """Ollama's defaults ← the model's PARAMETERs ← the request's options, as llama-server fields.
+
+    An unbounded or oversized num_predict is bounded to 10 × num_ctx, as Ollama does, so that a
+    runaway generation cannot hold a slot forever.
+    """
+    merged = dict(DEFAULT_OPTIONS)
+    merged.update(defaults.params)
+    if options is not None:
+        merged.update((k, v) for k, v in msgspec.structs.asdict(options).items() if v is not None)
+    out = {k: v for k, v in merged.items() if v is not None and k in SAMPLING_FIELDS}
+    num_predict = merged.get("num_predict")
+    if num_predict is None or num_predict < 0 or num_predict > 10 * num_ctx:
+        num_predict = 10 * num_ctx
+    out["n_predict"] = num_predict
+    if merged.get("num_keep") is not None:
+        out["n_keep"] = merged["num_keep"]
+    return out
