@@ -15,13 +15,12 @@ from proxy.errors import on_error, on_http_exception, on_unexpected
 from proxy.gateway import Gateway
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
-from supervisor.runtime.binary import find_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
+from supervisor.runtime.binary import find_llama_server
+from supervisor.version import VERSION
 
 log = logging.getLogger("llamagate")
-
-VERSION = "0.1.0"
 
 
 def _version_header(response: Response) -> Response:

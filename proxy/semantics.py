@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from proxy.llama import wire
+from supervisor.models.model import Model
 
 KeepAlive = str | int | float | None
 
@@ -62,6 +63,11 @@ class ModelDefaults:
     system: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     messages: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, model: Model) -> ModelDefaults:
+        """SYSTEM, PARAMETER and MESSAGE of the model's Modelfile (none for an `--upstream` one)."""
+        return cls(model.system, model.params, tuple((m.role, m.content) for m in model.messages))
 
 
 def sampling(defaults: ModelDefaults, options: Options | None, num_ctx: int) -> dict[str, Any]:

@@ -12,19 +12,15 @@ from litestar import Request, Response, post
 
 from proxy.llama import wire
 from proxy.body import decode_body
-from proxy.gateway import Gateway, model_defaults
-from proxy.llama.lease import Timer
+from proxy.gateway import Gateway, gate_of
+from proxy.llama.lease import Lease, Timer
 from proxy.ollama import schemas, translate
-from proxy.ollama.ndjson import gate_of, json_response, now_rfc3339, respond
-from proxy.semantics import Options
-from supervisor.models.capabilities import capabilities
+from proxy.ollama.ndjson import json_response, now_rfc3339, respond
+from proxy.semantics import ModelDefaults, Options
 from supervisor.durations import request_keep_alive
 from supervisor.errors import bad_request, not_found
-from supervisor.models.gguf import cached_info
-from supervisor.runners.runner import Runner
+from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions
-from supervisor.models.store import StoredModel
-from supervisor.models.remote import RemoteModel
 
 
 def _load(options: Options | None, num_ctx: int, keep_alive: float | None) -> LoadOptions:
@@ -35,12 +31,6 @@ def _load(options: Options | None, num_ctx: int, keep_alive: float | None) -> Lo
 
 
 # Chat -----------------------------------------------------------------------------------------
-
-
-def _capabilities(model: StoredModel | RemoteModel) -> list[str]:
-    if isinstance(model, RemoteModel):
-        return model.capabilities
-    return capabilities(cached_info(model.model_path), projector=model.projector_path is not None)
 
 
 def _add_tool_call(calls: dict[int, tuple[str, str, list[str]]], piece: wire.ToolCallDelta) -> None:
@@ -76,12 +66,12 @@ class _Piece:
 
 
 async def _pieces(
-    gate: Gateway, runner: Runner, body: wire.ChatRequest | wire.CompletionRequest | wire.InfillRequest,
+    lease: Lease, body: wire.ChatRequest | wire.CompletionRequest | wire.InfillRequest,
     ending: _Ending,
 ) -> AsyncIterator[_Piece]:
     """What llama-server generates, from /completion, /infill or /v1/chat/completions."""
     if isinstance(body, wire.ChatRequest):
-        async for chunk in gate.upstream.stream(runner, "/v1/chat/completions", body, wire.ChatChunk):
+        async for chunk in lease.stream("/v1/chat/completions", body, wire.ChatChunk):
             ending.timings = chunk.timings or ending.timings
             for choice in chunk.choices:
                 ending.reason = choice.finish_reason or ending.reason
@@ -93,7 +83,7 @@ async def _pieces(
                     yield _Piece(d.content or "", d.reasoning_content or "", logprobs)
         return
     path = "/infill" if isinstance(body, wire.InfillRequest) else "/completion"
-    async for c in gate.upstream.stream(runner, path, body, wire.CompletionChunk):
+    async for c in lease.stream(path, body, wire.CompletionChunk):
         ending.timings = c.timings or ending.timings
         ending.reason = c.stop_type or ending.reason
         logprobs = translate.logprobs(c.completion_probabilities)
@@ -102,11 +92,11 @@ async def _pieces(
 
 
 async def _chat_chunks(
-    gate: Gateway, name: str, model: StoredModel, load: LoadOptions, body: wire.ChatRequest
+    gate: Gateway, name: str, model: Model, load: LoadOptions, body: wire.ChatRequest
 ) -> AsyncIterator[schemas.ChatChunk]:
     timer, ending = Timer(), _Ending()
-    async with gate.inference.runner(model, load, timer) as runner:
-        async for p in _pieces(gate, runner, body, ending):
+    async with gate.inference.lease(model, load, timer) as lease:
+        async for p in _pieces(lease, body, ending):
             message = schemas.OutMessage("assistant", p.content, p.thinking)
             yield schemas.ChatChunk(name, now_rfc3339(), message, False, logprobs=p.logprobs)
     # Whole calls, one per line: Zed reads only the first call of a line.
@@ -134,7 +124,7 @@ async def _merge_chat(chunks: AsyncIterator[schemas.ChatChunk]) -> schemas.ChatC
     return c
 
 
-async def _load_or_unload(gate: Gateway, model: StoredModel, keep_alive: float | None, done: Callable[[str], Any]) -> Response[Any]:
+async def _load_or_unload(gate: Gateway, model: Model, keep_alive: float | None, done: Callable[[str], Any]) -> Response[Any]:
     """An empty prompt loads the model; with keep_alive 0 it unloads it (Ollama's `stop`)."""
     if keep_alive == 0:
         await gate.scheduler.unload(model)
@@ -150,7 +140,7 @@ async def chat(request: Request) -> Response[Any]:
     if not req.model:
         raise bad_request("model is required")
     gate = gate_of(request)
-    model = gate.store.require(req.model)
+    model = gate.catalog.require(req.model)
     keep_alive = request_keep_alive(req.keep_alive)
     if not req.messages:
         return await _load_or_unload(
@@ -158,7 +148,7 @@ async def chat(request: Request) -> Response[Any]:
             lambda reason: schemas.ChatChunk(req.model, now_rfc3339(), schemas.OutMessage("assistant", ""), True, reason),
         )
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
-    body = translate.chat_request(req, model_defaults(model), num_ctx, req.model, _capabilities(model))
+    body = translate.chat_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
     chunks = _chat_chunks(gate, req.model, model, _load(req.options, num_ctx, keep_alive), body)
     return await respond(chunks, req.stream is not False, _merge_chat)
 
@@ -167,7 +157,7 @@ async def chat(request: Request) -> Response[Any]:
 
 
 async def _generate_chunks(
-    gate: Gateway, req: schemas.GenerateRequest, model: StoredModel, load: LoadOptions,
+    gate: Gateway, req: schemas.GenerateRequest, model: Model, load: LoadOptions,
     body: wire.ChatRequest | wire.CompletionRequest | wire.InfillRequest,
 ) -> AsyncIterator[schemas.GenerateChunk]:
     """The answer, then a final chunk with the `context` tokens (prompt + answer) that a later
@@ -175,24 +165,24 @@ async def _generate_chunks(
     name = req.model
     timer, ending = Timer(), _Ending()
     response: list[str] = []
-    async with gate.inference.runner(model, load, timer) as runner:
+    async with gate.inference.lease(model, load, timer) as lease:
         prompt = body.prompt if isinstance(body, wire.CompletionRequest) and not req.raw else None
         if isinstance(body, wire.ChatRequest) and not req.images:
-            applied = await gate.upstream.post(
-                runner, "/apply-template", wire.ApplyTemplateRequest(body.messages, body.chat_template_kwargs),
+            applied = await lease.post(
+                "/apply-template", wire.ApplyTemplateRequest(body.messages, body.chat_template_kwargs),
                 wire.ApplyTemplateResponse,
             )
             prompt = applied.prompt
             if req.context:
                 body = translate.with_context(body, prompt, req.context)
-        async for p in _pieces(gate, runner, body, ending):
+        async for p in _pieces(lease, body, ending):
             response.append(p.content)
             yield schemas.GenerateChunk(model=name, created_at=now_rfc3339(), response=p.content,
                                         thinking=p.thinking, done=False, logprobs=p.logprobs)
         context = None
         if isinstance(prompt, str):
-            tokens = await gate.upstream.post(runner, "/tokenize", wire.TokenizeRequest(prompt + "".join(response)),
-                                              wire.TokenizeResponse)
+            tokens = await lease.post("/tokenize", wire.TokenizeRequest(prompt + "".join(response)),
+                                      wire.TokenizeResponse)
             context = [*(req.context or []), *tokens.tokens]
     yield schemas.GenerateChunk(
         model=name,
@@ -222,7 +212,7 @@ async def generate(request: Request) -> Response[Any]:
     if not req.model:
         raise not_found("model '' not found")
     gate = gate_of(request)
-    model = gate.store.require(req.model)
+    model = gate.catalog.require(req.model)
     keep_alive = request_keep_alive(req.keep_alive)
     if not req.prompt and not req.suffix:
         return await _load_or_unload(
@@ -230,6 +220,6 @@ async def generate(request: Request) -> Response[Any]:
             lambda reason: schemas.GenerateChunk(model=req.model, created_at=now_rfc3339(), response="", done=True, done_reason=reason),
         )
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
-    body = translate.generate_request(req, model_defaults(model), num_ctx, req.model, _capabilities(model))
+    body = translate.generate_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
     chunks = _generate_chunks(gate, req, model, _load(req.options, num_ctx, keep_alive), body)
     return await respond(chunks, req.stream is not False, _merge_generate)

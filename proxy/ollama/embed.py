@@ -7,40 +7,40 @@ from litestar import Request, Response, post
 
 from proxy.llama import wire
 from proxy.body import decode_body
-from proxy.gateway import Gateway
+from proxy.gateway import Gateway, gate_of
 from proxy.llama.lease import Timer
 from proxy.ollama import schemas, translate
-from proxy.ollama.ndjson import gate_of, json_response
+from proxy.ollama.ndjson import json_response
 from proxy.semantics import Options
 from supervisor.durations import request_keep_alive
 from supervisor.errors import bad_request, not_found
 from supervisor.names import ModelName
+from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions
-from supervisor.models.store import StoredModel
 
 
-def _embedding_model(gate: Gateway, text: str) -> StoredModel:
-    model = gate.store.get(ModelName.parse(text))
+def _embedding_model(gate: Gateway, text: str) -> Model:
+    model = gate.catalog.get(ModelName.parse(text))
     if model is None:
         raise not_found(f'model "{text}" not found, try pulling it first')
     return model
 
 
 async def _embed(
-    gate: Gateway, model: StoredModel, inputs: list[str], options: Options | None,
+    gate: Gateway, model: Model, inputs: list[str], options: Options | None,
     keep_alive: float | None, truncate: bool, timer: Timer,
 ) -> tuple[list[list[float]], int]:
     """Raw vectors and the token count of `inputs`. Each input is tokenized first, so that one
     longer than the context is cut (truncate) or refused with Ollama's 400, not llama-server's."""
     num_ctx = gate.scheduler.num_ctx(model, options.num_ctx if options else None)
     load = LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, embedding=True)
-    async with gate.inference.runner(model, load, timer) as runner:
+    async with gate.inference.lease(model, load, timer) as lease:
         if not inputs:
             return [], 0
         tokens = []
         for text in inputs:
-            ids = (await gate.upstream.post(runner, "/tokenize", wire.TokenizeRequest(text, add_special=True),
-                                            wire.TokenizeResponse)).tokens
+            ids = (await lease.post("/tokenize", wire.TokenizeRequest(text, add_special=True),
+                                    wire.TokenizeResponse)).tokens
             if len(ids) > num_ctx:
                 if not truncate:
                     raise bad_request("the input length exceeds the context length")
@@ -48,8 +48,7 @@ async def _embed(
             if not ids:
                 raise bad_request("cannot embed an empty input")
             tokens.append(ids)
-        result = await gate.upstream.post(runner, "/v1/embeddings", wire.EmbeddingsRequest(tokens),
-                                          wire.EmbeddingsResponse)
+        result = await lease.post("/v1/embeddings", wire.EmbeddingsRequest(tokens), wire.EmbeddingsResponse)
     vectors = [item.embedding for item in sorted(result.data, key=lambda i: i.index)]
     return vectors, sum(len(t) for t in tokens)
 

@@ -14,23 +14,22 @@ from litestar.enums import HttpMethod
 from litestar.response import Stream
 
 from proxy.body import convert, decode_body
-from proxy.gateway import Gateway
+from proxy.gateway import Gateway, gate_of
 from proxy.ollama import schemas, translate
-from proxy.ollama.ndjson import NDJSON, encode, gate_of, json_response, log
+from proxy.ollama.ndjson import NDJSON, encode, json_response, log
 from proxy.semantics import Options
-from supervisor.models.capabilities import capabilities
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
-from supervisor.names import ModelName
-from supervisor.pull.registry import OLLAMA_VERSION
+from supervisor.models.model import Model
 from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
-from supervisor.models.remote import RemoteModel
+from supervisor.names import ModelName
+from supervisor.version import OLLAMA_VERSION
 
 # Models ---------------------------------------------------------------------------------------
 
 
-def details(model: StoredModel) -> schemas.ModelDetails:
-    c = model.config
+def details(model: Model) -> schemas.ModelDetails:
+    c = model.details
     return schemas.ModelDetails(
         parent_model="",
         format=c.model_format or "gguf",
@@ -52,7 +51,7 @@ async def tags(request: Request) -> Response[bytes]:
             digest=m.digest,
             details=details(m),
         )
-        for m in gate_of(request).store.list()
+        for m in gate_of(request).catalog.list()
     ]
     return json_response(schemas.TagsResponse(models))
 
@@ -114,7 +113,9 @@ def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLin
         layer = models[0]
         extra = [la for la in layers if la.mediaType == PROJECTOR]
     elif req.from_:
-        base = gate.store.require(req.from_)
+        base = gate.catalog.stored(ModelName.parse(req.from_))
+        if base is None:
+            raise not_found(f"model '{req.from_}' not found")
         layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
         extra = [la for la in base.manifest.layers if la.mediaType in (PROJECTOR, ADAPTER)]
     else:
@@ -178,7 +179,7 @@ async def copy(request: Request) -> Response[None]:
         destination = ModelName.parse(req.destination)
     except LlamagateError:
         raise bad_request(f'destination "{req.destination}" is invalid') from None
-    source = gate.store.get(source_name)
+    source = gate.catalog.stored(source_name)
     if source is None:
         raise not_found(f'model "{req.source}" not found')
     gate.store.copy(source, destination)
@@ -194,14 +195,14 @@ async def delete(request: Request) -> Response[None]:
         name = ModelName.parse(text)
     except LlamagateError:
         raise bad_request(f'name "{text}" is invalid') from None
-    model = gate.store.get(name)
+    model = gate.catalog.stored(name)
     if model is None:
         raise not_found(f"model '{text}' not found")
     # Its runner is stopped first (after the requests in flight) unless another name (a copy)
     # still uses the model file, so that no runner outlives its model.
     model_layer = model.model_path.name.replace("sha256-", "sha256:")
     if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
-        await gate.scheduler.unload(model)
+        await gate.scheduler.unload(gate.catalog.require(text))
     pruned = gate.store.delete(model)
     log.info("deleted %s; pruned %d blob(s)", model.name.display, len(pruned))
     return Response(None, status_code=200)
@@ -216,52 +217,36 @@ async def show(request: Request) -> Response[bytes]:
     text = req.model or req.name
     if not text:
         raise bad_request("model is required")
+    gate = gate_of(request)
     name = ModelName.parse(text)
-    model = gate_of(request).store.get(name)
+    model = gate.catalog.get(name)
     if model is None:
         raise not_found(f"model '{name.display}' not found")
-    if isinstance(model, RemoteModel):
-        return json_response(_show_remote(model))
-    info = read_gguf(model.model_path, max_array=1 << 62) if req.verbose else cached_info(model.model_path)
-    projector = model.projector_path
+    target = model.target
+    info = target.info(verbose=True) if req.verbose else model.info
     system = req.system if req.system is not None else model.system
-    caps = capabilities(info, projector=projector is not None)
     params = dict(model.params)
     if "num_ctx" in params:  # shown as the context the server will really use (clients read it)
-        params["num_ctx"] = gate_of(request).scheduler.num_ctx(model, None)
+        params["num_ctx"] = gate.scheduler.num_ctx(model, None)
     return json_response(schemas.ShowResponse(
         modelfile=translate.modelfile_text(
-            model.name.display, str(model.model_path), template=model.template, system=system,
+            model.name.display, target.location, template=model.template, system=system,
             params=model.params, messages=[(m.role, m.content) for m in model.messages],
-            licenses=model.licenses, projector=str(projector or ""), adapters=[str(a) for a in model.adapter_paths],
+            licenses=list(model.licenses), projector=str(target.projector or ""),
+            adapters=[str(a) for a in target.adapters],
         ),
         parameters=translate.parameters_text(params),
-        template=model.template or translate.shown_template(info.chat_template, caps),
+        template=model.template or translate.shown_template(info.chat_template, model.capabilities),
         license="\n".join(model.licenses),
         details=details(model),
         model_info=translate.model_info(info.metadata, info.parameter_count, req.verbose, model.name.model),
-        capabilities=caps,
+        capabilities=model.capabilities,
         modified_at=model.modified_at.isoformat(),
         system=system,
         messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,
-        projector_info=translate.model_info(cached_info(projector).metadata, 0, req.verbose) if projector else None,
+        projector_info=translate.model_info(cached_info(target.projector).metadata, 0, req.verbose)
+        if target.projector else None,
     ))
-
-
-def _show_remote(model: RemoteModel) -> schemas.ShowResponse:
-    """What an upstream's /props and /v1/models tell of its model (there is no GGUF here)."""
-    caps = model.capabilities
-    urls = ", ".join(e.base_url for e in model.pool.endpoints)
-    return schemas.ShowResponse(
-        modelfile=f"# {model.name.display}: served by the llama-server(s) at {urls}\n",
-        parameters="",
-        template=translate.shown_template(model.chat_template, caps),
-        license="",
-        details=details(model),
-        model_info=model.model_info,
-        capabilities=caps,
-        modified_at=model.modified_at.isoformat(),
-    )
 
 
 # `expires_at` of a model kept forever: Ollama's now + max duration (~292 years).
@@ -290,7 +275,7 @@ async def ps(request: Request) -> Response[bytes]:
         models.append(schemas.RunningModel(
             name=model.name.display,
             model=model.name.display,
-            size=max(_resident_bytes(runner.pid), model.model_path.stat().st_size),
+            size=max(_resident_bytes(runner.pid), model.size),
             digest=model.digest,
             details=details(model),
             expires_at=expires.isoformat(),

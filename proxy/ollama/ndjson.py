@@ -11,7 +11,6 @@ import msgspec
 from litestar import Request, Response
 from litestar.response import Stream
 
-from proxy.gateway import Gateway
 from proxy.ollama import schemas
 from supervisor.errors import LlamagateError
 
@@ -21,10 +20,6 @@ NDJSON = "application/x-ndjson"
 JSON = "application/json; charset=utf-8"
 
 encode = msgspec.json.Encoder().encode
-
-
-def gate_of(request: Request) -> Gateway:
-    return request.app.state.gate
 
 
 def now_rfc3339() -> str:

@@ -9,9 +9,9 @@ from typing import Any
 from litestar import Request, Response, post
 
 from proxy.body import decode_body
-from proxy.gateway import Gateway
+from proxy.gateway import Gateway, gate_of
 from proxy.ollama import schemas
-from proxy.ollama.ndjson import gate_of, respond
+from proxy.ollama.ndjson import respond
 
 
 async def _pull_chunks(gate: Gateway, req: schemas.PullRequest) -> AsyncIterator[schemas.ProgressResponse]:

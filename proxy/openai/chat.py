@@ -11,15 +11,15 @@ import msgspec
 from litestar import Request, Response, post
 
 from proxy.llama import wire
-from proxy.gateway import Gateway, model_defaults
+from proxy.gateway import Gateway
 from proxy.llama.lease import Timer
 from proxy.openai import schemas, translate
 from proxy.openai.models import begin, load_options, new_id, rewrites_of
 from proxy.openai.sse import all_results, answer_stream, fan_in, json_answer
+from proxy.semantics import ModelDefaults
 from supervisor.errors import LlamagateError, bad_request
-from supervisor.models.gguf import cached_info
+from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions
-from supervisor.models.store import PROJECTOR, StoredModel
 
 
 async def _answer(
@@ -59,13 +59,13 @@ _CHAT = "/v1/chat/completions"
 @post(_CHAT)
 async def chat_completions(request: Request) -> Response[Any]:
     gate, req, model = await begin(request, schemas.ChatCompletionRequest)
-    if translate.has_images(req.messages) and not any(la.mediaType == PROJECTOR for la in model.manifest.layers):
+    if translate.has_images(req.messages) and "vision" not in model.capabilities:
         raise bad_request(f"model '{req.model}' does not support image input")
     load = load_options(gate, model, req)
     rewrites = rewrites_of(gate)
-    native_tools = "tools" in cached_info(model.model_path).chat_template
+    native_tools = "tools" in model.capabilities
     forced = translate.forced_tools(req, native_tools)
-    body = translate.chat_request(req, model_defaults(model), load.num_ctx or 0, rewrites, forced)
+    body = translate.chat_request(req, ModelDefaults.of(model), load.num_ctx or 0, rewrites, forced)
 
     async def stream(b: wire.ChatRequest) -> AsyncIterator[wire.OpenAIResult]:
         chunks = gate.inference.stream(model, load, _CHAT, b, wire.OpenAIResult, Timer())
@@ -104,7 +104,7 @@ async def _forced_stream(chunks: AsyncIterator[wire.OpenAIResult]) -> AsyncItera
                     yield wire.OpenAIResult([choice])
 
 
-def _no_infill(e: LlamagateError, model: StoredModel) -> LlamagateError:
+def _no_infill(e: LlamagateError, model: Model) -> LlamagateError:
     # llama-server answers 501 when the model has no fill-in-the-middle tokens: that's the
     # client's choice of model, so a 400 as Ollama's "does not support insert".
     if e.status == 501:
@@ -113,7 +113,7 @@ def _no_infill(e: LlamagateError, model: StoredModel) -> LlamagateError:
 
 
 async def _completion_stream(
-    gate: Gateway, model: StoredModel, load: LoadOptions, body: wire.CompletionRequest | wire.InfillRequest
+    gate: Gateway, model: Model, load: LoadOptions, body: wire.CompletionRequest | wire.InfillRequest
 ) -> AsyncIterator[wire.OpenAIResult]:
     if isinstance(body, wire.InfillRequest):
         try:
@@ -127,7 +127,7 @@ async def _completion_stream(
 
 
 async def _completion_call(
-    gate: Gateway, model: StoredModel, load: LoadOptions, body: wire.CompletionRequest | wire.InfillRequest
+    gate: Gateway, model: Model, load: LoadOptions, body: wire.CompletionRequest | wire.InfillRequest
 ) -> wire.OpenAIResult:
     if isinstance(body, wire.InfillRequest):
         try:
@@ -143,7 +143,7 @@ async def completions(request: Request) -> Response[Any]:
     gate, req, model = await begin(request, schemas.CompletionRequest)
     load = load_options(gate, model, req)
     rewrites = rewrites_of(gate)
-    defaults = model_defaults(model)
+    defaults = ModelDefaults.of(model)
     # Choice p·n + j is the j-th answer to prompt p, as OpenAI numbers them.
     bodies = [
         translate.completion_request(req, prompt, defaults, load.num_ctx or 0, rewrites)

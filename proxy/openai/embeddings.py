@@ -7,7 +7,8 @@ from litestar import Request, Response, post
 from proxy.llama import wire
 from proxy.body import decode_body
 from proxy.openai import schemas, translate
-from proxy.openai.models import gate_of, load_options, require_model
+from proxy.gateway import gate_of
+from proxy.openai.models import load_options, require_model
 from proxy.openai.sse import json_answer
 
 

@@ -10,21 +10,17 @@ from typing import TypeVar
 from litestar import Request, Response, get
 
 from proxy.body import decode_body
-from proxy.gateway import Gateway
+from proxy.gateway import Gateway, gate_of
 from proxy.openai import schemas, translate
 from proxy.openai.sse import json_answer
 from supervisor.durations import request_keep_alive
 from supervisor.errors import LlamagateError, bad_request
+from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions
-from supervisor.models.store import StoredModel
 
 log = logging.getLogger("llamagate.openai")
 
 T = TypeVar("T")
-
-
-def gate_of(request: Request) -> Gateway:
-    return request.app.state.gate
 
 
 def rewrites_of(gate: Gateway) -> translate.Rewrites:
@@ -35,19 +31,19 @@ def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
 
-def require_model(gate: Gateway, name: str) -> StoredModel:
+def require_model(gate: Gateway, name: str) -> Model:
     """The model a request names; an unknown one is OpenAI's 404 `model_not_found`."""
     if not name:
         raise bad_request("you must provide a model parameter")
     try:
-        return gate.store.require(name)
+        return gate.catalog.require(name)
     except LlamagateError as e:
         if e.status == 404:
             raise LlamagateError(404, f"The model '{name}' does not exist", "model_not_found") from None
         raise
 
 
-def load_options(gate: Gateway, model: StoredModel, req: schemas._Extensions, embedding: bool = False) -> LoadOptions:
+def load_options(gate: Gateway, model: Model, req: schemas._Extensions, embedding: bool = False) -> LoadOptions:
     """The load-time options of the `options`, `num_ctx` and `keep_alive` extensions."""
     keep_alive = request_keep_alive(req.keep_alive)
     o = req.options
@@ -61,7 +57,7 @@ def load_options(gate: Gateway, model: StoredModel, req: schemas._Extensions, em
     )
 
 
-async def begin(request: Request, type_: type[T]) -> tuple[Gateway, T, StoredModel]:
+async def begin(request: Request, type_: type[T]) -> tuple[Gateway, T, Model]:
     req = await decode_body(request, type_)
     gate = gate_of(request)
     model = require_model(gate, req.model)  # type: ignore[attr-defined]
@@ -70,13 +66,13 @@ async def begin(request: Request, type_: type[T]) -> tuple[Gateway, T, StoredMod
     return gate, req, model
 
 
-def _model_object(model: StoredModel, name: str) -> schemas.Model:
-    return schemas.Model(id=name, created=int(model.manifest_path.stat().st_mtime), owned_by=model.name.namespace)
+def _model_object(model: Model, name: str) -> schemas.Model:
+    return schemas.Model(id=name, created=int(model.modified_at.timestamp()), owned_by=model.name.namespace)
 
 
 @get("/v1/models")
 async def list_models(request: Request) -> Response[bytes]:
-    return json_answer(schemas.ModelList([_model_object(m, m.name.display) for m in gate_of(request).store.list()]))
+    return json_answer(schemas.ModelList([_model_object(m, m.name.display) for m in gate_of(request).catalog.list()]))
 
 
 @get("/v1/models/{model:path}")

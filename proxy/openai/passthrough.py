@@ -12,7 +12,8 @@ from litestar.response import Stream
 
 from proxy.body import decode_body
 from proxy.openai import schemas, translate
-from proxy.openai.models import gate_of, load_options, require_model
+from proxy.gateway import gate_of
+from proxy.openai.models import load_options, require_model
 from proxy.openai.sse import JSON, SSE, encode, sse_event
 from supervisor.errors import LlamagateError
 

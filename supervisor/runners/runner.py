@@ -252,6 +252,10 @@ class Runner:
         assert self._process is not None  # a request was served, so a process was started
         return await self._process.failure(error)
 
+    def failover(self, error: Exception) -> bool:
+        """A runner is the only process for its model: nowhere else to send the request."""
+        return False
+
     async def stop(self) -> None:
         async with self._lifecycle:
             await self._terminate()
