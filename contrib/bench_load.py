@@ -29,7 +29,7 @@ import default_model  # noqa: E402
 from tinymodel import write_tiny_model  # noqa: E402
 
 from supervisor.runtime.binary import find_llama_server  # noqa: E402
-from supervisor.runners.runner import LaunchSpec  # noqa: E402
+from supervisor.runners.launch import LaunchSpec  # noqa: E402
 
 
 def _port() -> int:

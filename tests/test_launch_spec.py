@@ -1,13 +1,15 @@
-"""LaunchSpec → llama-server arguments, and the pooling an embedding runner gets from its GGUF."""
+"""LaunchSpec → llama-server arguments and environment, and the pooling an embedding runner gets
+from its GGUF."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import gguf
+import pytest
 
 from supervisor.models.gguf import embedding_pooling
-from supervisor.runners.runner import LaunchSpec
+from supervisor.runners.launch import LaunchSpec, child_env
 
 
 def _spec(**kw) -> LaunchSpec:
@@ -28,6 +30,35 @@ def test_embedding_runner_flags():
     assert args[args.index("--ubatch-size") + 1] == "512"
     assert "--pooling" not in _spec(embedding=True).args()
     assert _spec(embedding=True) != _spec()
+
+
+_BASE = ["/bin/llama-server", "--model", "/m.gguf", "--host", "127.0.0.1", "--port", "0", "--ctx-size", "1024",
+         "--parallel", "2", "--threads", "1", "--jinja", "--no-webui", "--offline", "--log-colors", "off"]
+
+
+@pytest.mark.parametrize(
+    "options, after_base",
+    [
+        ({}, []),
+        ({"projector": Path("/p.gguf")}, ["--mmproj", "/p.gguf"]),
+        ({"adapters": (Path("/a.gguf"), Path("/b.gguf"))}, ["--lora", "/a.gguf", "--lora", "/b.gguf"]),
+        # Load options, then embedding flags, then the projector and adapters.
+        ({"gpu_layers": 0, "batch": 64, "rpc": ("w1:50052",), "embedding": True, "pooling": "cls",
+          "adapters": (Path("/a.gguf"),)},
+         ["--n-gpu-layers", "0", "--batch-size", "64", "--rpc", "w1:50052", "--embeddings", "--pooling", "cls",
+          "--batch-size", "512", "--ubatch-size", "512", "--lora", "/a.gguf"]),
+    ],
+)
+def test_whole_command_line(options, after_base):
+    assert _spec(**options).args() == _BASE + after_base
+
+
+def test_child_env_drops_llama_variables_and_carries_the_key(monkeypatch):
+    monkeypatch.setenv("LLAMA_ARG_CTX_SIZE", "8")
+    monkeypatch.setenv("LLAMA_API_KEY", "theirs")
+    monkeypatch.setenv("KEEP_ME", "1")
+    env = child_env("ours")
+    assert env["LLAMA_API_KEY"] == "ours" and env["KEEP_ME"] == "1" and "LLAMA_ARG_CTX_SIZE" not in env
 
 
 def _gguf(path: Path, pooling: int | None) -> Path:

@@ -11,7 +11,8 @@ import pytest
 from supervisor.config import Config, parse_pairs, parse_size, read_config_file
 from supervisor.errors import LlamagateError
 from supervisor.runners.memory import Estimate, estimate, fits, kv_cache_bytes
-from supervisor.runners.runner import LaunchSpec, _backoff
+from supervisor.runners.launch import LaunchSpec
+from supervisor.runners.runner import _backoff
 from supervisor.models.remote import Pool
 
 MB = 1 << 20

@@ -1,1 +1,2 @@
-"""llama-server processes: one runner per model, the scheduler that leases them, memory fit."""
+"""llama-server processes: how one is launched and run, one runner per model, the scheduler that
+leases them, memory fit."""

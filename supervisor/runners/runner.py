@@ -1,33 +1,21 @@
-"""One llama-server process for one model: spawn, wait for health, watch, stop."""
+"""A llama-server for one model as requests see it: claims, keep-alive and expiry, a restart
+when the launch spec changes, and backoff after crashes; process.py runs the process itself."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import logging
 import math
-import os
-import re
-import secrets
-import signal
-import sys
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-
-import httpx
 
 from supervisor.errors import LlamagateError
-from supervisor.httpclient import async_client
+from supervisor.runners.launch import LaunchSpec
+from supervisor.runners.process import Process
 
 log = logging.getLogger("llamagate.runner")
-
-_LISTENING = re.compile(r"listening on https?://[^\s:]+:(\d+)")
-_PR_SET_PDEATHSIG = 1
 
 
 class State(enum.Enum):
@@ -37,110 +25,10 @@ class State(enum.Enum):
     STOPPING = "stopping"
 
 
-@dataclass(frozen=True)
-class LaunchSpec:
-    """Everything that needs a new process when it changes."""
-
-    binary: Path
-    model_path: Path
-    num_ctx: int
-    threads: int
-    parallel: int
-    # Ollama's num_gpu and num_batch; None leaves llama-server's own default.
-    gpu_layers: int | None = None
-    batch: int | None = None
-    # llama.cpp RPC workers (`host:port`) to split the model over; empty runs it all here.
-    rpc: tuple[str, ...] = ()
-    # An embedding runner is its own process (llama-server serves either embeddings or
-    # completions); `pooling` is "" to keep the GGUF's own pooling type.
-    embedding: bool = False
-    pooling: str = ""
-    projector: Path | None = None  # --mmproj: a vision model's image encoder
-    adapters: tuple[Path, ...] = ()  # --lora
-
-    @property
-    def ctx_total(self) -> int:
-        return self.num_ctx * self.parallel
-
-    def args(self) -> list[str]:
-        extra = ["--mmproj", str(self.projector)] if self.projector else []
-        for adapter in self.adapters:
-            extra += ["--lora", str(adapter)]
-        # Load options before the embedding flags: an embedding runner's batch size must win.
-        return [*self._base_args(), *self._load_args(), *self._embedding_args(), *extra]
-
-    def _load_args(self) -> list[str]:
-        args = []
-        if self.gpu_layers is not None:
-            args += ["--n-gpu-layers", str(self.gpu_layers)]
-        if self.batch is not None:
-            args += ["--batch-size", str(self.batch)]
-        if self.rpc:
-            args += ["--rpc", ",".join(self.rpc)]
-        return args
-
-    def _embedding_args(self) -> list[str]:
-        if not self.embedding:
-            return []
-        # A whole input must fit one physical batch: non-causal models can't split it.
-        batch = str(self.num_ctx)
-        pooling = ["--pooling", self.pooling] if self.pooling else []
-        return ["--embeddings", *pooling, "--batch-size", batch, "--ubatch-size", batch]
-
-    def _base_args(self) -> list[str]:
-        return [
-            str(self.binary),
-            "--model", str(self.model_path),
-            "--host", "127.0.0.1",
-            # Port 0 and reading the bound port from the log avoids the race of picking a free
-            # port ourselves (and llama.cpp's old SO_REUSEPORT double-bind, issue #20963).
-            "--port", "0",
-            # The KV cache is split over the slots: each slot gets the num_ctx it was asked for.
-            "--ctx-size", str(self.ctx_total),
-            "--parallel", str(self.parallel),
-            "--threads", str(self.threads),
-            "--jinja",
-            "--no-webui",
-            "--offline",
-            "--log-colors", "off",
-        ]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when llamagate dies, however it dies (Linux only)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def clean_env() -> dict[str, str]:
-    """Our environment minus llama.cpp's own variables: `LLAMA_ARG_*` set any flag we don't pass,
-    `LLAMA_API_KEY` the key, `LLAMA_LOG_*` the log we read the port and error reports from
-    (`LLAMA_LOG_VERBOSITY=0` cuts it to a dozen lines, without the model loader's)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_")}
-
-
-def _child_env(api_key: str) -> dict[str, str]:
-    """A runner's environment: clean, plus its API key, where other users can't read it as they
-    can read a command line."""
-    return {**clean_env(), "LLAMA_API_KEY": api_key}
-
-
 def _backoff(failures: int) -> float:
     """Seconds before another start after `failures` failed starts or crashes in a row: the first
     retry is immediate (a one-off crash), then 1, 2, 4… up to 30."""
     return 0.0 if failures <= 1 else min(2.0 ** (failures - 2), 30.0)
-
-
-def _activity(pid: int) -> tuple[float, int] | None:
-    """CPU seconds used and bytes read from storage (mmap faults included) so far, on Linux."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        io = Path(f"/proc/{pid}/io").read_text()
-    except (OSError, IndexError):
-        return None
-    read = next((int(line.split()[1]) for line in io.splitlines() if line.startswith("read_bytes:")), 0)
-    # Fields 14 and 15 of stat (utime, stime), counted here from field 3, the one after the name.
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), read
 
 
 Admit = Callable[["Runner", LaunchSpec], contextlib.AbstractAsyncContextManager[None]]
@@ -178,18 +66,13 @@ class Runner:
         # process is alive or starting. The scheduler sums these to decide what fits.
         self.holds: LaunchSpec | None = None
         self.state = State.STOPPED
-        self.port = 0
-        self.api_key = ""
         self.active = 0
         self.expires_at = math.inf
-        self._proc: asyncio.subprocess.Process | None = None
+        # The latest process, kept after it exits for its log tail and exit message.
+        self._process: Process | None = None
         self._running_spec: LaunchSpec | None = None
-        self._log_tail: deque[str] = deque(maxlen=20)
-        self._last_output = 0.0
-        self._port_found: asyncio.Future[int] | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
-        self._kill_reason = ""
         # Crash-loop bookkeeping: consecutive failed starts and crashes, and what the last said.
         self._failures = 0
         self._retry_at = 0.0
@@ -199,15 +82,19 @@ class Runner:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._process.base_url if self._process else "http://127.0.0.1:0"
+
+    @property
+    def api_key(self) -> str:
+        return self._process.api_key if self._process else ""
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._process.pid if self._process else None
 
     @property
     def log_tail(self) -> str:
-        return "\n".join(self._log_tail)
+        return self._process.log_tail if self._process else ""
 
     @property
     def idle(self) -> bool:
@@ -302,7 +189,7 @@ class Runner:
             self._expiry_task = None
             await self.stop()
 
-    # Process ----------------------------------------------------------------------------------
+    # Its process-------------------------------------------------------------------------------
 
     def _failed(self, message: str) -> None:
         self._failures += 1
@@ -320,7 +207,7 @@ class Runner:
             self.holds = spec
         async with self._lifecycle:
             try:
-                if self._proc and self._proc.returncode is None:
+                if self._process and self._process.running:
                     await self._terminate()
                 await self._spawn(spec)
             except LlamagateError as e:
@@ -340,153 +227,30 @@ class Runner:
 
     async def _spawn(self, spec: LaunchSpec) -> None:
         self.state = State.STARTING
-        self.api_key = secrets.token_urlsafe(24)
-        self.port = 0
-        self._kill_reason = ""
-        self._log_tail.clear()
-        self._port_found = asyncio.get_running_loop().create_future()
-        log.info("[%s] starting: %s", self.name, " ".join(spec.args()))
-        started = time.monotonic()
+        process = self._process = Process(self.name, on_exit=self._exited)
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *spec.args(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=spec.binary.parent,
-                env=_child_env(self.api_key),
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        except OSError as e:
-            raise LlamagateError(500, f"cannot start llama-server {spec.binary}: {e}") from e
-        proc = self._proc
-        self._last_output = time.monotonic()
-        asyncio.create_task(self._pump_log(proc))
-        try:
-            await self._wait_ready(proc)
+            await process.start(spec, self.load_timeout)
         except BaseException:
             await self._terminate()
             raise
         self._running_spec = spec
         self.state = State.READY
-        log.info("[%s] ready on port %d in %.2fs (pid %d)", self.name, self.port,
-                 time.monotonic() - started, proc.pid)
         if self.hang_timeout != math.inf:
-            asyncio.create_task(self._watch(proc))
+            process.watch(self.hang_timeout, busy=lambda: self.active > 0)
 
-    async def _pump_log(self, proc: asyncio.subprocess.Process) -> None:
-        """Copy the child's output to our log and keep its tail for error messages. Read in
-        chunks, not lines: the loader's progress dots come without a newline, and they are how
-        a slow load is told from a stuck one. Always read, or a full pipe would block it."""
-        assert proc.stdout is not None
-        partial = b""
-        while data := await proc.stdout.read(1 << 16):
-            self._last_output = time.monotonic()
-            *lines, partial = (partial + data).split(b"\n")
-            for raw in lines:
-                line = raw.decode(errors="replace").rstrip()
-                if not line:
-                    continue
-                self._log_tail.append(line)
-                log.info("[%s] %s", self.name, line)
-                if self._port_found and not self._port_found.done() and (m := _LISTENING.search(line)):
-                    self._port_found.set_result(int(m.group(1)))
-        code = await proc.wait()
+    def _exited(self, process: Process, code: int | None) -> None:
         # Exits while starting are the start's to report, and stops are ours: only a ready
         # process exiting is a crash.
-        if proc is self._proc and self.state is State.READY:
-            message = self._death(code)
+        if process is self._process and self.state is State.READY:
+            message = process.death(code)
             log.warning("[%s] %s", self.name, message)
             self._failed(message)
             self._gone()
 
-    def _death(self, code: int | None) -> str:
-        reason = self._kill_reason or f"exited unexpectedly with code {code}"
-        return f"llama-server for {self.name} {reason}; its last output:\n{self.log_tail}"
-
     async def failure(self, error: Exception) -> LlamagateError:
-        """The error for a request whose connection broke: why the process died, if it did (the
-        broken connection usually arrives a moment before the exit is seen)."""
-        proc = self._proc
-        if proc is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), 2)
-        if proc is not None and proc.returncode is not None:
-            return LlamagateError(500, self._death(proc.returncode))
-        return LlamagateError(500, f"llama-server for {self.name} failed: {error or type(error).__name__}")
-
-    def _exited_error(self, code: int | None) -> LlamagateError:
-        return LlamagateError(500, f"llama-server for {self.name} exited with code {code} while "
-                                   f"loading:\n{self.log_tail}")
-
-    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
-        """Poll /health until 200. Give up when the process exits, or when it has made no
-        progress (no output, under a tenth of a core, no disk reads) for `load_timeout`: a big
-        model on a slow disk keeps loading as long as it moves."""
-        assert self._port_found is not None
-        exited = asyncio.create_task(proc.wait())
-        started = progress_at = noted = time.monotonic()
-        next_note = started + 15
-        seen_output = self._last_output
-        activity = _activity(proc.pid)
-        try:
-            async with async_client(timeout=5) as client:
-                while True:
-                    if exited.done():
-                        raise self._exited_error(proc.returncode)
-                    if not self.port and self._port_found.done():
-                        self.port = self._port_found.result()
-                    if self.port:
-                        with contextlib.suppress(httpx.TransportError):
-                            if (await client.get(f"{self.base_url}/health")).status_code == 200:
-                                return
-                    now = time.monotonic()
-                    if now - noted >= 1:
-                        current = _activity(proc.pid)
-                        busy = bool(current and activity and (current[0] - activity[0] >= 0.1 * (now - noted)
-                                                              or current[1] > activity[1]))
-                        if busy or self._last_output != seen_output:
-                            progress_at = now
-                        activity, seen_output, noted = current, self._last_output, now
-                        if now >= next_note:
-                            next_note += 15
-                            log.info("[%s] still loading after %.0fs (last progress %.0fs ago)",
-                                     self.name, now - started, now - progress_at)
-                    if now - progress_at > self.load_timeout:
-                        raise LlamagateError(500, f"llama-server for {self.name} is stuck: no progress (output, CPU or "
-                                                  f"disk reads) for {self.load_timeout:.0f}s while loading; "
-                                                  f"its last output:\n{self.log_tail}")
-                    await asyncio.wait({exited}, timeout=0.05)
-        finally:
-            exited.cancel()
-
-    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        """While requests are in flight, ask /slots, which llama-server answers from its main loop
-        (where /health is answered by the HTTP thread alone); a process that can't answer within
-        `hang_timeout` is hung, and is killed so that its requests fail and the next one restarts it."""
-        exited = asyncio.create_task(proc.wait())
-        every = min(5.0, self.hang_timeout / 2)
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        try:
-            async with async_client(base_url=self.base_url, headers=headers, timeout=self.hang_timeout) as client:
-                while not exited.done():
-                    await asyncio.wait({exited}, timeout=every)
-                    if exited.done() or self.active == 0 or self.state is not State.READY:
-                        continue
-                    try:
-                        await client.get("/slots")
-                    except httpx.TimeoutException:
-                        if proc is self._proc and proc.returncode is None and self.active > 0:
-                            self._kill_reason = (f"stopped responding for {self.hang_timeout:.0f}s with requests in "
-                                                 "flight and was killed")
-                            log.warning("[%s] llama-server %s", self.name, self._kill_reason)
-                            with contextlib.suppress(ProcessLookupError):
-                                os.killpg(proc.pid, signal.SIGKILL)
-                    except httpx.TransportError:
-                        pass  # it exited: the log pump reports that
-        finally:
-            exited.cancel()
+        """The error for a request whose connection broke (see `Process.failure`)."""
+        assert self._process is not None  # a request was served, so a process was started
+        return await self._process.failure(error)
 
     async def stop(self) -> None:
         async with self._lifecycle:
@@ -495,23 +259,9 @@ class Runner:
                 self._gone()
 
     async def _terminate(self) -> None:
-        """SIGTERM to the process group, SIGKILL after the grace period."""
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            self.state = State.STOPPED
-            self._running_spec = None
-            return
-        self.state = State.STOPPING
-        log.info("[%s] stopping (pid %d)", self.name, proc.pid)
-        for sig, wait in ((signal.SIGTERM, self.stop_grace), (signal.SIGKILL, None)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                await asyncio.wait_for(proc.wait(), wait)
-                break
-            except TimeoutError:
-                continue
+        process = self._process
+        if process is not None and process.running:
+            self.state = State.STOPPING
+            await process.terminate(self.stop_grace)
         self.state = State.STOPPED
         self._running_spec = None

@@ -16,7 +16,8 @@ from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.models.gguf import embedding_pooling
 from supervisor.names import ModelName
-from supervisor.runners.runner import LaunchSpec, Runner, State
+from supervisor.runners.launch import LaunchSpec
+from supervisor.runners.runner import Runner, State
 from supervisor.models.store import StoredModel
 from supervisor.models.remote import Lease, RemoteModel
 

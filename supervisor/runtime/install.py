@@ -28,7 +28,7 @@ import httpx
 import msgspec
 
 from supervisor.errors import LlamagateError
-from supervisor.runners.runner import clean_env
+from supervisor.runners.launch import clean_env
 from supervisor.runtime.assets import Asset, Host, Pick, Release, pick
 from supervisor.runtime.host import detect
 

@@ -1,0 +1,90 @@
+"""What a llama-server is started with: its command line (`LaunchSpec`) and its environment.
+Pure code, no I/O."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything that needs a new process when it changes."""
+
+    binary: Path
+    model_path: Path
+    num_ctx: int
+    threads: int
+    parallel: int
+    # Ollama's num_gpu and num_batch; None leaves llama-server's own default.
+    gpu_layers: int | None = None
+    batch: int | None = None
+    # llama.cpp RPC workers (`host:port`) to split the model over; empty runs it all here.
+    rpc: tuple[str, ...] = ()
+    # An embedding runner is its own process (llama-server serves either embeddings or
+    # completions); `pooling` is "" to keep the GGUF's own pooling type.
+    embedding: bool = False
+    pooling: str = ""
+    projector: Path | None = None  # --mmproj: a vision model's image encoder
+    adapters: tuple[Path, ...] = ()  # --lora
+
+    @property
+    def ctx_total(self) -> int:
+        return self.num_ctx * self.parallel
+
+    def args(self) -> list[str]:
+        extra = ["--mmproj", str(self.projector)] if self.projector else []
+        for adapter in self.adapters:
+            extra += ["--lora", str(adapter)]
+        # Load options before the embedding flags: an embedding runner's batch size must win.
+        return [*self._base_args(), *self._load_args(), *self._embedding_args(), *extra]
+
+    def _load_args(self) -> list[str]:
+        args = []
+        if self.gpu_layers is not None:
+            args += ["--n-gpu-layers", str(self.gpu_layers)]
+        if self.batch is not None:
+            args += ["--batch-size", str(self.batch)]
+        if self.rpc:
+            args += ["--rpc", ",".join(self.rpc)]
+        return args
+
+    def _embedding_args(self) -> list[str]:
+        if not self.embedding:
+            return []
+        # A whole input must fit one physical batch: non-causal models can't split it.
+        batch = str(self.num_ctx)
+        pooling = ["--pooling", self.pooling] if self.pooling else []
+        return ["--embeddings", *pooling, "--batch-size", batch, "--ubatch-size", batch]
+
+    def _base_args(self) -> list[str]:
+        return [
+            str(self.binary),
+            "--model", str(self.model_path),
+            "--host", "127.0.0.1",
+            # Port 0 and reading the bound port from the log avoids the race of picking a free
+            # port ourselves (and llama.cpp's old SO_REUSEPORT double-bind, issue #20963).
+            "--port", "0",
+            # The KV cache is split over the slots: each slot gets the num_ctx it was asked for.
+            "--ctx-size", str(self.ctx_total),
+            "--parallel", str(self.parallel),
+            "--threads", str(self.threads),
+            "--jinja",
+            "--no-webui",
+            "--offline",
+            "--log-colors", "off",
+        ]
+
+
+def clean_env() -> dict[str, str]:
+    """Our environment minus llama.cpp's own variables: `LLAMA_ARG_*` set any flag we don't pass,
+    `LLAMA_API_KEY` the key, `LLAMA_LOG_*` the log we read the port and error reports from
+    (`LLAMA_LOG_VERBOSITY=0` cuts it to a dozen lines, without the model loader's)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_")}
+
+
+def child_env(api_key: str) -> dict[str, str]:
+    """A runner's environment: clean, plus its API key, where other users can't read it as they
+    can read a command line."""
+    return {**clean_env(), "LLAMA_API_KEY": api_key}
