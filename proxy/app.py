@@ -1,4 +1,5 @@
-"""The Litestar application: routes of every dialect, errors in each dialect's shape (proxy/errors.py), lifespan."""
+"""The Litestar application: routes of every dialect, errors in each dialect's shape (the
+handlers of proxy/errors.py), lifespan."""
 
 from __future__ import annotations
 
