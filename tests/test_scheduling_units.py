@@ -3,7 +3,6 @@ sizes and NAME=VALUE settings, the config file, and picking an upstream."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import pytest
