@@ -145,6 +145,19 @@ def test_all_upstreams_down_is_a_503(tmp_path):
         srv.stop()
 
 
+def test_offline_pull_of_an_upstream_name_reports_the_registry(tmp_path):
+    """Pull reads the store alone: an upstream name with no local copy is an ordinary offline
+    pull (502 naming the registry), as it is for any other name."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    srv = Server(tmp_path, "--upstream", f"gone=http://127.0.0.1:{free_port()}",
+                 env={"LLAMAGATE_REGISTRY_MIRRORS": f"registry.ollama.ai={dead}"})
+    try:
+        r = httpx.post(f"{srv.url}/api/pull", json={"model": "gone", "stream": False}, timeout=30)
+        assert r.status_code == 502 and "registry unreachable" in r.json()["error"], r.text
+    finally:
+        srv.stop()
+
+
 def test_bad_upstream_flag_is_refused():
     r = subprocess.run([*llamagate_cmd(), "serve", "--upstream", "no-url"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and "--upstream 'no-url': expected NAME=VALUE" in r.stderr
