@@ -3,9 +3,10 @@ Pure code, no I/O."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from supervisor.runtime.environment import clean_env
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,6 @@ class LaunchSpec:
             "--offline",
             "--log-colors", "off",
         ]
-
-
-def clean_env() -> dict[str, str]:
-    """Our environment minus llama.cpp's own variables: `LLAMA_ARG_*` set any flag we don't pass,
-    `LLAMA_API_KEY` the key, `LLAMA_LOG_*` the log we read the port and error reports from
-    (`LLAMA_LOG_VERBOSITY=0` cuts it to a dozen lines, without the model loader's)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_")}
 
 
 def child_env(api_key: str) -> dict[str, str]:

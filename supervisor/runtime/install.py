@@ -28,8 +28,8 @@ import httpx
 import msgspec
 
 from supervisor.errors import LlamagateError
-from supervisor.runners.launch import clean_env
 from supervisor.runtime.assets import Asset, Host, Pick, Release, pick
+from supervisor.runtime.environment import clean_env
 from supervisor.runtime.host import detect
 
 try:
