@@ -160,8 +160,14 @@ class Pool:
     def location(self) -> str:
         return ",".join(e.base_url for e in self.endpoints)
 
-    projector = None
-    adapters: tuple[()] = ()
+    # A projector or adapters are the servers' own business: none loaded by us.
+    @property
+    def projector(self) -> None:
+        return None
+
+    @property
+    def adapters(self) -> tuple[()]:
+        return ()
 
     @property
     def vision(self) -> bool:
@@ -185,9 +191,8 @@ class Pool:
     def info(self, *, verbose: bool = False) -> GGUFInfo:
         """What the server tells of its GGUF: the chat template and the parameter count, as a
         GGUF's metadata would say them (verbose or not, there is no more)."""
-        meta = self.meta or _Meta()
-        return GGUFInfo(metadata={"tokenizer.chat_template": self.props.chat_template if self.props else "",
-                                  "general.parameter_count": meta.n_params})
+        return GGUFInfo(metadata={"tokenizer.chat_template": self.props.chat_template if self.props else ""},
+                        parameter_count=self.meta.n_params if self.meta else 0)
 
     async def _probe(self, client: httpx.AsyncClient, endpoint: Endpoint) -> None:
         try:
