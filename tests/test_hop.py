@@ -20,9 +20,9 @@ def _chunk(data: bytes) -> bytes:
 class _Endpoint:
     """A target as the hop sees one."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, api_key: str = "k") -> None:
         self.base_url = f"http://127.0.0.1:{port}"
-        self.api_key = "k"
+        self.api_key = api_key
 
     async def failure(self, error: Exception) -> LlamagateError:
         return LlamagateError(500, f"failed: {error}")
@@ -119,5 +119,59 @@ def test_requests_to_one_server_share_its_connection_whatever_holds_them():
         finally:
             await hop.aclose()
             server.close()
+
+    asyncio.run(main())
+
+
+def test_concurrent_requests_to_several_servers_all_complete(monkeypatch):
+    """New pools (a new server, a restarted runner's new key) retire only idle pools, never one
+    whose request is still waiting for its answer, and two requests never retire one twice."""
+    import httpx
+
+    import proxy.llama.client
+
+    monkeypatch.setattr(proxy.llama.client, "_STALE", 0.0)  # every idle pool is stale at once
+    close = httpx.AsyncClient.aclose
+
+    async def slow_close(self: httpx.AsyncClient) -> None:
+        await asyncio.sleep(0.05)  # closing real sockets yields to other requests, here always
+        await close(self)
+
+    monkeypatch.setattr(httpx.AsyncClient, "aclose", slow_close)
+
+    async def main() -> None:
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                await reader.readexactly(length)
+                await asyncio.sleep(0.2)
+                body = b'{"tokens":[7]}'
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+                await writer.drain()
+            writer.close()
+
+        servers = [await asyncio.start_server(slow, "127.0.0.1", 0) for _ in range(3)]
+        hop = Hop()
+
+        def call(port: int, key: str):
+            return hop.post(_Endpoint(port, key), "/tokenize", wire.TokenizeRequest("x"), wire.TokenizeResponse)
+
+        try:
+            ports = [s.sockets[0].getsockname()[1] for s in servers]
+            for key in ("old1", "old2"):  # two pools left idle, as by runners since restarted
+                await call(ports[0], key)
+            calls = [call(port, key) for key in ("new1", "new2") for port in ports for _ in range(3)]
+            results = await asyncio.gather(*calls)
+            assert [r.tokens for r in results] == [[7]] * len(calls)
+        finally:
+            await hop.aclose()
+            for s in servers:
+                s.close()
 
     asyncio.run(main())

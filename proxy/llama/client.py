@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import httpx
@@ -65,7 +65,7 @@ def _error(status: int, body: bytes) -> LlamagateError:
 class _Pool:
     client: httpx.AsyncClient
     in_flight: int = 0
-    used: float = 0.0
+    used: float = field(default_factory=time.monotonic)
 
 
 class Hop:
@@ -73,17 +73,16 @@ class Hop:
         # Keyed by where and as whom, so every request to one server shares its connections.
         self._pools: dict[tuple[str, str], _Pool] = {}
 
-    async def _pool(self, target: Target) -> _Pool:
+    def _pool(self, target: Target) -> tuple[_Pool, list[_Pool]]:
+        """The target's pool, and the pools it retires: without an await in between, so that
+        concurrent requests never build two pools for one server."""
         key = (target.base_url, target.api_key)
         if pool := self._pools.get(key):
-            return pool
+            return pool, []
         # A new server or a restarted runner (new port, new key): a pool left idle this long
         # belongs to a process that is gone.
         now = time.monotonic()
-        for old, stale in list(self._pools.items()):
-            if stale.in_flight == 0 and now - stale.used > _STALE:
-                del self._pools[old]
-                await stale.client.aclose()
+        stale = [k for k, p in self._pools.items() if p.in_flight == 0 and now - p.used > _STALE]
         pool = self._pools[key] = _Pool(async_client(
             base_url=target.base_url,
             headers={"Content-Type": "application/json",
@@ -91,29 +90,28 @@ class Hop:
             timeout=_TIMEOUT,
             limits=httpx.Limits(max_keepalive_connections=32),
         ))
-        return pool
+        return pool, [self._pools.pop(k) for k in stale]
 
     @asynccontextmanager
     async def _post(self, target: Target, path: str, content: bytes, stream: bool) -> AsyncIterator[httpx.Response]:
         """POST and hold the answer open; a target that refused the connection may move to
         another server and be tried there."""
         while True:
-            pool = await self._pool(target)
-            client = pool.client
+            pool, retired = self._pool(target)
+            pool.in_flight += 1  # from before the send: a pool in use is never retired
             try:
-                try:
-                    response = await client.send(client.build_request("POST", path, content=content), stream=stream)
-                except httpx.RemoteProtocolError:
-                    # A pooled connection llama-server closed while it sat idle (its keep-alive
-                    # timeout is 5 s) fails before any answer: nothing ran, so once more on a
-                    # new connection (a dead server then fails to connect, below).
-                    response = await client.send(client.build_request("POST", path, content=content), stream=stream)
+                for old in retired:
+                    await old.client.aclose()
+                response = await self._send(pool.client, path, content, stream)
                 break
             except httpx.ConnectError as e:
                 if not target.failover(e):
                     raise await target.failure(e) from e
             except httpx.HTTPError as e:
                 raise await target.failure(e) from e
+            finally:
+                pool.in_flight -= 1
+                pool.used = time.monotonic()
         pool.in_flight += 1
         try:
             yield response
@@ -123,6 +121,16 @@ class Hop:
             pool.in_flight -= 1
             pool.used = time.monotonic()
             await response.aclose()
+
+    @staticmethod
+    async def _send(client: httpx.AsyncClient, path: str, content: bytes, stream: bool) -> httpx.Response:
+        try:
+            return await client.send(client.build_request("POST", path, content=content), stream=stream)
+        except httpx.RemoteProtocolError:
+            # A pooled connection llama-server closed while it sat idle (its keep-alive timeout
+            # is 5 s) fails before any answer: nothing ran, so once more on a new connection (a
+            # dead server then fails to connect, which the caller handles).
+            return await client.send(client.build_request("POST", path, content=content), stream=stream)
 
     async def stream(self, target: Target, path: str, body: msgspec.Struct, chunk_type: type) -> AsyncIterator:
         """POST `body` and yield each SSE event decoded as `chunk_type`.
