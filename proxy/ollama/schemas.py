@@ -10,7 +10,7 @@ import msgspec
 from proxy.semantics import KeepAlive, Options
 
 Format = str | dict[str, Any] | None
-# `think`: a bool, or a level ("low", "medium", "high", "max"); checked in translate.think.
+# `think`: a bool, or a level ("low", "medium", "high", "max"); checked in proxy.semantics.think_kwargs.
 Think = bool | str | None
 
 
