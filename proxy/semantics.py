@@ -14,7 +14,8 @@ from supervisor.errors import bad_request
 from supervisor.models.model import Model
 
 KeepAlive = str | int | float | None
-# Ollama's `think`: a bool or a level; /v1's reasoning efforts map onto it.
+# Ollama's `think`: a bool, or a level ("low", "medium", "high", "max"), checked in
+# think_kwargs; /v1's reasoning efforts map onto it.
 Think = bool | str | None
 
 

@@ -1,8 +1,9 @@
 """Pure mappings between the OpenAI-compatible shapes and llama-server's: no I/O, table-tested.
 
 llama-server speaks OpenAI itself, so most of a request passes through; what llamagate adds is
-Ollama's model semantics (Modelfile SYSTEM/PARAMETER/MESSAGE, `options`, bounded generation),
-the two rewrites Ollama documents (see "Rewrites"), and answers that name the model as asked.
+Ollama's model semantics (Modelfile SYSTEM/PARAMETER/MESSAGE, `options`, bounded generation,
+`think` from reasoning efforts), the rewrites Ollama documents (see "Rewrites"), tools on models
+whose template knows none (`proxy.tools`), and answers that name the model as asked.
 """
 
 from __future__ import annotations
