@@ -1,5 +1,6 @@
 """Ollama's model semantics both dialects use: Modelfile defaults, options → sampling (the
-`options` map and `keep_alive` as requests carry them, and how they become llama-server fields)."""
+`options` map and `keep_alive` as requests carry them, and how they become llama-server fields),
+and `think` → the chat template's thinking switches."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from typing import Any
 import msgspec
 
 from proxy.llama import wire
+from supervisor.errors import bad_request
 from supervisor.models.model import Model
 
 KeepAlive = str | int | float | None
+# Ollama's `think`: a bool, or a level ("low", "medium", "high", "max"), checked in
+# think_kwargs; /v1's reasoning efforts map onto it.
+Think = bool | str | None
 
 
 class Options(msgspec.Struct, omit_defaults=True):
@@ -88,3 +93,24 @@ def sampling(defaults: ModelDefaults, options: Options | None, num_ctx: int) -> 
     if merged.get("num_keep") is not None:
         out["n_keep"] = merged["num_keep"]
     return out
+
+
+_THINK_LEVELS = ("low", "medium", "high", "max")
+
+
+def think_kwargs(value: Think, name: str, capabilities: list[str]) -> dict[str, Any] | None:
+    """`think` as llama-server's chat_template_kwargs: None (the template's default), or
+    enable_thinking with a reasoning_effort for levels; asking a model that can't think is a 400,
+    turning thinking off never is."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value not in _THINK_LEVELS:
+        raise bad_request(f'invalid think value: "{value}" (must be "high", "medium", "low", "max", true, or false)')
+    if value is False:
+        return {"enable_thinking": False} if "thinking" in capabilities else None
+    if "thinking" not in capabilities:
+        raise bad_request(f'"{name}" does not support thinking')
+    kwargs: dict[str, Any] = {"enable_thinking": True}
+    if isinstance(value, str):
+        kwargs["reasoning_effort"] = value
+    return kwargs

@@ -172,9 +172,10 @@ class Config:
     # Existing llama-servers by model name, and RPC workers for supervised models by model name.
     upstreams: dict[str, list[str]] = field(default_factory=dict)
     rpc: dict[str, list[str]] = field(default_factory=dict)
-    # The two rewrites Ollama documents for /v1 (see proxy/openai/translate.py, "Rewrites").
+    # The rewrites of /v1's semantics (see proxy/openai/translate.py, "Rewrites").
     openai_seed_greedy: bool = True
     openai_finish_stop: bool = True
+    openai_tool_calls_stop: bool = False
     registry_mirrors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -198,6 +199,7 @@ class Config:
             hang_timeout=_env_seconds("LLAMAGATE_HANG_TIMEOUT", "5m"),
             openai_seed_greedy=_env_bool("LLAMAGATE_OPENAI_SEED_GREEDY", True),
             openai_finish_stop=_env_bool("LLAMAGATE_OPENAI_FINISH_STOP", True),
+            openai_tool_calls_stop=_env_bool("LLAMAGATE_OPENAI_TOOL_CALLS_STOP", False),
             registry_mirrors=parse_mirrors(_env("LLAMAGATE_REGISTRY_MIRRORS")),
         )
         if models := _env("OLLAMA_MODELS"):

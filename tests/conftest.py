@@ -105,14 +105,14 @@ class Server:
         self._log.close()
 
 
-def fake_upstream_server(tmp: Path) -> Server:
+def fake_upstream_server(tmp: Path, env: dict[str, str] | None = None) -> Server:
     """A `llamagate serve` whose llama-server is tests/fake_llama_server.py; `.requests()` lists
     what that fake was started with and sent."""
     log = tmp / "requests.jsonl"
     wrapper = tmp / "llama-server"
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'fake_llama_server.py'} \"$@\"\n")
     wrapper.chmod(0o755)
-    srv = Server(tmp, "--llama-server", str(wrapper), env={"FAKE_LLAMA_LOG": str(log)})
+    srv = Server(tmp, "--llama-server", str(wrapper), env={"FAKE_LLAMA_LOG": str(log), **(env or {})})
     srv.requests = lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return srv
 

@@ -18,6 +18,24 @@ def _record(entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
+def _answer(body: dict) -> list[str]:
+    """The content pieces: "Hi there", or what follows "ECHO:" in the last message, in two."""
+    last = body["messages"][-1].get("content")
+    if isinstance(last, str) and last.startswith("ECHO:"):
+        text = last[len("ECHO:"):]
+        return [text[: len(text) // 2], text[len(text) // 2:]]
+    return ["Hi", " there"]
+
+
+def _chat_answer(body: dict) -> dict:
+    """A whole (stream: false) answer: the streamed one's parts joined."""
+    reasoning = "Let me think." if (body.get("chat_template_kwargs") or {}).get("enable_thinking", True) else None
+    message = {"role": "assistant", "content": "".join(_answer(body)),
+               **({"reasoning_content": reasoning} if reasoning else {})}
+    return {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}, "timings": TIMINGS}
+
+
 def _chat_events(body: dict) -> list[dict]:
     """Reasoning first (unless thinking was turned off), then content, then the final event."""
     def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
@@ -30,8 +48,9 @@ def _chat_events(body: dict) -> list[dict]:
     if body.get("logprobs"):
         top = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}, {"token": "Yo", "logprob": -2.5, "bytes": [89, 111]}]
         logprobs = {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": top[: body.get("top_logprobs", 0)]}]}
-    events.append(chunk({"content": "Hi"}, **({"logprobs": logprobs} if logprobs else {})))
-    events.append(chunk({"content": " there"}))
+    first, second = _answer(body)
+    events.append(chunk({"content": first}, **({"logprobs": logprobs} if logprobs else {})))
+    events.append(chunk({"content": second}))
     events.append({**chunk({}, "stop"), "timings": TIMINGS})
     return events
 
@@ -68,7 +87,9 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         _record({"path": self.path, "body": body})
         if self.path == "/v1/chat/completions":
-            self._sse(_chat_events(body))
+            self._sse(_chat_events(body)) if body.get("stream") else self._json(_chat_answer(body))
+        elif self.path == "/v1/responses":
+            self._json({"object": "response", "model": "fake", "status": "completed", "output": []})
         elif self.path in ("/infill", "/completion"):
             self._sse([{"content": "MIDDLE", "stop": False},
                        {"content": "", "stop": True, "stop_type": "eos", "timings": TIMINGS}])

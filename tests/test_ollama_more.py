@@ -369,12 +369,6 @@ def test_tools_round_trip(own):
     assert second.done and second.prompt_eval_count > first.prompt_eval_count
 
 
-def test_tools_need_a_tool_capable_model(client):
-    with pytest.raises(ollama.ResponseError) as e:
-        client.chat(model=MODEL, messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL])
-    assert e.value.status_code == 400 and e.value.error == f'"{MODEL}" does not support tools'
-
-
 def test_think_false_and_true_on_a_model_that_cannot_think(client):
     r = client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}], think=False, options=GREEDY)
     assert r.message.content and not r.message.thinking

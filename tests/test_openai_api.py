@@ -234,7 +234,7 @@ def test_tool_choice_is_enforced(oai, tool_choice, expected):
     assert call.function.name == (expected or call.function.name) in ("get_weather", "get_time")
     arguments = json.loads(call.function.arguments)
     assert set(arguments) == {"city"} if call.function.name == "get_weather" else {"zone"}
-    assert r.choices[0].finish_reason == "stop"  # the rewrite; "tool_calls" with it off
+    assert r.choices[0].finish_reason == "tool_calls"  # the rewrite leaves it: agent loops wait for it
 
 
 def test_tool_call_streamed(oai):
@@ -244,7 +244,7 @@ def test_tool_call_streamed(oai):
     (call,) = calls
     assert call.index == 0 and call.function.name == "get_weather"
     assert isinstance(json.loads(call.function.arguments)["city"], str)
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
 def test_tool_choice_none_answers_in_text(oai):

@@ -8,6 +8,7 @@ import struct
 import msgspec
 import pytest
 
+from proxy import tools
 from proxy.llama import wire
 from proxy.openai import schemas, translate
 from proxy.semantics import ModelDefaults, Options
@@ -40,7 +41,10 @@ def raises_400(fn, *args, match: str):
     ("reason", "rewrites", "expected"),
     [
         ("length", ON, "stop"),
-        ("tool_calls", ON, "stop"),
+        # By default tool calls end as "tool_calls", as Ollama sends them; agent loops wait for it.
+        ("tool_calls", ON, "tool_calls"),
+        ("tool_calls", translate.Rewrites(tool_calls_stop=True), "stop"),
+        ("length", translate.Rewrites(tool_calls_stop=True, finish_stop=False), "length"),
         ("stop", ON, "stop"),
         ("length", OFF, "length"),
         ("tool_calls", OFF, "tool_calls"),
@@ -407,62 +411,96 @@ def test_forced_tools(choice, native, expected):
 
 
 def test_tool_call_schema():
-    tools = chat(tools=[WEATHER, TIME]).tools
+    fs = translate.functions(chat(tools=[WEATHER, TIME]).tools)
     one = {"type": "object", "properties": {"name": {"const": "w"}, "arguments": WEATHER["function"]["parameters"]},
            "required": ["name", "arguments"]}
-    assert translate.tool_call_schema(tools[:1]) == one
-    assert translate.tool_call_schema(tools)["anyOf"][1]["properties"] == {"name": {"const": "t"},
-                                                                            "arguments": {"type": "object"}}
+    assert tools.call_schema(fs[:1]) == one
+    assert tools.call_schema(fs)["anyOf"][1]["properties"] == {"name": {"const": "t"}, "arguments": {"type": "object"}}
 
 
 def test_forced_request_asks_for_the_call_by_grammar_and_prompt():
     req = chat(tools=[WEATHER], tool_choice="required", messages=[{"role": "system", "content": "Be brief."},
                                                                   {"role": "user", "content": "Weather in Oslo?"}])
-    forced = translate.forced_tools(req, native_tools=False)
-    body = translate.chat_request(req, NO_MODEL, 100, ON, forced)
+    body = translate.chat_request(req, NO_MODEL, 100, ON, native_tools=False)
     assert body.tools is None and body.tool_choice is None
-    assert body.response_format["json_schema"]["schema"] == translate.tool_call_schema(forced)
+    assert body.response_format["json_schema"]["schema"] == tools.call_schema(translate.functions(req.tools))
     assert body.messages[0].content.startswith("Be brief.\n\nYou have these functions: ")
-    body = translate.chat_request(chat(tools=[WEATHER], tool_choice="required"), NO_MODEL, 100, ON, forced)
+    body = translate.chat_request(chat(tools=[WEATHER], tool_choice="required"), NO_MODEL, 100, ON, native_tools=False)
     assert body.messages[0].role == "system" and '"name":"w"' in body.messages[0].content
+
+
+@pytest.mark.parametrize(
+    ("choice", "native", "expected"),
+    [
+        ("auto", False, ["w", "t"]),
+        (None, False, ["w", "t"]),
+        ("required", False, ["w", "t"]),
+        ({"type": "function", "function": {"name": "t"}}, False, ["t"]),
+        ("none", False, None),
+        ("auto", True, None),
+    ],
+)
+def test_prompted_tools(choice, native, expected):
+    prompted = translate.prompted_tools(chat(tools=[WEATHER, TIME], tool_choice=choice), native)
+    assert (prompted if prompted is None else [f.name for f in prompted]) == expected
+
+
+def test_auto_on_a_template_without_tools_is_a_note_and_no_grammar():
+    body = translate.chat_request(chat(tools=[WEATHER]), NO_MODEL, 100, ON, native_tools=False)
+    assert body.tools is None and body.tool_choice is None and body.response_format is None
+    assert body.messages[0].role == "system" and body.messages[0].content.startswith("You can call these functions: ")
+    # With native tools they go to llama-server and no note is added.
+    body = translate.chat_request(chat(tools=[WEATHER]), NO_MODEL, 100, ON)
+    assert body.tools == chat(tools=[WEATHER]).tools and [m.role for m in body.messages] == ["user"]
+
+
+def test_earlier_calls_are_content_where_the_template_knows_no_tools():
+    messages = [{"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "w", "arguments": '{"city":"Oslo"}'}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    body = translate.chat_request(chat(tools=[WEATHER], messages=messages), NO_MODEL, 100, ON, native_tools=False)
+    call = body.messages[2]
+    assert (call.role, call.content, call.tool_calls) == ("assistant", '{"name": "w", "arguments": {"city":"Oslo"}}', None)
+    assert tools.calls_in(call.content, translate.functions(chat(tools=[WEATHER]).tools)) == [
+        tools.Call("w", {"city": "Oslo"})]
 
 
 def _decoded(raw):
     return msgspec.json.decode(raw)
 
 
-def test_forced_call_becomes_a_tool_call():
+def _ids():
+    return "call_1"
+
+
+def test_prompted_call_becomes_a_tool_call():
+    fs = translate.functions(chat(tools=[WEATHER, TIME]).tools)
     content = '{"name": "w", "arguments": {"city": "Oslo"}}'
     call = {"function": {"name": "w", "arguments": '{"city":"Oslo"}'}, "id": "call_1", "type": "function"}
-    assert _decoded(translate.forced_call(content, "call_1", delta=False)) == {
+    assert _decoded(translate.prompted_call(content, fs, _ids, delta=False)) == {
         "tool_calls": [call], "role": "assistant", "content": None}
-    assert _decoded(translate.forced_call(content, "call_1", delta=True)) == {
+    assert _decoded(translate.prompted_call(content, fs, _ids, delta=True)) == {
         "tool_calls": [{**call, "index": 0}], "role": "assistant"}
-    assert translate.forced_call('{"name": "w", "argu', "call_1", delta=False) is None
+    for not_a_call in ('{"name": "w", "argu', '{"name": "nope", "arguments": {}}', '{"a": 1}', "Sunny in Oslo."):
+        assert translate.prompted_call(not_a_call, fs, _ids, delta=False) is None
 
 
-def test_forced_choice():
+def test_prompted_choice():
+    fs = translate.functions(chat(tools=[TIME]).tools)
     whole = wire.OpenAIChoice(message=msgspec.Raw(b'{"role":"assistant","content":"{\\"name\\":\\"t\\",\\"arguments\\":{}}"}'),
                                finish_reason="stop")
-    c = translate.forced_choice(whole, "call_9")
+    c = translate.prompted_choice(whole, fs, _ids)
     assert c.finish_reason == "tool_calls" and _decoded(c.message)["tool_calls"][0]["function"]["name"] == "t"
     cut = wire.OpenAIChoice(message=msgspec.Raw(b'{"role":"assistant","content":"{\\"na"}'), finish_reason="length")
-    assert translate.forced_choice(cut, "call_9") is cut
+    assert translate.prompted_choice(cut, fs, _ids) is cut
 
 
-@pytest.mark.parametrize(
-    ("content", "reason", "delta", "finish"),
-    [
-        ('{"name":"t","arguments":{}}', "stop", {"tool_calls": [
-            {"function": {"name": "t", "arguments": "{}"}, "id": "c", "type": "function", "index": 0}],
-            "role": "assistant"}, "tool_calls"),
-        ('{"name":"t"', "length", {"role": "assistant", "content": '{"name":"t"'}, "length"),
-    ],
-)
-def test_forced_finish(content, reason, delta, finish):
-    first, last = translate.forced_finish(content, reason, "c")
-    assert _decoded(first.delta) == delta and first.finish_reason is None
-    assert _decoded(last.delta) == {} and last.finish_reason == finish
+def test_prompted_finish():
+    delta = msgspec.Raw(b'{"tool_calls":[]}')
+    first, last = translate.prompted_finish(delta)
+    assert first.delta is delta and first.finish_reason is None
+    assert _decoded(last.delta) == {} and last.finish_reason == "tool_calls"
 
 
 @pytest.mark.parametrize(("raw", "expected"), [(b'{"content":"x"}', "x"), (b'{"role":"assistant","content":null}', ""),

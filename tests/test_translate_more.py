@@ -10,7 +10,7 @@ import pytest
 
 from proxy.llama import wire
 from proxy.ollama import schemas, translate
-from proxy.semantics import ModelDefaults
+from proxy.semantics import ModelDefaults, think_kwargs
 from supervisor.models.capabilities import capabilities
 from supervisor.errors import LlamagateError
 from supervisor.models.gguf import GGUFInfo, SkippedArray
@@ -60,10 +60,10 @@ def test_render_template(template, system, prompt, expected):
 def test_think(think, caps, expected):
     if isinstance(expected, str):
         with pytest.raises(LlamagateError) as e:
-            translate.think(think, "m", caps)
+            think_kwargs(think, "m", caps)
         assert e.value.status == 400 and expected in e.value.message
     else:
-        assert translate.think(think, "m", caps) == expected
+        assert think_kwargs(think, "m", caps) == expected
 
 
 @pytest.mark.parametrize(("data", "mime"), [(PNG, "image/png"), (JPEG, "image/jpeg"), (WEBP, "image/webp")])
@@ -103,13 +103,13 @@ def test_tool_calls_are_assembled_with_object_arguments():
     assert [c.id for c in cut] == ["a"]
 
 
-def test_chat_request_checks_capabilities():
+def test_chat_request_sends_tools_where_the_template_knows_them():
     tools = [{"type": "function", "function": {"name": "f"}}]
     req = schemas.ChatRequest(model="m", messages=[schemas.Message("user", "x")], tools=tools)
-    with pytest.raises(LlamagateError) as e:
-        translate.chat_request(req, ModelDefaults(), 100, "m", ["completion"])
-    assert e.value.message == '"m" does not support tools'
     assert translate.chat_request(req, ModelDefaults(), 100, "m", ["completion", "tools"]).tools == tools
+    # Elsewhere they are a system note (see test_tools.py).
+    body = translate.chat_request(req, ModelDefaults(), 100, "m", ["completion"])
+    assert body.tools is None and body.messages[0].role == "system"
     # An empty tool list (ollama-python always sends one) needs no capability.
     req.tools = []
     assert translate.chat_request(req, ModelDefaults(), 100, "m", ["completion"]).tools is None

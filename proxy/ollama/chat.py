@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, post
 
+from proxy import tools
 from proxy.llama import wire
 from proxy.body import decode_body
 from proxy.gateway import Gateway, gate_of
@@ -37,12 +39,42 @@ def _add_tool_call(calls: dict[int, tuple[str, str, list[str]]], piece: wire.Too
     call_id, name, parts = calls.get(piece.index, ("", "", []))
     if piece.function.arguments:
         parts.append(piece.function.arguments)
-    # Ollama's own ids look like this when the runner gives none.
-    call_id = piece.id or call_id or "call_" + "".join(secrets.choice(_ID_CHARS) for _ in range(8))
-    calls[piece.index] = (call_id, piece.function.name or name, parts)
+    calls[piece.index] = (piece.id or call_id or _call_id(), piece.function.name or name, parts)
 
 
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _call_id() -> str:
+    # Ollama's own ids look like this when the runner gives none.
+    return "call_" + "".join(secrets.choice(_ID_CHARS) for _ in range(8))
+
+
+async def _prompted_calls(
+    chunks: AsyncIterator[schemas.ChatChunk], prompted: list[tools.Function]
+) -> AsyncIterator[schemas.ChatChunk]:
+    """A chat stream where tools were prompted (see `proxy.tools`): an answer that starts like a
+    JSON object is held back; at its end its calls go out one per line, or it goes out as it came."""
+    reader, held = tools.Reader(prompted), []
+    try:
+        async for c in chunks:
+            if not c.done and c.message.content and reader.holds(c.message.content):
+                if c.message.thinking:  # reasoning is never a call: it goes out at once
+                    yield schemas.ChatChunk(c.model, c.created_at, schemas.OutMessage("assistant", "", c.message.thinking), False)
+                held.append(msgspec.structs.replace(c, message=msgspec.structs.replace(c.message, thinking="")))
+                continue
+            calls = reader.calls() if c.done and held else None
+            if calls is not None:
+                for i, call in enumerate(calls):
+                    out = schemas.OutToolCall(_call_id(), schemas.ToolCallFunction(call.name, call.arguments, i))
+                    yield schemas.ChatChunk(c.model, c.created_at, schemas.OutMessage("assistant", "", tool_calls=[out]), False)
+                held = []
+            for h in held:
+                yield h
+            held = []
+            yield c
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -150,6 +182,9 @@ async def chat(request: Request) -> Response[Any]:
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     body = translate.chat_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
     chunks = _chat_chunks(gate, req.model, model, _load(req.options, num_ctx, keep_alive), body)
+    prompted = translate.prompted_tools(req, model.capabilities)
+    if prompted is not None:
+        chunks = _prompted_calls(chunks, prompted)
     return await respond(chunks, req.stream is not False, _merge_chat)
 
 

@@ -7,11 +7,9 @@ from typing import Any
 
 import msgspec
 
-from proxy.semantics import KeepAlive, Options
+from proxy.semantics import KeepAlive, Options, Think
 
 Format = str | dict[str, Any] | None
-# `think`: a bool, or a level ("low", "medium", "high", "max"); checked in translate.think.
-Think = bool | str | None
 
 
 class ToolCallFunction(msgspec.Struct, omit_defaults=True):

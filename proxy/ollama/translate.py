@@ -12,7 +12,8 @@ import msgspec
 
 from proxy.llama import wire
 from proxy.ollama import schemas
-from proxy.semantics import SAMPLING_FIELDS, ModelDefaults, sampling
+from proxy import tools
+from proxy.semantics import SAMPLING_FIELDS, ModelDefaults, sampling, think_kwargs
 from supervisor.errors import bad_request, server_error
 
 
@@ -51,12 +52,18 @@ def _arguments(args: dict[str, Any] | str) -> str:
     return args if isinstance(args, str) else msgspec.json.encode(args).decode()
 
 
-def chat_message(m: schemas.Message) -> wire.ChatMessage:
-    content: str | list[Any] = m.content or ""
+def chat_message(m: schemas.Message, native_tools: bool = True) -> wire.ChatMessage:
+    """One message; where the template knows no tools, an assistant's calls are its content,
+    written as the model is asked to write them (see `proxy.tools`)."""
+    text = m.content or ""
+    if m.tool_calls and not native_tools:
+        written = tools.call_text([(c.function.name, _arguments(c.function.arguments)) for c in m.tool_calls])
+        text = "\n".join(filter(None, [text, written]))
+    content: str | list[Any] = text
     if m.images:
-        content = [{"type": "text", "text": m.content or ""}, *(image_part(i) for i in m.images)]
+        content = [{"type": "text", "text": text}, *(image_part(i) for i in m.images)]
     tool_calls = None
-    if m.tool_calls:
+    if m.tool_calls and native_tools:
         tool_calls = [
             {"id": c.id or f"call_{i}", "type": "function",
              "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
@@ -72,34 +79,16 @@ def chat_message(m: schemas.Message) -> wire.ChatMessage:
     )
 
 
-def chat_messages(defaults: ModelDefaults, messages: list[schemas.Message]) -> list[wire.ChatMessage]:
+def chat_messages(
+    defaults: ModelDefaults, messages: list[schemas.Message], native_tools: bool = True
+) -> list[wire.ChatMessage]:
     """The model's SYSTEM (unless the request starts with its own) and MESSAGEs, then the request's."""
     out = []
     if defaults.system and not (messages and messages[0].role == "system"):
         out.append(wire.ChatMessage("system", defaults.system))
     out.extend(wire.ChatMessage(role, content) for role, content in defaults.messages)
-    out.extend(chat_message(m) for m in messages)
+    out.extend(chat_message(m, native_tools) for m in messages)
     return out
-
-
-_THINK_LEVELS = ("low", "medium", "high", "max")
-
-
-def think(value: schemas.Think, name: str, capabilities: list[str]) -> dict[str, Any] | None:
-    """`think` as llama-server's chat_template_kwargs: None (the template's default), or
-    enable_thinking with a reasoning_effort for levels; asking a model that can't think is a 400."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value not in _THINK_LEVELS:
-        raise bad_request(f'invalid think value: "{value}" (must be "high", "medium", "low", "max", true, or false)')
-    if value is False:
-        return {"enable_thinking": False} if "thinking" in capabilities else None
-    if "thinking" not in capabilities:
-        raise bad_request(f'"{name}" does not support thinking')
-    kwargs: dict[str, Any] = {"enable_thinking": True}
-    if isinstance(value, str):
-        kwargs["reasoning_effort"] = value
-    return kwargs
 
 
 def require(capability: str, what: str, name: str, capabilities: list[str]) -> None:
@@ -114,22 +103,40 @@ def top_logprobs(logprobs: bool, top: int) -> int | None:
     return top if logprobs or top else None
 
 
+class _Tool(msgspec.Struct):
+    function: tools.Function
+
+
+def prompted_tools(req: schemas.ChatRequest, capabilities: list[str]) -> list[tools.Function] | None:
+    """The tools llamagate tells the model about and reads its calls of (see `proxy.tools`),
+    where the model's chat template knows no tools (llama-server then ignores them)."""
+    if not req.tools or "tools" in capabilities:
+        return None
+    try:
+        return [t.function for t in msgspec.convert(req.tools, list[_Tool])]
+    except msgspec.ValidationError as e:
+        raise bad_request(f"invalid tools: {e}") from None
+
+
 def chat_request(
     req: schemas.ChatRequest, defaults: ModelDefaults, num_ctx: int, name: str = "", capabilities: list[str] = []
 ) -> wire.ChatRequest:
-    """Tools, images and `think` are checked against the model's capabilities (from its GGUF)."""
+    """Images and `think` are checked against the model's capabilities (from its GGUF); tools go
+    to llama-server where the template knows them, else into a system note (`prompted_tools`)."""
     messages = req.messages or []
-    if req.tools:
-        require("tools", "tools", name, capabilities)
     if any(m.images for m in messages):
         require("vision", "images", name, capabilities)
     top = top_logprobs(req.logprobs, req.top_logprobs)
+    prompted = prompted_tools(req, capabilities)
+    wire_messages = chat_messages(defaults, messages, native_tools=prompted is None)
+    if prompted is not None:
+        wire_messages = tools.with_prompt(wire_messages, prompted, forced=False)
     return wire.ChatRequest(
         stream=True, cache_prompt=True,
-        messages=chat_messages(defaults, messages),
+        messages=wire_messages,
         response_format=response_format(req.format),
-        tools=req.tools or None,
-        chat_template_kwargs=think(req.think, name, capabilities),
+        tools=req.tools if prompted is None and req.tools else None,
+        chat_template_kwargs=think_kwargs(req.think, name, capabilities),
         logprobs=True if top is not None else None,
         top_logprobs=top or None,
         **sampling(defaults, req.options, num_ctx),
@@ -251,7 +258,7 @@ def generate_request(
         stream=True, cache_prompt=True,
         messages=chat_messages(defaults, messages),
         response_format=response_format(req.format),
-        chat_template_kwargs=think(req.think, name, capabilities),
+        chat_template_kwargs=think_kwargs(req.think, name, capabilities),
         logprobs=True if top is not None else None,
         top_logprobs=top or None,
         **options,

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, post
 
+from proxy import tools
 from proxy.llama import wire
 from proxy.gateway import Gateway
 from proxy.llama.lease import Timer
@@ -64,18 +65,19 @@ async def chat_completions(request: Request) -> Response[Any]:
     load = load_options(gate, model, req)
     rewrites = rewrites_of(gate)
     native_tools = "tools" in model.capabilities
-    forced = translate.forced_tools(req, native_tools)
-    body = translate.chat_request(req, ModelDefaults.of(model), load.num_ctx or 0, rewrites, forced)
+    prompted = translate.prompted_tools(req, native_tools)
+    body = translate.chat_request(req, ModelDefaults.of(model), load.num_ctx or 0, rewrites, native_tools,
+                                  req.model, model.capabilities)
 
     async def stream(b: wire.ChatRequest) -> AsyncIterator[wire.OpenAIResult]:
         chunks = gate.inference.stream(model, load, _CHAT, b, wire.OpenAIResult, Timer())
-        async for r in (_forced_stream(chunks) if forced is not None else chunks):
+        async for r in (_prompted_stream(chunks, prompted) if prompted is not None else chunks):
             yield r
 
     async def call(b: wire.ChatRequest) -> wire.OpenAIResult:
         r = await gate.inference.call(model, load, _CHAT, b, wire.OpenAIResult)
-        if forced is not None:
-            r.choices = [translate.forced_choice(c, new_id("call_")) for c in r.choices]
+        if prompted is not None:
+            r.choices = [translate.prompted_choice(c, prompted, _call_id) for c in r.choices]
         return r
 
     head = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": req.model,
@@ -90,18 +92,38 @@ async def chat_completions(request: Request) -> Response[Any]:
     return await _answer(req, [body] * req.n, stream, call, choice, make)
 
 
-async def _forced_stream(chunks: AsyncIterator[wire.OpenAIResult]) -> AsyncIterator[wire.OpenAIResult]:
-    """A forced tool call's stream: the call's JSON is held back and sent as one tool call."""
-    text: list[str] = []
-    async for r in chunks:
-        if not r.choices:
-            yield r
-        for c in r.choices:
-            if c.finish_reason is None:
-                text.append(translate.content_of(c.delta))
-            else:
-                for choice in translate.forced_finish("".join(text), c.finish_reason, new_id("call_")):
+def _call_id() -> str:
+    return new_id("call_")
+
+
+async def _prompted_stream(
+    chunks: AsyncIterator[wire.OpenAIResult], prompted: list[tools.Function]
+) -> AsyncIterator[wire.OpenAIResult]:
+    """A stream where tools were prompted (see `proxy.tools`): an answer that starts like a JSON
+    object is held back; at its end it is sent as one delta of tool calls, or as it came."""
+    reader, held = tools.Reader(prompted), []
+    try:
+        async for r in chunks:
+            if not r.choices:
+                yield r
+            for c in r.choices:
+                text = translate.content_of(c.delta)
+                if c.finish_reason is None and text and reader.holds(text):
+                    held.append(c)
+                    continue
+                if c.finish_reason is not None and held:
+                    reader.holds(text)
+                    delta = translate.prompted_call("".join(reader.text), prompted, _call_id, delta=True)
+                    if delta is not None:
+                        for choice in translate.prompted_finish(delta):
+                            yield wire.OpenAIResult([choice])
+                        held = []
+                        continue
+                for choice in [*held, c]:
                     yield wire.OpenAIResult([choice])
+                held = []
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _no_infill(e: LlamagateError, model: Model) -> LlamagateError:

@@ -24,7 +24,8 @@ T = TypeVar("T")
 
 
 def rewrites_of(gate: Gateway) -> translate.Rewrites:
-    return translate.Rewrites(gate.config.openai_seed_greedy, gate.config.openai_finish_stop)
+    c = gate.config
+    return translate.Rewrites(c.openai_seed_greedy, c.openai_finish_stop, c.openai_tool_calls_stop)
 
 
 def new_id(prefix: str) -> str:

@@ -13,6 +13,7 @@ from litestar.response import Stream
 from proxy.body import decode_body
 from proxy.openai import schemas, translate
 from proxy.gateway import gate_of
+from proxy.semantics import think_kwargs
 from proxy.openai.models import load_options, require_model
 from proxy.openai.sse import JSON, SSE, encode, sse_event
 from supervisor.errors import LlamagateError
@@ -49,7 +50,11 @@ async def _relay(request: Request, path: str) -> Response[Any]:
     req = await decode_body(request, schemas.Routed)
     gate = gate_of(request)
     model = require_model(gate, req.model)
-    events = gate.inference.relay(model, load_options(gate, model, req), path, await request.body())
+    body = await request.body()
+    if path == "/v1/responses" and req.reasoning is not None:
+        think = translate.responses_think(req.reasoning.effort)
+        body = translate.with_template_kwargs(body, think_kwargs(think, req.model, model.capabilities))
+    events = gate.inference.relay(model, load_options(gate, model, req), path, body)
     event, data = await anext(events)
     if not event and not req.stream:
         await events.aclose()  # type: ignore[attr-defined]

@@ -51,6 +51,8 @@ class Message(msgspec.Struct):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    # Earlier reasoning: `reasoning` as Ollama reads it, `reasoning_content` as llama-server names it.
+    reasoning: str | None = None
     reasoning_content: str | None = None
 
 
@@ -87,6 +89,10 @@ class NamedToolChoice(msgspec.Struct):
     type: Literal["function"] = "function"
 
 
+class Reasoning(msgspec.Struct):
+    effort: str | None = None
+
+
 class _Extensions(msgspec.Struct, kw_only=True):
     """Ollama's native knobs, honoured on /v1 too (Ollama ignores them there)."""
 
@@ -120,6 +126,9 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # How hard a thinking model thinks, as Ollama's `think` (see translate.reasoning_think).
+    reasoning_effort: str | None = None
+    reasoning: Reasoning | None = None
 
 
 class CompletionRequest(_Sampling, kw_only=True):
@@ -144,16 +153,11 @@ class Routed(_Extensions, kw_only=True):
 
     model: str = ""
     stream: bool = False
+    # The Responses API's; Anthropic's `thinking` is llama-server's to read.
+    reasoning: Reasoning | None = None
 
 
 # Answers -------------------------------------------------------------------------------------
-
-
-class ForcedCall(msgspec.Struct):
-    """What the grammar of a forced tool call makes the model write."""
-
-    name: str
-    arguments: dict[str, Any]
 
 
 class ToolCallMessage(msgspec.Struct):

@@ -1,8 +1,9 @@
 """Pure mappings between the OpenAI-compatible shapes and llama-server's: no I/O, table-tested.
 
 llama-server speaks OpenAI itself, so most of a request passes through; what llamagate adds is
-Ollama's model semantics (Modelfile SYSTEM/PARAMETER/MESSAGE, `options`, bounded generation),
-the two rewrites Ollama documents (see "Rewrites"), and answers that name the model as asked.
+Ollama's model semantics (Modelfile SYSTEM/PARAMETER/MESSAGE, `options`, bounded generation,
+`think` from reasoning efforts), the rewrites Ollama documents (see "Rewrites"), tools on models
+whose template knows none (`proxy.tools`), and answers that name the model as asked.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import base64
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from proxy.llama import wire
-from proxy import semantics
+from proxy import semantics, tools
 from proxy.openai import schemas
 from proxy.semantics import Options
 from supervisor.errors import bad_request
@@ -30,19 +32,23 @@ SYSTEM_FINGERPRINT = "fp_llamagate"
 @dataclass(frozen=True)
 class Rewrites:
     """The card's rewrites of OpenAI's semantics, as Ollama documents them for /v1; each has a
-    setting to turn it off (Config.openai_seed_greedy, Config.openai_finish_stop)."""
+    setting (Config.openai_seed_greedy, .openai_finish_stop, .openai_tool_calls_stop)."""
 
     # A request with `seed` runs at temperature 0 (LLAMAGATE_OPENAI_SEED_GREEDY).
     seed_greedy: bool = True
-    # `finish_reason` is always "stop", never "length" or "tool_calls" (LLAMAGATE_OPENAI_FINISH_STOP).
+    # `finish_reason` "length" is "stop" (LLAMAGATE_OPENAI_FINISH_STOP).
     finish_stop: bool = True
+    # `finish_reason` "tool_calls" is "stop" (LLAMAGATE_OPENAI_TOOL_CALLS_STOP). Off by default:
+    # agent loops wait for "tool_calls", and Ollama sends it.
+    tool_calls_stop: bool = False
 
 
 def finish_reason(reason: str | None, rewrites: Rewrites) -> str | None:
     """llama-server's finish_reason as the client sees it; None (not finished yet) stays None."""
-    if reason is None:
-        return None
-    return "stop" if rewrites.finish_stop else reason
+    if reason is None or reason == "stop":
+        return reason
+    rewrite = rewrites.tool_calls_stop if reason == "tool_calls" else rewrites.finish_stop
+    return "stop" if rewrite else reason
 
 
 # Requests ------------------------------------------------------------------------------------
@@ -98,19 +104,26 @@ def _tool_calls(m: schemas.Message, i: int) -> list[schemas.ToolCall] | None:
     return m.tool_calls
 
 
-def chat_messages(defaults: semantics.ModelDefaults, messages: list[schemas.Message]) -> list[wire.ChatMessage]:
+def chat_messages(
+    defaults: semantics.ModelDefaults, messages: list[schemas.Message], native_tools: bool = True
+) -> list[wire.ChatMessage]:
     """The model's SYSTEM (unless the request starts with its own) and MESSAGEs, then the
-    request's messages; `developer` is OpenAI's newer name for `system`."""
+    request's messages; `developer` is OpenAI's newer name for `system`. Where the template knows
+    no tools, an assistant's calls are its content, written as the model is asked to write them."""
     out = []
     if defaults.system and messages[0].role not in ("system", "developer"):
         out.append(wire.ChatMessage("system", defaults.system))
     out.extend(wire.ChatMessage(role, content) for role, content in defaults.messages)
     for i, m in enumerate(messages):
+        content, calls = _content(m, i), _tool_calls(m, i)
+        if calls and not native_tools:
+            written = tools.call_text([(c.function.name, c.function.arguments) for c in calls])
+            content, calls = "\n".join(filter(None, [content if isinstance(content, str) else "", written])), None
         out.append(wire.ChatMessage(
             role="system" if m.role == "developer" else m.role,
-            content=_content(m, i),
-            reasoning_content=m.reasoning_content,
-            tool_calls=_tool_calls(m, i),
+            content=content,
+            reasoning_content=m.reasoning or m.reasoning_content,
+            tool_calls=calls,
             tool_call_id=m.tool_call_id,
             name=m.name,
         ))
@@ -151,72 +164,90 @@ def tool_choice(req: schemas.ChatCompletionRequest) -> str | dict[str, Any] | No
 def forced_tools(req: schemas.ChatCompletionRequest, native_tools: bool) -> list[schemas.Tool] | None:
     """The tools one of which must be called, when the request forces a call (`required` or a
     named function) and the model's chat template knows no tools, so llama-server can't
-    enforce it: llamagate then enforces it with a grammar (see `tool_call_schema`)."""
+    enforce it: llamagate then enforces it with a grammar (see `proxy.tools.call_schema`)."""
     choice = tool_choice(req)
     if native_tools or choice in (None, "auto", "none"):
         return None
-    tools = req.tools or []
+    listed = req.tools or []
     if isinstance(choice, dict):
-        return [t for t in tools if t.function.name == choice["function"]["name"]]
-    return tools
+        return [t for t in listed if t.function.name == choice["function"]["name"]]
+    return listed
 
 
-def tool_call_schema(tools: list[schemas.Tool]) -> dict[str, Any]:
-    """The JSON schema of one call of one of `tools`: {"name": ..., "arguments": {...}}."""
-    variants = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": t.function.name}, "arguments": t.function.parameters or {"type": "object"}},
-            "required": ["name", "arguments"],
-        }
-        for t in tools
-    ]
-    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+def prompted_tools(req: schemas.ChatCompletionRequest, native_tools: bool) -> list[tools.Function] | None:
+    """The tools llamagate tells the model about and reads its calls of, where the model's chat
+    template knows no tools (llama-server then ignores them): the forced ones, or all of them
+    unless `tool_choice` is "none"."""
+    forced = forced_tools(req, native_tools)
+    if forced is not None:
+        return functions(forced)
+    if native_tools or not req.tools or tool_choice(req) == "none":
+        return None
+    return functions(req.tools)
 
 
-def tool_prompt(tools: list[schemas.Tool]) -> str:
-    """What a model whose template knows no tools is told about them when it must call one."""
-    listed = msgspec.json.encode([t.function for t in tools]).decode()
-    return (f"You have these functions: {listed}\nCall one of them: answer with a JSON object "
-            '{"name": <the function name>, "arguments": <its arguments as an object>}.')
-
-
-def _with_tool_prompt(messages: list[wire.ChatMessage], tools: list[schemas.Tool]) -> list[wire.ChatMessage]:
-    prompt = tool_prompt(tools)
-    if messages[0].role == "system" and isinstance(messages[0].content, str):
-        first = msgspec.structs.replace(messages[0], content=f"{messages[0].content}\n\n{prompt}")
-        return [first, *messages[1:]]
-    return [wire.ChatMessage("system", prompt), *messages]
+def functions(tool_list: list[schemas.Tool]) -> list[tools.Function]:
+    return [tools.Function(t.function.name, t.function.description, t.function.parameters) for t in tool_list]
 
 
 def chat_request(
     req: schemas.ChatCompletionRequest, defaults: semantics.ModelDefaults, num_ctx: int, rewrites: Rewrites,
-    forced: list[schemas.Tool] | None = None,
+    native_tools: bool = True, name: str = "", capabilities: list[str] = [],
 ) -> wire.ChatRequest:
     """One upstream request (of `n`): llamagate asks for n choices by n requests, because
-    llama-server answers n > 1 only with as many slots. With `forced` tools (see
-    `forced_tools`) the answer is a JSON call that `forced_call` turns into a tool call."""
+    llama-server answers n > 1 only with as many slots. Where the template knows no tools
+    (`native_tools` false), the tools are a system note (see `proxy.tools`), and a forced call
+    is also a grammar: its answer is a JSON call that `prompted_call` turns into a tool call."""
     if not req.messages:
         raise bad_request("messages must not be empty")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    messages = chat_messages(defaults, req.messages)
-    tools: dict[str, Any] = {
+    messages = chat_messages(defaults, req.messages, native_tools)
+    fields: dict[str, Any] = {
         "response_format": response_format(req.response_format),
         "tools": req.tools,
         "tool_choice": tool_choice(req),
         "parallel_tool_calls": req.parallel_tool_calls,
     }
+    forced = forced_tools(req, native_tools)
+    prompted = prompted_tools(req, native_tools)
     if forced is not None:
-        messages = _with_tool_prompt(messages, forced)
-        schema = {"name": "tool_call", "schema": tool_call_schema(forced)}
-        tools = {"response_format": {"type": "json_schema", "json_schema": schema}}
+        messages = tools.with_prompt(messages, functions(forced), forced=True)
+        schema = {"name": "tool_call", "schema": tools.call_schema(functions(forced))}
+        fields = {"response_format": {"type": "json_schema", "json_schema": schema}}
+    elif prompted is not None:
+        messages = tools.with_prompt(messages, prompted, forced=False)
+        fields = {"response_format": fields["response_format"]}
     return wire.ChatRequest(
         messages=messages,
         top_logprobs=req.top_logprobs,
+        chat_template_kwargs=semantics.think_kwargs(reasoning_think(req), name, capabilities),
         **_common(req, req.logprobs),
-        **tools,
+        **fields,
         **semantics.sampling(defaults, options(req, max_tokens, rewrites), num_ctx),
     )
+
+
+def reasoning_think(req: schemas.ChatCompletionRequest) -> semantics.Think:
+    """`reasoning.effort` (first) or `reasoning_effort` as Ollama's `think`, as Ollama maps
+    them: "none" turns thinking off, OpenAI's tiers past Ollama's ends clamp to its nearest."""
+    effort = req.reasoning.effort if req.reasoning is not None else req.reasoning_effort
+    return responses_think(effort)
+
+
+_EFFORTS: dict[str, semantics.Think] = {
+    "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "max": "max",
+    "xhigh": "max", "ultra": "max",
+}
+
+
+def responses_think(effort: str | None) -> semantics.Think:
+    """An effort as Ollama's `think`; none or "" leaves thinking at the template's default."""
+    if not effort:
+        return None
+    if effort not in _EFFORTS:
+        raise bad_request(f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", "high", '
+                          '"xhigh", "ultra", "max", or "none")')
+    return _EFFORTS[effort]
 
 
 def _common(req: schemas._Sampling, logprobs: bool | int | None) -> dict[str, Any]:
@@ -231,17 +262,21 @@ def _common(req: schemas._Sampling, logprobs: bool | int | None) -> dict[str, An
     }
 
 
-def forced_call(content: str, call_id: str, delta: bool) -> msgspec.Raw | None:
-    """The JSON a forced call's grammar produced as an assistant message (or, with `delta`, a
-    stream delta) carrying one tool call; None if it is not a whole call (cut by max_tokens)."""
-    try:
-        call = msgspec.json.decode(content, type=schemas.ForcedCall)
-    except msgspec.DecodeError:
+def prompted_call(
+    content: str, prompted: list[tools.Function], call_id: Callable[[], str], delta: bool
+) -> msgspec.Raw | None:
+    """An answer that is a call of prompted tools (see `proxy.tools`) as an assistant message
+    (or, with `delta`, a stream delta) with its tool calls, each with a new `call_id()`; None if
+    it is not one."""
+    calls = tools.calls_in(content, prompted)
+    if calls is None:
         return None
-    function = schemas.FunctionCall(call.name, msgspec.json.encode(call.arguments).decode())
+    made = [schemas.ToolCall(schemas.FunctionCall(c.name, msgspec.json.encode(c.arguments).decode()), call_id())
+            for c in calls]
     if delta:
-        return msgspec.Raw(msgspec.json.encode(schemas.ToolCallDelta([schemas.IndexedToolCall(function, call_id)])))
-    return msgspec.Raw(msgspec.json.encode(schemas.ToolCallMessage([schemas.ToolCall(function, call_id)])))
+        indexed = [schemas.IndexedToolCall(c.function, c.id, index=i) for i, c in enumerate(made)]
+        return msgspec.Raw(msgspec.json.encode(schemas.ToolCallDelta(indexed)))
+    return msgspec.Raw(msgspec.json.encode(schemas.ToolCallMessage(made)))
 
 
 def content_of(raw: msgspec.Raw) -> str:
@@ -249,23 +284,19 @@ def content_of(raw: msgspec.Raw) -> str:
     return msgspec.json.decode(raw, type=wire.Delta).content or ""
 
 
-def forced_choice(choice: wire.OpenAIChoice, call_id: str) -> wire.OpenAIChoice:
-    """A whole answer to a forced call: its JSON as a tool call (as it is if cut short)."""
-    message = forced_call(content_of(choice.message), call_id, delta=False)
+def prompted_choice(
+    choice: wire.OpenAIChoice, prompted: list[tools.Function], call_id: Callable[[], str]
+) -> wire.OpenAIChoice:
+    """A whole answer where tools were prompted: its call as tool calls, or the answer as it is."""
+    message = prompted_call(content_of(choice.message), prompted, call_id, delta=False)
     if message is None:
         return choice
     return msgspec.structs.replace(choice, message=message, finish_reason="tool_calls")
 
 
-def forced_finish(content: str, reason: str, call_id: str) -> list[wire.OpenAIChoice]:
-    """The end of a streamed forced call, whose text was held back: one delta with the tool
-    call (or the text, if cut short), then the finish."""
-    delta = forced_call(content, call_id, delta=True)
-    if delta is None:
-        delta = msgspec.Raw(msgspec.json.encode({"role": "assistant", "content": content}))
-    else:
-        reason = "tool_calls"
-    return [wire.OpenAIChoice(delta=delta), wire.OpenAIChoice(delta=msgspec.Raw(b"{}"), finish_reason=reason)]
+def prompted_finish(delta: msgspec.Raw) -> list[wire.OpenAIChoice]:
+    """The end of a streamed answer that was a call: one delta with the calls, then the finish."""
+    return [wire.OpenAIChoice(delta=delta), wire.OpenAIChoice(delta=msgspec.Raw(b"{}"), finish_reason="tool_calls")]
 
 
 def prompts(req: schemas.CompletionRequest) -> list[str]:
@@ -320,13 +351,23 @@ def usage(parts: list[wire.Usage], n: int) -> schemas.Usage:
     return schemas.Usage(prompt, completion, prompt + completion, details)
 
 
+def with_reasoning(raw: msgspec.Raw) -> msgspec.Raw:
+    """A message or delta with llama-server's `reasoning_content` named `reasoning`, Ollama's
+    name for it on /v1 (Ollama sends no `reasoning_content`)."""
+    if b'"reasoning_content"' not in bytes(raw):
+        return raw
+    obj = msgspec.json.decode(raw)
+    obj = {("reasoning" if k == "reasoning_content" else k): v for k, v in obj.items()}
+    return msgspec.Raw(msgspec.json.encode(obj))
+
+
 def chat_choice(index: int, choice: wire.OpenAIChoice, rewrites: Rewrites) -> schemas.ChatChoice:
-    return schemas.ChatChoice(index, choice.message, choice.logprobs,
+    return schemas.ChatChoice(index, with_reasoning(choice.message), choice.logprobs,
                               finish_reason(choice.finish_reason, rewrites))
 
 
 def chunk_choice(index: int, choice: wire.OpenAIChoice, rewrites: Rewrites) -> schemas.ChunkChoice:
-    return schemas.ChunkChoice(index, choice.delta, choice.logprobs,
+    return schemas.ChunkChoice(index, with_reasoning(choice.delta), choice.logprobs,
                                finish_reason(choice.finish_reason, rewrites))
 
 
@@ -378,6 +419,17 @@ def embedding(vector: list[float], dimensions: int | None, encoding_format: str)
     if encoding_format == "base64":
         return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
     return vector
+
+
+def with_template_kwargs(data: bytes, kwargs: dict[str, Any] | None) -> bytes:
+    """A passed-through request (Responses) with `think`'s chat_template_kwargs added; the
+    client's own chat_template_kwargs win. llama-server maps `reasoning.effort` only to the
+    template's `reasoning_effort`, so "none" would not turn thinking off."""
+    if not kwargs:
+        return data
+    obj = msgspec.json.decode(data)
+    obj["chat_template_kwargs"] = {**kwargs, **(obj.get("chat_template_kwargs") or {})}
+    return msgspec.json.encode(obj)
 
 
 def rename_model(data: bytes, name: str) -> bytes:
