@@ -11,6 +11,7 @@ from litestar import Litestar, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
+from proxy.cors import cors_layer
 from proxy.errors import on_error, on_http_exception, on_unexpected
 from proxy.gateway import Gateway
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
@@ -48,7 +49,7 @@ def create_app(config: Config) -> Litestar:
         finally:
             await gate.aclose()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES],
         state=State({"gate": gate}),
         lifespan=[lifespan],
@@ -61,3 +62,6 @@ def create_app(config: Config) -> Litestar:
         logging_config=None,
         openapi_config=None,
     )
+    # Around the router, where Litestar puts its own CORS layer: a 404 or 405 gets it too, as in Ollama.
+    app.asgi_handler = cors_layer(app.asgi_handler, config.origins)
+    return app

@@ -150,6 +150,28 @@ def parse_mirrors(text: str) -> dict[str, str]:
     return mirrors
 
 
+# Browser schemes an origin may name without a `*` (gin-contrib/cors with Ollama's
+# AllowBrowserExtensions); any other entry must hold a wildcard, or Ollama refuses to start.
+_ORIGIN_SCHEMES = ("http://", "https://", "chrome-extension://", "safari-extension://",
+                   "moz-extension://", "ms-browser-extension://")
+
+
+def parse_origins(text: str) -> list[str]:
+    """The origins a browser page may call from, as Ollama builds them: `OLLAMA_ORIGINS`
+    (comma-separated, each kept as written), then localhost, 127.0.0.1 and 0.0.0.0 on any port
+    over http and https, then the app shells' schemes (Electron, files, Tauri, VS Code)."""
+    origins = text.split(",") if text else []
+    for entry in origins:
+        if entry.count("*") > 1:
+            raise ValueError(f"OLLAMA_ORIGINS: {entry!r}: only one * is allowed")
+        if "*" not in entry and not entry.startswith(_ORIGIN_SCHEMES):
+            raise ValueError(f"OLLAMA_ORIGINS: {entry!r}: an origin must contain '*' or begin with "
+                             + ", ".join(_ORIGIN_SCHEMES))
+    for host in ("localhost", "127.0.0.1", "0.0.0.0"):
+        origins += [f"http://{host}", f"https://{host}", f"http://{host}:*", f"https://{host}:*"]
+    return [*origins, "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
+
+
 @dataclass
 class Config:
     host: str = "127.0.0.1"
@@ -177,6 +199,8 @@ class Config:
     openai_finish_stop: bool = True
     openai_tool_calls_stop: bool = False
     registry_mirrors: dict[str, str] = field(default_factory=dict)
+    # Browser origins allowed to call the API (proxy/cors.py).
+    origins: list[str] = field(default_factory=lambda: parse_origins(""))
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -201,6 +225,7 @@ class Config:
             openai_finish_stop=_env_bool("LLAMAGATE_OPENAI_FINISH_STOP", True),
             openai_tool_calls_stop=_env_bool("LLAMAGATE_OPENAI_TOOL_CALLS_STOP", False),
             registry_mirrors=parse_mirrors(_env("LLAMAGATE_REGISTRY_MIRRORS")),
+            origins=parse_origins(_env("OLLAMA_ORIGINS")),
         )
         if models := _env("OLLAMA_MODELS"):
             cfg.models_dir = Path(models).expanduser()

@@ -49,7 +49,9 @@ async def tags(request: Request) -> Response[bytes]:
             modified_at=m.modified_at.isoformat(),
             size=m.size,
             digest=m.digest,
-            details=details(m),
+            details=msgspec.structs.replace(details(m), context_length=m.context_length,
+                                            embedding_length=m.embedding_length),
+            capabilities=m.capabilities or None,
         )
         for m in gate_of(request).catalog.list()
     ]

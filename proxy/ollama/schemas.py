@@ -124,22 +124,26 @@ class GenerateChunk(msgspec.Struct, omit_defaults=True, kw_only=True):
     eval_duration: int = 0
 
 
-class ModelDetails(msgspec.Struct):
+class ModelDetails(msgspec.Struct, omit_defaults=True):
     parent_model: str
     format: str
     family: str
     families: list[str] | None
     parameter_size: str
     quantization_level: str
+    # Listed by /api/tags only (Ollama 0.30), omitted when unknown, as Ollama omits them.
+    context_length: int = 0
+    embedding_length: int = 0
 
 
-class ListedModel(msgspec.Struct):
+class ListedModel(msgspec.Struct, omit_defaults=True):
     name: str
     model: str
     modified_at: str
     size: int
     digest: str
     details: ModelDetails
+    capabilities: list[str] | None = None
 
 
 class TagsResponse(msgspec.Struct):

@@ -30,6 +30,12 @@ class Catalog:
     def get(self, name: ModelName) -> Model | None:
         if pool := self.upstreams.get(name):
             return self._remote(name, pool)
+        if model := self._cached(name):
+            return model
+        stored = self.store.get(name)
+        return self._local(stored) if stored else None
+
+    def _cached(self, name: ModelName) -> Model | None:
         key = name.display.lower()
         if cached := self._cache.get(key):
             path, signature, generation, model = cached
@@ -39,8 +45,7 @@ class Catalog:
             except OSError:
                 pass
             del self._cache[key]
-        stored = self.store.get(name)
-        return self._local(stored) if stored else None
+        return None
 
     def require(self, text: str) -> Model:
         """Resolve a model name sent by a client: 400 if malformed, 404 if absent."""
@@ -51,12 +56,13 @@ class Catalog:
 
     def list(self) -> list[Model]:
         """Every model as /api/tags lists them: upstream ones first, in the order configured,
-        then the store's, newest first."""
+        then the store's, newest first. A stored model already resolved is reused, with the
+        GGUF header it read for its capabilities: a big store is not reread at every listing."""
         remote = [self._remote(name, pool) for name, pool in self.upstreams.pools.values()]
         local = []
         for stored in self.store.stored():
             try:
-                local.append(self._local(stored))
+                local.append(self._cached(stored.name) or self._local(stored))
             except LlamagateError:
                 continue  # no GGUF layer: nothing llama-server could serve
         return remote + local

@@ -49,6 +49,10 @@ class GGUFInfo:
         return int(self.metadata.get(f"{self.architecture}.context_length", 0))
 
     @property
+    def embedding_length(self) -> int:
+        return int(self.metadata.get(f"{self.architecture}.embedding_length", 0))
+
+    @property
     def file_type(self) -> str:
         return FILE_TYPES.get(self.metadata.get("general.file_type", -1), "")
 

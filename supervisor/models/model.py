@@ -75,7 +75,8 @@ class Model:
 
     @cached_property
     def info(self) -> GGUFInfo:
-        """The GGUF's metadata, read on first need: listing models never opens a GGUF."""
+        """The GGUF's metadata, read on first need (/api/tags lists capabilities from it): once
+        per resolved model, which the catalog keeps while its manifest is unchanged."""
         return self.target.info()
 
     @cached_property
@@ -84,5 +85,11 @@ class Model:
 
     @property
     def context_length(self) -> int:
-        """The context the model was trained for; 0 when unknown."""
-        return self.details.context_length
+        """The context the model was trained for; 0 when unknown. The config blob says it
+        without opening the GGUF, unless an older Ollama wrote it: then the GGUF's header."""
+        return self.details.context_length or self.info.context_length
+
+    @property
+    def embedding_length(self) -> int:
+        """The width of the model's embeddings (`<arch>.embedding_length`); 0 when unknown."""
+        return self.details.embedding_length or self.info.embedding_length

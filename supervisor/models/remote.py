@@ -49,6 +49,7 @@ class _Props(msgspec.Struct):
 class _Meta(msgspec.Struct):
     n_params: int = 0
     n_ctx_train: int = 0
+    n_embd: int = 0
     size: int = 0
 
 
@@ -186,6 +187,7 @@ class Pool:
             # Older builds don't report it: then the file name usually says it.
             file_type=(props.model_ftype if props else "") or (quant.group(0).upper() if quant else ""),
             context_length=(meta.n_ctx_train if meta else 0) or (props.default_generation_settings.n_ctx if props else 0),
+            embedding_length=meta.n_embd if meta else 0,
         )
 
     def info(self, *, verbose: bool = False) -> GGUFInfo:

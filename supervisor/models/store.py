@@ -60,6 +60,7 @@ class ModelConfig(msgspec.Struct, omit_defaults=True):
     architecture: str = "amd64"
     os: str = "linux"
     context_length: int = 0
+    embedding_length: int = 0
 
 
 class Message(msgspec.Struct, omit_defaults=True):
@@ -378,6 +379,7 @@ class Store:
             model_type=human_number(info.parameter_count),
             file_type=info.file_type,
             context_length=info.context_length,
+            embedding_length=info.embedding_length,
         )
         layers = [model_layer, *(extra_layers or [])]
         if on_layer:
