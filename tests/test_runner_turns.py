@@ -88,6 +88,15 @@ def test_same_spec_requests_share_the_runner_while_nobody_else_waits():
     asyncio.run(main())
 
 
+async def _served_afresh(runner: _FakeRunner, spec: LaunchSpec) -> None:
+    """A request after abandoned starts gets a start of its own, which completes."""
+    runner.loads.set()
+    await asyncio.wait_for(runner.acquire(spec, None), 1)
+    assert runner.serving(spec) and runner.started == [spec.num_ctx]
+    await runner.release(served=True)
+    await runner.stop()
+
+
 def test_a_start_is_abandoned_only_when_its_last_waiter_leaves():
     async def main() -> None:
         runner = _FakeRunner()
@@ -102,12 +111,7 @@ def test_a_start_is_abandoned_only_when_its_last_waiter_leaves():
         second.cancel()
         await asyncio.sleep(0.1)
         assert runner.abandoned == 1 and runner.active == 0 and runner.state is State.STOPPED
-        # The next request starts afresh, and is served.
-        runner.loads.set()
-        await asyncio.wait_for(runner.acquire(spec, None), 1)
-        assert runner.serving(spec) and runner.started == [2048]
-        await runner.release(served=True)
-        await runner.stop()
+        await _served_afresh(runner, spec)
 
     asyncio.run(main())
 
@@ -123,10 +127,6 @@ def test_a_request_arriving_while_an_abandoned_start_winds_down_gets_a_start_of_
         await _settle()
         # The abandoned start is still stopping its process when the next request arrives.
         assert runner.abandoned == 1 and runner.state is State.STARTING
-        runner.loads.set()
-        await asyncio.wait_for(runner.acquire(spec, None), 1)
-        assert runner.serving(spec) and runner.started == [2048]
-        await runner.release(served=True)
-        await runner.stop()
+        await _served_afresh(runner, spec)
 
     asyncio.run(main())

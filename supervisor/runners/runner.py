@@ -193,13 +193,14 @@ class Runner:
     async def keep(self, keep_alive: float | None) -> None:
         """Its model was just used through its other runner (chat beside embeddings): to a client
         a model is one thing, so its keep_alive, if given, applies here too, and the countdown
-        starts again from now. Only an idle runner with a process counts down."""
+        starts again from now (a busy one's starts when its requests end)."""
         async with self._cond:
-            if self.active > 0 or self.state is State.STOPPED:
-                return
+            if self.state is State.STOPPED:
+                return  # a keep_alive sticks to a loaded runner only (see `acquire`)
             if keep_alive is not None:
                 self.keep_alive = keep_alive
-            self._expire_later()
+            if self.active == 0:
+                self._expire_later()
 
     async def unload(self) -> None:
         """Stop now if idle, else as soon as the requests in flight are done."""
