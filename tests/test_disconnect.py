@@ -91,7 +91,8 @@ def test_abandoned_non_streamed_openai_chat_and_its_retries_free_the_slot(srv):
 
     def send() -> None:
         with pytest.raises(openai.APITimeoutError):
-            client.completions.create(model="smollm2", prompt=STORY, max_tokens=LONG)
+            client.chat.completions.create(model="smollm2", max_tokens=LONG, messages=[
+                {"role": "user", "content": "Write a very long story about a dragon."}])
 
     _leaves_while_generating(srv, send)
 
