@@ -17,6 +17,10 @@ import openai
 import pytest
 from conftest import Server, wait_until
 
+from proxy.disconnect import INFERENCE
+from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
+from proxy.openai.routes import ROUTES as OPENAI_ROUTES
+
 # A raw continuation rarely meets an end-of-text token: a generation runs to num_predict.
 STORY = "Once upon a time, in a land far away, there lived a dragon and a knight. Every day,"
 LONG = 4000  # tokens: minutes at one thread, were the generation left running
@@ -184,3 +188,8 @@ def test_a_load_another_client_still_waits_for_goes_on(loading):
         with pytest.raises(httpx.ReadTimeout):
             staying.result()
     assert wait_until(lambda: _loaders(loading) == [], timeout=5)
+
+
+def test_every_watched_path_is_a_route():
+    """A renamed route would silently lose its watch."""
+    assert INFERENCE <= {path for handler in [*OLLAMA_ROUTES, *OPENAI_ROUTES] for path in handler.paths}
