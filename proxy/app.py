@@ -1,5 +1,5 @@
 """The Litestar application: routes of every dialect, errors in each dialect's shape (the
-handlers of proxy/errors.py), lifespan."""
+handlers of proxy/errors.py), clients that leave (proxy/disconnect.py), lifespan."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
 from proxy.cors import cors_layer
+from proxy.disconnect import watch_disconnect
 from proxy.errors import on_error, on_http_exception, on_unexpected
 from proxy.gateway import Gateway
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
@@ -59,6 +60,7 @@ def create_app(config: Config) -> Litestar:
             Exception: on_unexpected,
         },
         after_request=_version_header,
+        middleware=[watch_disconnect],
         logging_config=None,
         openapi_config=None,
     )

@@ -23,6 +23,7 @@ from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.models.model import Model
 from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
 from supervisor.names import ModelName
+from supervisor.runners.runner import Runner
 from supervisor.version import OLLAMA_VERSION
 
 # Models ---------------------------------------------------------------------------------------
@@ -263,26 +264,31 @@ def _resident_bytes(pid: int | None) -> int:
         return 0
 
 
+def _expires(runner: Runner, now: datetime) -> datetime:
+    if runner.keep_alive == math.inf:
+        return now + _FOREVER
+    if runner.expires_at == math.inf:  # busy: an estimate, as Ollama gives
+        return now + timedelta(seconds=runner.keep_alive)
+    return datetime.fromtimestamp(runner.expires_at).astimezone()
+
+
 @get("/api/ps")
 async def ps(request: Request) -> Response[bytes]:
+    """One entry per model, however many runners serve it (chat and embeddings are two): its
+    size is theirs summed, and it expires when the last of them does."""
     now = datetime.now().astimezone()
     models = []
-    for model, runner in gate_of(request).scheduler.loaded():
-        if runner.keep_alive == math.inf:
-            expires = now + _FOREVER
-        elif runner.expires_at == math.inf:  # busy: an estimate, as Ollama gives
-            expires = now + timedelta(seconds=runner.keep_alive)
-        else:
-            expires = datetime.fromtimestamp(runner.expires_at).astimezone()
+    for model, runners in gate_of(request).scheduler.loaded():
+        spec = next((r.spec for r in runners if r.spec), None)
         models.append(schemas.RunningModel(
             name=model.name.display,
             model=model.name.display,
-            size=max(_resident_bytes(runner.pid), model.size),
+            size=sum(max(_resident_bytes(r.pid), model.size) for r in runners),
             digest=model.digest,
             details=details(model),
-            expires_at=expires.isoformat(),
+            expires_at=max(_expires(r, now) for r in runners).isoformat(),
             size_vram=0,  # CPU only
-            context_length=runner.spec.num_ctx if runner.spec else 0,
+            context_length=spec.num_ctx if spec else 0,
         ))
     models.sort(key=lambda m: m.expires_at, reverse=True)
     return json_response(schemas.PsResponse(models))

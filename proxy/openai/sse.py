@@ -28,13 +28,15 @@ def json_answer(obj: msgspec.Struct, status: int = 200) -> Response[bytes]:
 
 
 async def all_results(calls: Iterable[Awaitable[T]]) -> list[T]:
-    """Every result, or the first failure with the other calls cancelled."""
+    """Every result, or the first failure with the other calls cancelled; cancelled itself (its
+    client left), it returns once every call has closed its upstream request."""
     tasks = [asyncio.ensure_future(c) for c in calls]
     try:
         return await asyncio.gather(*tasks)
     finally:
         for t in tasks:
             t.cancel()
+        await asyncio.wait(tasks)
 
 
 _END = object()

@@ -77,6 +77,8 @@ class Runner:
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
+        # Requests waiting to claim the runner, in arrival order (see `acquire`).
+        self._waiting: list[object] = []
         self._cond = asyncio.Condition()
         self._lifecycle = asyncio.Lock()
 
@@ -101,6 +103,11 @@ class Runner:
         """No request holds it and no start is under way (a snapshot: `evict` decides again)."""
         return self.active == 0 and (self._start_task is None or self._start_task.done())
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their turn (for a restart, or behind one that waits for it)."""
+        return len(self._waiting)
+
     def serving(self, spec: LaunchSpec) -> bool:
         return self.state is State.READY and self._running_spec == spec
 
@@ -111,10 +118,18 @@ class Runner:
 
         A request whose spec differs from the one in use waits until the runner is idle, then
         restarts it; the claim comes first so that an expiry can't stop the process under us.
+        Requests take their turns in arrival order: once one waits for a restart, later ones for
+        the spec in use wait behind it, or a steady flow of them would keep it waiting forever.
         """
         async with self._cond:
-            while self.active > 0 and self.spec != spec:
-                await self._cond.wait()
+            turn = object()
+            self._waiting.append(turn)
+            try:
+                while self._waiting[0] is not turn or (self.active > 0 and self.spec != spec):
+                    await self._cond.wait()
+            finally:
+                self._waiting.remove(turn)
+                self._cond.notify_all()
             self.spec = spec
             self.active += 1
             if keep_alive is not None:
@@ -130,9 +145,15 @@ class Runner:
         try:
             while not self.serving(spec):
                 task = self._start_task
+                if task is not None and task.cancelling() and not task.done():
+                    # A start its waiters abandoned, still stopping its process: a new start
+                    # comes after it (its failure is not ours).
+                    await asyncio.wait({task})
+                    continue
                 if task is None or task.done():
                     task = self._start_task = asyncio.create_task(self._restart(spec))
-                # Shielded: a client that gives up must not abort a start others wait for.
+                # Shielded: a client that gives up must not abort a start others wait for (the
+                # last one to leave cancels it, in `release`).
                 await asyncio.shield(task)
         except BaseException:
             await self.release()
@@ -151,10 +172,35 @@ class Runner:
                 self._failures = 0
             self._cond.notify_all()
             if self.active == 0:
-                if self.keep_alive != math.inf:
-                    self.expires_at = time.time() + self.keep_alive
-                    self._expiry_task = asyncio.create_task(self._expire_after(self.keep_alive))
+                task = self._start_task
+                if task is not None and not task.done() and not task.cancelling():
+                    # Every request waiting for this start left: nobody needs its process.
+                    log.info("[%s] load abandoned: every request waiting for it left", self.name)
+                    task.cancel()
+                self._expire_later()
                 self._on_change()
+
+    def _expire_later(self) -> None:
+        """Count down keep_alive from now (an idle runner; under the request lock)."""
+        if self._expiry_task:
+            self._expiry_task.cancel()
+            self._expiry_task = None
+        self.expires_at = math.inf
+        if self.keep_alive != math.inf:
+            self.expires_at = time.time() + self.keep_alive
+            self._expiry_task = asyncio.create_task(self._expire_after(self.keep_alive))
+
+    async def keep(self, keep_alive: float | None) -> None:
+        """Its model was just used through its other runner (chat beside embeddings): to a client
+        a model is one thing, so its keep_alive, if given, applies here too, and the countdown
+        starts again from now (a busy one's starts when its requests end)."""
+        async with self._cond:
+            if self.state is State.STOPPED:
+                return  # a keep_alive sticks to a loaded runner only (see `acquire`)
+            if keep_alive is not None:
+                self.keep_alive = keep_alive
+            if self.active == 0:
+                self._expire_later()
 
     async def unload(self) -> None:
         """Stop now if idle, else as soon as the requests in flight are done."""

@@ -111,9 +111,9 @@ class Scheduler:
                 name, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace,
                 hang_timeout=self.config.hang_timeout, admit=self._admit, on_change=self._changed.set,
             )
-        # Requests that need a load or a restart queue, up to OLLAMA_MAX_QUEUE; requests for a
-        # runner already serving go straight to it, as in Ollama.
-        queued = not runner.serving(spec)
+        # Requests that need a load or a restart, or wait behind one that does, queue, up to
+        # OLLAMA_MAX_QUEUE; requests for a runner already serving go straight to it, as in Ollama.
+        queued = not runner.serving(spec) or runner.waiting > 0
         if queued:
             if self._pending >= self.config.max_queue:
                 raise LlamagateError(503, SERVER_BUSY)
@@ -125,11 +125,16 @@ class Scheduler:
                 self._pending -= 1
         self._served[key] = model
         try:
-            yield runner
-        except BaseException:
-            await runner.release()
-            raise
-        await runner.release(served=True)
+            try:
+                yield runner
+            except BaseException:
+                await runner.release()
+                raise
+            await runner.release(served=True)
+        finally:
+            # To a client a model is one thing: its other runner keeps the same time.
+            if other := self._runners.get((spec.model_path, not load.embedding)):
+                await asyncio.shield(other.keep(load.keep_alive))
 
     @asynccontextmanager
     async def _admit(self, runner: Runner, spec: LaunchSpec) -> AsyncIterator[None]:
@@ -158,12 +163,11 @@ class Scheduler:
             )
             if room and fits:
                 return
-            if runner.active == 0:
-                raise LlamagateError(499, "request canceled")  # every client waiting for it left
             for victim in sorted((r for r in others if r.idle), key=lambda r: r.expires_at):
                 reason = "model limit" if not room else "memory"
                 log.info("[%s] needs room (%s): evicting %s", runner.name, reason, victim.name)
-                if await victim.evict():
+                # Shielded: a load abandoned now (its clients left) must not leave the victim half stopped.
+                if await asyncio.shield(victim.evict()):
                     break
             else:
                 if room and not any(not r.idle for r in others):
@@ -181,10 +185,14 @@ class Scheduler:
                     if runner := self._runners.get((path, embedding)):
                         await runner.unload()
 
-    def loaded(self) -> list[tuple[Model, Runner]]:
-        """Runners with a process (loading or ready), with the model each last served."""
-        return [(self._served[key], r) for key, r in self._runners.items()
-                if key in self._served and r.state in (State.STARTING, State.READY)]
+    def loaded(self) -> list[tuple[Model, list[Runner]]]:
+        """Models with a process (loading or ready), each with its runners (completions first,
+        then embeddings) and as the model its completion runner, else its other one, last served."""
+        models: dict[Path, tuple[Model, list[Runner]]] = {}
+        for key, runner in sorted(self._runners.items(), key=lambda item: item[0][1]):
+            if key in self._served and runner.state in (State.STARTING, State.READY):
+                models.setdefault(key[0], (self._served[key], []))[1].append(runner)
+        return list(models.values())
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())

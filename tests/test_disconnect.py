@@ -1,0 +1,195 @@
+"""Clients that leave before their answer starts: a non-streamed generation stops upstream and
+frees its slot, on /api and /v1 alike; a request queued for room leaves the queue; a load
+nobody waits for any more is abandoned, its process stopped."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from conftest import Server, wait_until
+
+from proxy.disconnect import INFERENCE
+from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
+from proxy.openai.routes import ROUTES as OPENAI_ROUTES
+
+# A raw continuation rarely meets an end-of-text token: a generation runs to num_predict.
+STORY = "Once upon a time, in a land far away, there lived a dragon and a knight. Every day,"
+LONG = 4000  # tokens: minutes at one thread, were the generation left running
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory, smollm2, tiny_gguf, llama_server_binary) -> Iterator[Server]:
+    """One slot, one model loaded at a time, one queue place."""
+    srv = Server(tmp_path_factory.mktemp("disconnect"),
+                 env={"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_MAX_QUEUE": "1"})
+    srv.create("smollm2", smollm2)
+    srv.create("tiny", tiny_gguf)
+    yield srv
+    srv.stop()
+
+
+def _runner(srv: Server) -> tuple[str, dict[str, str]]:
+    """The URL of the one llama-server running, and its key (read from its environment)."""
+    (pid,) = srv.runner_pids()
+    port = re.findall(r"ready on port (\d+)", srv.log())[-1]
+    env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+    return f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {env[b'LLAMA_API_KEY'].decode()}"}
+
+
+def _processing(srv: Server) -> bool:
+    """Whether llama-server's one slot is generating."""
+    url, headers = _runner(srv)
+    return any(slot["is_processing"] for slot in httpx.get(f"{url}/slots", headers=headers, timeout=5).json())
+
+
+def _load(srv: Server, model: str = "smollm2") -> None:
+    r = httpx.post(f"{srv.url}/api/generate", json={"model": model}, timeout=120)
+    assert r.status_code == 200, r.text
+
+
+def _quick(srv: Server, model: str = "smollm2", timeout: float = 120) -> httpx.Response:
+    return httpx.post(f"{srv.url}/api/generate", json={"model": model, "prompt": "hi", "stream": False,
+                                                        "options": {"num_predict": 2}}, timeout=timeout)
+
+
+def _leaves_while_generating(srv: Server, send) -> None:
+    """`send` makes a long non-streamed request and gives up after a second; meanwhile the slot
+    is seen generating; once it gave up, the slot is free within a second or two."""
+    _load(srv)
+    seen: list[bool] = []
+    watcher = threading.Thread(target=lambda: seen.append(wait_until(lambda: _processing(srv), timeout=3)))
+    watcher.start()
+    send()
+    watcher.join()
+    gave_up = time.monotonic()
+    assert seen == [True], "the abandoned generation never started"
+    assert wait_until(lambda: not _processing(srv), timeout=5), srv.log()[-6000:]
+    assert time.monotonic() - gave_up < 3
+    started = time.monotonic()
+    assert _quick(srv).status_code == 200
+    assert time.monotonic() - started < 5
+
+
+def test_abandoned_non_streamed_chat_frees_the_slot(srv):
+    def send() -> None:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{srv.url}/api/chat", timeout=httpx.Timeout(10, read=1), json={
+                "model": "smollm2", "stream": False, "options": {"num_predict": LONG},
+                "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]})
+
+    _leaves_while_generating(srv, send)
+
+
+def test_abandoned_non_streamed_openai_chat_and_its_retries_free_the_slot(srv):
+    """The OpenAI SDK's timeout and its two retries: three abandoned requests in a row."""
+    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", timeout=1, max_retries=2)
+
+    def send() -> None:
+        with pytest.raises(openai.APITimeoutError):
+            client.chat.completions.create(model="smollm2", max_tokens=LONG, messages=[
+                {"role": "user", "content": "Write a very long story about a dragon."}])
+
+    _leaves_while_generating(srv, send)
+
+
+def test_a_queued_request_whose_client_leaves_gives_up_its_queue_place(srv):
+    _load(srv)
+    with ThreadPoolExecutor(2) as pool:
+        busy_started = threading.Event()
+
+        def busy() -> httpx.Response:
+            with httpx.stream("POST", f"{srv.url}/api/generate", timeout=120, json={
+                    "model": "smollm2", "prompt": STORY, "raw": True, "options": {"num_predict": 150}}) as r:
+                for _ in r.iter_lines():
+                    busy_started.set()
+            return r
+
+        stream = pool.submit(busy)
+        assert busy_started.wait(60)
+        # tiny needs smollm2's place: it waits for the stream to end, in the one queue place.
+        waits = srv.log().count("waiting for a busy model")
+        with pytest.raises(httpx.ReadTimeout):
+            _quick(srv, "tiny", timeout=1)
+        assert srv.log().count("waiting for a busy model") > waits
+        # The place is free again: this one is queued (not refused with a 503) and served.
+        assert _quick(srv, "tiny").status_code == 200
+        assert stream.result().status_code == 200
+    assert srv.log().count("[tiny:latest] load abandoned") == 1
+
+
+_STUCK = """#!{python}
+import http.server, threading, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(503)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("main: server is listening on http://127.0.0.1:%d" % srv.server_address[1], flush=True)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+while True:
+    print("load_tensors: loading", flush=True)  # progress: never stuck, never ready
+    time.sleep(0.2)
+"""
+
+
+@pytest.fixture
+def loading(tmp_path, tiny_gguf) -> Iterator[Server]:
+    """A llama-server that keeps loading and never becomes ready."""
+    fake = tmp_path / "bin" / "llama-server"
+    fake.parent.mkdir()
+    fake.write_text(_STUCK.format(python=sys.executable))
+    fake.chmod(0o755)
+    srv = Server(tmp_path, "--llama-server", str(fake))
+    srv.create("tiny", tiny_gguf)
+    yield srv
+    srv.stop()
+
+
+def _loaders(srv: Server) -> list[int]:
+    return [pid for pid in _children(srv) if "bin/llama-server" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def _children(srv: Server) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(srv.proc.pid):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_load_abandoned_by_its_only_client_stops_the_process(loading):
+    with pytest.raises(httpx.ReadTimeout):
+        _quick(loading, "tiny", timeout=1)
+    assert wait_until(lambda: _loaders(loading) == [], timeout=5)
+    assert "load abandoned" in loading.log() and "[tiny:latest] stopping" in loading.log()
+
+
+def test_a_load_another_client_still_waits_for_goes_on(loading):
+    with ThreadPoolExecutor(1) as pool:
+        staying = pool.submit(lambda: _quick(loading, "tiny", timeout=4))
+        with pytest.raises(httpx.ReadTimeout):
+            _quick(loading, "tiny", timeout=1)
+        time.sleep(1)
+        assert len(_loaders(loading)) == 1 and "load abandoned" not in loading.log()
+        with pytest.raises(httpx.ReadTimeout):
+            staying.result()
+    assert wait_until(lambda: _loaders(loading) == [], timeout=5)
+
+
+def test_every_watched_path_is_a_route():
+    """A renamed route would silently lose its watch."""
+    assert INFERENCE <= {path for handler in [*OLLAMA_ROUTES, *OPENAI_ROUTES] for path in handler.paths}
