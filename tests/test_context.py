@@ -5,6 +5,7 @@ generate's `context`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tinymodel import write_tiny_model
 
 from proxy.llama import wire
 from proxy.ollama import translate
+from proxy.ollama.chat import _cut_chat
 from proxy.semantics import Options
 from supervisor.runners.launch import LaunchSpec
 
@@ -278,3 +280,30 @@ def test_the_body_limit_is_a_hundred_mebibytes(smol):
     padded = json.dumps({"model": "tiny", "prompt": "hi", "padding": "x" * (100 << 20)})
     r = httpx.post(f"{smol.url}/api/generate", content=padded, headers={"Content-Type": "application/json"}, timeout=120)
     assert r.status_code == 413
+
+
+class _CountingLease:
+    """The calls a cut makes, answered as the fake llama-server answers them."""
+
+    async def post(self, path, body, result_type):
+        if path == "/apply-template":
+            return wire.ApplyTemplateResponse(_render([{"role": m.role, "content": m.content} for m in body.messages]))
+        return wire.TokenizeResponse(list(range(len(body.content))))
+
+
+@pytest.mark.parametrize(
+    ("messages", "num_ctx", "expected"),
+    [
+        # Nothing to drop: the refusal stands (no request without its message, no same retry).
+        ([("user", "x" * 100)], 10, None),
+        ([("system", "s"), ("user", "x" * 100)], 10, None),
+        ([("system", "s"), ("user", "a" * 50), ("assistant", "b" * 50), ("user", "c" * 20)], 40,
+         [("system", "s"), ("user", "c" * 20)]),
+        ([("system", "s"), ("user", "a" * 50), ("assistant", "b" * 10), ("user", "c" * 20)], 60,
+         [("system", "s"), ("assistant", "b" * 10), ("user", "c" * 20)]),
+    ],
+)
+def test_the_cut(messages, num_ctx, expected):
+    body = wire.ChatRequest(messages=[wire.ChatMessage(r, c) for r, c in messages], stream=True, cache_prompt=True)
+    cut = asyncio.run(_cut_chat(_CountingLease(), num_ctx)(body))
+    assert (cut and [(m.role, m.content) for m in cut.messages]) == expected

@@ -90,10 +90,10 @@ def _cut_chat(lease: Lease, num_ctx: int) -> Callable[[Body], Awaitable[Body | N
                 hi = mid
             else:
                 lo = mid + 1
-        start = translate.tool_block_start(messages, lo)
-        if start <= 0:
-            return None
-        return msgspec.structs.replace(body, messages=translate.kept_messages(messages, start))
+        kept = translate.kept_messages(messages, translate.tool_block_start(messages, lo))
+        if last < 1 or len(kept) == len(messages):
+            return None  # nothing to drop: the refusal stands
+        return msgspec.structs.replace(body, messages=kept)
     return cut
 
 
