@@ -11,6 +11,10 @@ from supervisor.errors import bad_request
 
 T = TypeVar("T")
 
+# The largest body an inference route takes (Litestar's default is 10 MB): a chat with a few
+# phone photos in base64 is more than that. Ollama sets no limit at all.
+INFERENCE_BODY_LIMIT = 100 * 1024 * 1024
+
 
 async def decode_body(request: Request, type_: type[T]) -> T:
     body = await request.body()

@@ -19,30 +19,43 @@ KeepAlive = str | int | float | None
 Think = bool | str | None
 
 
-class Options(msgspec.Struct, omit_defaults=True):
-    """The `options` map; null means unset."""
+# An integer option: Ollama takes any JSON number and truncates it (`num_ctx: 8192.0` is 8192).
+Int = int | float | None
 
-    num_predict: int | None = None
-    num_keep: int | None = None
-    seed: int | None = None
+
+class Options(msgspec.Struct, omit_defaults=True):
+    """The `options` map; null means unset. Integer options hold ints once decoded."""
+
+    num_predict: Int = None
+    num_keep: Int = None
+    seed: Int = None
     temperature: float | None = None
-    top_k: int | None = None
+    top_k: Int = None
     top_p: float | None = None
     min_p: float | None = None
     typical_p: float | None = None
-    repeat_last_n: int | None = None
+    repeat_last_n: Int = None
     repeat_penalty: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     stop: list[str] | None = None
-    mirostat: int | None = None
+    mirostat: Int = None
     mirostat_tau: float | None = None
     mirostat_eta: float | None = None
     # Load-time options: they shape the llama-server process.
-    num_ctx: int | None = None
-    num_batch: int | None = None
-    num_gpu: int | None = None
-    num_thread: int | None = None
+    num_ctx: Int = None
+    num_batch: Int = None
+    num_gpu: Int = None
+    num_thread: Int = None
+
+    def __post_init__(self) -> None:
+        for name in _INT_OPTIONS:
+            value = getattr(self, name)
+            if isinstance(value, float):
+                setattr(self, name, int(value))
+
+
+_INT_OPTIONS = tuple(name for name, kind in Options.__annotations__.items() if kind == "Int")
 
 
 # Ollama's option defaults, sent explicitly because llama-server's differ (top_p 0.95, min_p 0.05).
@@ -57,6 +70,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "presence_penalty": 0.0,
     "frequency_penalty": 0.0,
     "seed": -1,
+    # The tokens a context shift keeps (llama-server keeps none, which loses the template's start).
+    "num_keep": 4,
 }
 SAMPLING_FIELDS = set(wire.Sampling.__struct_fields__)
 

@@ -11,6 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOG = os.environ["FAKE_LLAMA_LOG"]
 TIMINGS = {"cache_n": 0, "prompt_n": 7, "prompt_ms": 1.5, "predicted_n": 3, "predicted_ms": 2.5}
+# Its tokenizer: one token per character. The ids its /completion says it generated are not the
+# ones its tokenizer makes of the text, as a real model's need not be.
+GENERATED = [[901, 902], [903]]
 
 
 def _record(entry: dict) -> None:
@@ -55,6 +58,20 @@ def _chat_events(body: dict) -> list[dict]:
     return events
 
 
+def _render(messages: list[dict]) -> str:
+    return "".join(f"<{m['role']}>{m.get('content') or ''}" for m in messages)
+
+
+def _prompt_tokens(prompt: str | list) -> int:
+    return sum(1 if isinstance(p, int) else len(p) for p in ([prompt] if isinstance(prompt, str) else prompt))
+
+
+def _slot_ctx() -> int:
+    """Each slot's share of --ctx-size, as llama-server splits it."""
+    args = sys.argv[1:]
+    return int(args[args.index("--ctx-size") + 1]) // int(args[args.index("--parallel") + 1])
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -83,18 +100,37 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._json({"status": "ok"})
 
+    def _too_long(self, n_tokens: int) -> bool:
+        """llama-server's refusal of a prompt that does not leave a token of the context free."""
+        if n_tokens < _slot_ctx():
+            return False
+        data = json.dumps({"error": {"code": 400, "type": "exceed_context_size_error", "message":
+                                     f"request ({n_tokens} tokens) exceeds the available context size "
+                                     f"({_slot_ctx()} tokens), try increasing it"}}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return True
+
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         _record({"path": self.path, "body": body})
         if self.path == "/v1/chat/completions":
-            self._sse(_chat_events(body)) if body.get("stream") else self._json(_chat_answer(body))
+            if not self._too_long(len(_render(body["messages"]))):
+                self._sse(_chat_events(body)) if body.get("stream") else self._json(_chat_answer(body))
         elif self.path == "/v1/responses":
             self._json({"object": "response", "model": "fake", "status": "completed", "output": []})
+        elif self.path == "/completion" and self._too_long(_prompt_tokens(body["prompt"])):
+            pass
         elif self.path in ("/infill", "/completion"):
-            self._sse([{"content": "MIDDLE", "stop": False},
+            tokens = body.get("return_tokens")
+            self._sse([{"content": "MID", "stop": False, **({"tokens": GENERATED[0]} if tokens else {})},
+                       {"content": "DLE", "stop": False, **({"tokens": GENERATED[1]} if tokens else {})},
                        {"content": "", "stop": True, "stop_type": "eos", "timings": TIMINGS}])
         elif self.path == "/apply-template":
-            self._json({"prompt": "".join(f"<{m['role']}>{m.get('content') or ''}" for m in body["messages"])})
+            self._json({"prompt": _render(body["messages"])})
         elif self.path == "/tokenize":
             self._json({"tokens": [ord(c) for c in body["content"]]})
         else:

@@ -576,7 +576,7 @@ def test_bad_requests(oai, kwargs, fragment):
         ("POST", "/v1/embeddings", b'{"model": "smollm2:135m", "input": "x", "encoding_format": "int8"}', 400),
         ("POST", "/v1/nothing", b"{}", 404),
         ("GET", "/v1/chat/completions", b"", 405),
-        ("POST", "/v1/chat/completions", b"x" * (11 * 1024 * 1024), 413),
+        ("POST", "/v1/chat/completions", b"x" * (101 * 1024 * 1024), 413),
     ],
 )
 def test_errors_have_openai_shape(server, method, path, body, status):

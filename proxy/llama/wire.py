@@ -71,6 +71,8 @@ class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
     n_probs: int | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: int | None = None
+    # Each chunk then carries the ids of the tokens it generated (for generate's `context`).
+    return_tokens: bool | None = None
 
 
 class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
@@ -97,6 +99,7 @@ class TokenizeResponse(msgspec.Struct):
 class ApplyTemplateRequest(msgspec.Struct, omit_defaults=True):
     messages: list[ChatMessage]
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[Any] | None = None  # templates render them into the prompt
 
 
 class ApplyTemplateResponse(msgspec.Struct):
@@ -186,6 +189,7 @@ class CompletionChunk(msgspec.Struct):
     """One event of a streamed /completion; the final one has `stop` true and `timings`."""
 
     content: str = ""
+    tokens: list[int] = []  # with return_tokens
     stop: bool = False
     stop_type: str = ""
     timings: Timings | None = None

@@ -4,7 +4,7 @@ answer; an empty request loads (or, with keep_alive 0, unloads) the model."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,22 +13,118 @@ from litestar import Request, Response, post
 
 from proxy import tools
 from proxy.llama import wire
-from proxy.body import decode_body
+from proxy.body import INFERENCE_BODY_LIMIT, decode_body
 from proxy.gateway import Gateway, gate_of
 from proxy.llama.lease import Lease, Timer
 from proxy.ollama import schemas, translate
 from proxy.ollama.ndjson import json_response, now_rfc3339, respond
 from proxy.semantics import ModelDefaults, Options
 from supervisor.durations import request_keep_alive
-from supervisor.errors import bad_request, not_found
+from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions
 
 
-def _load(options: Options | None, num_ctx: int, keep_alive: float | None) -> LoadOptions:
+def _load(options: Options | None, num_ctx: int, keep_alive: float | None, shift: bool | None) -> LoadOptions:
     o = options or Options()
     return LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, num_gpu=o.num_gpu, num_thread=o.num_thread,
-                       num_batch=o.num_batch)
+                       num_batch=o.num_batch, context_shift=shift is not False)
+
+
+# Fitting num_ctx ------------------------------------------------------------------------------
+# Only a prompt llama-server refuses as longer than the context pays for counting: the request
+# is then cut as Ollama cuts it and sent once more.
+
+_OVERFLOW = "context_length_exceeded"
+# Ollama's answer to a prompt over num_ctx when the context may not shift.
+_NO_SHIFT = ("the prompt is longer than the context length currently available to the model; shorten the "
+             "prompt, adjust the context length in settings, or use a model with a longer context length")
+
+Body = wire.ChatRequest | wire.CompletionRequest | wire.InfillRequest
+
+
+async def _fitted(
+    lease: Lease, body: Body, ending: _Ending, refit: Callable[[Body], Awaitable[Body | None]] | None,
+) -> AsyncIterator[_Piece]:
+    """`_pieces` of `body`; if llama-server refuses its prompt as too long, of what `refit` cuts
+    it to (None, or no `refit`: the refusal stands)."""
+    started = False
+    try:
+        async for p in _pieces(lease, body, ending):
+            started = True
+            yield p
+        return
+    except LlamagateError as e:
+        if started or e.code != _OVERFLOW or refit is None:
+            raise
+        cut = await refit(body)
+        if cut is None:
+            raise
+    async for p in _pieces(lease, cut, ending):
+        yield p
+
+
+async def _chat_tokens(lease: Lease, body: wire.ChatRequest, messages: list[wire.ChatMessage]) -> int:
+    """How many tokens of the context `messages` take, rendered as `body` renders them."""
+    plain, images = translate.counted(messages)
+    applied = await lease.post("/apply-template", wire.ApplyTemplateRequest(plain, body.chat_template_kwargs, body.tools),
+                               wire.ApplyTemplateResponse)
+    # add_special: llama-server counts the BOS it adds.
+    tokens = await lease.post("/tokenize", wire.TokenizeRequest(applied.prompt, add_special=True), wire.TokenizeResponse)
+    return len(tokens.tokens) + translate.IMAGE_TOKENS * images
+
+
+def _cut_chat(lease: Lease, num_ctx: int) -> Callable[[Body], Awaitable[Body | None]]:
+    async def cut(body: Body) -> Body | None:
+        """The chat from the earliest cut that fits num_ctx (the whole one did not), as Ollama
+        searches it; the last message always stays. Fewer messages never take more tokens, so a
+        binary search finds the cut Ollama's front-to-back search does."""
+        assert isinstance(body, wire.ChatRequest)
+        messages = body.messages
+        last = len(messages) - 1
+        lo, hi = 1, last
+        while lo < hi:
+            mid = (lo + hi) // 2
+            kept = translate.kept_messages(messages, translate.tool_block_start(messages, mid))
+            # llama-server refuses a prompt that fills the context: one token must be left.
+            if await _chat_tokens(lease, body, kept) < num_ctx:
+                hi = mid
+            else:
+                lo = mid + 1
+        kept = translate.kept_messages(messages, translate.tool_block_start(messages, lo))
+        if last < 1 or len(kept) == len(messages):
+            return None  # nothing to drop: the refusal stands
+        return msgspec.structs.replace(body, messages=kept)
+    return cut
+
+
+async def _prompt_tokens(lease: Lease, prompt: str | list[int | str]) -> list[int]:
+    """A /completion prompt as the tokens llama-server makes of it (text after token ids gets no
+    BOS of its own)."""
+    if isinstance(prompt, str):
+        return (await lease.post("/tokenize", wire.TokenizeRequest(prompt, add_special=True), wire.TokenizeResponse)).tokens
+    out: list[int] = []
+    for part in prompt:
+        if isinstance(part, int):
+            out.append(part)
+        else:
+            out += (await lease.post("/tokenize", wire.TokenizeRequest(part), wire.TokenizeResponse)).tokens
+    return out
+
+
+def _cut_prompt(lease: Lease, num_ctx: int, shift: bool) -> Callable[[Body], Awaitable[Body | None]]:
+    async def cut(body: Body) -> Body | None:
+        """A prompt cut to its first num_keep tokens and its end, as Ollama cuts one; without
+        context shift, Ollama's refusal."""
+        if not isinstance(body, wire.CompletionRequest):
+            return None
+        if not shift:
+            raise bad_request(_NO_SHIFT)
+        tokens = await _prompt_tokens(lease, body.prompt)
+        bos = len((await lease.post("/tokenize", wire.TokenizeRequest("", add_special=True), wire.TokenizeResponse)).tokens)
+        num_keep = body.n_keep if body.n_keep is not None else 0
+        return msgspec.structs.replace(body, prompt=translate.shifted_prompt(tokens, num_ctx, num_keep, bos))
+    return cut
 
 
 
@@ -95,6 +191,7 @@ class _Piece:
     content: str
     thinking: str = ""
     logprobs: list[schemas.Logprob] | None = None
+    tokens: list[int] = field(default_factory=list)  # its token ids, from /completion with return_tokens
 
 
 async def _pieces(
@@ -119,16 +216,17 @@ async def _pieces(
         ending.timings = c.timings or ending.timings
         ending.reason = c.stop_type or ending.reason
         logprobs = translate.logprobs(c.completion_probabilities)
-        if c.content or logprobs:
-            yield _Piece(c.content, "", logprobs)
+        if c.content or logprobs or c.tokens:
+            yield _Piece(c.content, "", logprobs, c.tokens)
 
 
 async def _chat_chunks(
-    gate: Gateway, name: str, model: Model, load: LoadOptions, body: wire.ChatRequest
+    gate: Gateway, name: str, model: Model, load: LoadOptions, body: wire.ChatRequest, truncate: bool,
 ) -> AsyncIterator[schemas.ChatChunk]:
     timer, ending = Timer(), _Ending()
     async with gate.inference.lease(model, load, timer) as lease:
-        async for p in _pieces(lease, body, ending):
+        refit = _cut_chat(lease, load.num_ctx or 0) if truncate else None
+        async for p in _fitted(lease, body, ending, refit):
             message = schemas.OutMessage("assistant", p.content, p.thinking)
             yield schemas.ChatChunk(name, now_rfc3339(), message, False, logprobs=p.logprobs)
     # Whole calls, one per line: Zed reads only the first call of a line.
@@ -156,32 +254,33 @@ async def _merge_chat(chunks: AsyncIterator[schemas.ChatChunk]) -> schemas.ChatC
     return c
 
 
-async def _load_or_unload(gate: Gateway, model: Model, keep_alive: float | None, done: Callable[[str], Any]) -> Response[Any]:
-    """An empty prompt loads the model; with keep_alive 0 it unloads it (Ollama's `stop`)."""
-    if keep_alive == 0:
+async def _load_or_unload(gate: Gateway, model: Model, load: LoadOptions, done: Callable[[str], Any]) -> Response[Any]:
+    """An empty prompt loads the model with the request's load options, as a real request with
+    them would (so that the next one finds it ready); with keep_alive 0 it unloads it (Ollama's
+    `stop`)."""
+    if load.keep_alive == 0:
         await gate.scheduler.unload(model)
         return json_response(done("unload"))
-    num_ctx = gate.scheduler.num_ctx(model, None)
-    await gate.inference.load(model, LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive))
+    await gate.inference.load(model, load)
     return json_response(done("load"))
 
 
-@post("/api/chat")
+@post("/api/chat", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def chat(request: Request) -> Response[Any]:
     req = await decode_body(request, schemas.ChatRequest)
     if not req.model:
         raise bad_request("model is required")
     gate = gate_of(request)
     model = gate.catalog.require(req.model)
-    keep_alive = request_keep_alive(req.keep_alive)
+    num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
+    load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.messages:
         return await _load_or_unload(
-            gate, model, keep_alive,
+            gate, model, load,
             lambda reason: schemas.ChatChunk(req.model, now_rfc3339(), schemas.OutMessage("assistant", ""), True, reason),
         )
-    num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     body = translate.chat_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
-    chunks = _chat_chunks(gate, req.model, model, _load(req.options, num_ctx, keep_alive), body)
+    chunks = _chat_chunks(gate, req.model, model, load, body, req.truncate is not False)
     prompted = translate.prompted_tools(req, model.capabilities)
     if prompted is not None:
         chunks = _prompted_calls(chunks, prompted)
@@ -192,33 +291,44 @@ async def chat(request: Request) -> Response[Any]:
 
 
 async def _generate_chunks(
-    gate: Gateway, req: schemas.GenerateRequest, model: Model, load: LoadOptions,
-    body: wire.ChatRequest | wire.CompletionRequest | wire.InfillRequest,
+    gate: Gateway, req: schemas.GenerateRequest, model: Model, load: LoadOptions, body: Body,
 ) -> AsyncIterator[schemas.GenerateChunk]:
     """The answer, then a final chunk with the `context` tokens (prompt + answer) that a later
-    request can send back, except for raw prompts and infill, as Ollama does."""
+    request can send back, except for raw prompts and infill, as Ollama does.
+
+    A prompt the model's template renders goes to /completion as that text, so that the answer's
+    tokens come back as llama-server generated them; not for a model that can think (only the
+    chat route parts thinking from the answer) nor with images: those answers are tokenized."""
     name = req.model
     timer, ending = Timer(), _Ending()
     response: list[str] = []
+    generated: list[int] = []
     async with gate.inference.lease(model, load, timer) as lease:
-        prompt = body.prompt if isinstance(body, wire.CompletionRequest) and not req.raw else None
+        rendered = None
         if isinstance(body, wire.ChatRequest) and not req.images:
             applied = await lease.post(
                 "/apply-template", wire.ApplyTemplateRequest(body.messages, body.chat_template_kwargs),
                 wire.ApplyTemplateResponse,
             )
-            prompt = applied.prompt
-            if req.context:
-                body = translate.with_context(body, prompt, req.context)
-        async for p in _pieces(lease, body, ending):
+            rendered = applied.prompt
+            if req.context or "thinking" not in model.capabilities:
+                body = translate.with_context(body, rendered, req.context or [])
+        elif isinstance(body, wire.CompletionRequest) and not req.raw:
+            body = msgspec.structs.replace(body, return_tokens=True)
+        refit = _cut_prompt(lease, load.num_ctx or 0, load.context_shift) if req.truncate is not False else None
+        async for p in _fitted(lease, body, ending, refit):
             response.append(p.content)
+            generated += p.tokens
             yield schemas.GenerateChunk(model=name, created_at=now_rfc3339(), response=p.content,
                                         thinking=p.thinking, done=False, logprobs=p.logprobs)
         context = None
-        if isinstance(prompt, str):
-            tokens = await lease.post("/tokenize", wire.TokenizeRequest(prompt + "".join(response)),
+        if isinstance(body, wire.CompletionRequest) and body.return_tokens:
+            # The whole prompt, as Ollama's context has it even when it was cut to fit.
+            context = [*await _prompt_tokens(lease, body.prompt), *generated]
+        elif rendered is not None:
+            tokens = await lease.post("/tokenize", wire.TokenizeRequest(rendered + "".join(response)),
                                       wire.TokenizeResponse)
-            context = [*(req.context or []), *tokens.tokens]
+            context = tokens.tokens
     yield schemas.GenerateChunk(
         model=name,
         created_at=now_rfc3339(),
@@ -241,20 +351,20 @@ async def _merge_generate(chunks: AsyncIterator[schemas.GenerateChunk]) -> schem
     return c
 
 
-@post("/api/generate")
+@post("/api/generate", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def generate(request: Request) -> Response[Any]:
     req = await decode_body(request, schemas.GenerateRequest)
     if not req.model:
         raise not_found("model '' not found")
     gate = gate_of(request)
     model = gate.catalog.require(req.model)
-    keep_alive = request_keep_alive(req.keep_alive)
+    num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
+    load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.prompt and not req.suffix:
         return await _load_or_unload(
-            gate, model, keep_alive,
+            gate, model, load,
             lambda reason: schemas.GenerateChunk(model=req.model, created_at=now_rfc3339(), response="", done=True, done_reason=reason),
         )
-    num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     body = translate.generate_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
-    chunks = _generate_chunks(gate, req, model, _load(req.options, num_ctx, keep_alive), body)
+    chunks = _generate_chunks(gate, req, model, load, body)
     return await respond(chunks, req.stream is not False, _merge_generate)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar import Request, Response, post
 
 from proxy.llama import wire
-from proxy.body import decode_body
+from proxy.body import INFERENCE_BODY_LIMIT, decode_body
 from proxy.gateway import Gateway, gate_of
 from proxy.llama.lease import Timer
 from proxy.ollama import schemas, translate
@@ -53,7 +53,7 @@ async def _embed(
     return vectors, sum(len(t) for t in tokens)
 
 
-@post("/api/embed")
+@post("/api/embed", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def embed(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbedRequest)
     if not req.model:
@@ -74,7 +74,7 @@ async def embed(request: Request) -> Response[bytes]:
     ))
 
 
-@post("/api/embeddings")
+@post("/api/embeddings", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def embeddings(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbeddingsRequest)
     if not req.model:

@@ -47,6 +47,10 @@ class ChatRequest(msgspec.Struct):
     think: Think = None
     logprobs: bool = False
     top_logprobs: int = 0
+    # Both default to true, as Ollama's: drop the oldest messages to fit num_ctx; let the runner
+    # shift its context while generating instead of stopping at the limit.
+    truncate: bool | None = None
+    shift: bool | None = None
 
 
 class GenerateRequest(msgspec.Struct):
@@ -65,6 +69,9 @@ class GenerateRequest(msgspec.Struct):
     think: Think = None
     logprobs: bool = False
     top_logprobs: int = 0
+    # As on ChatRequest; a prompt too long for num_ctx keeps its first num_keep tokens and its end.
+    truncate: bool | None = None
+    shift: bool | None = None
 
 
 class TopLogprob(msgspec.Struct):

@@ -266,14 +266,67 @@ def generate_request(
 
 
 def with_context(chat: wire.ChatRequest, rendered: str, context: list[int]) -> wire.CompletionRequest:
-    """A chat-path generate whose request carried `context`: the earlier tokens, then the new
-    turn as the model's template rendered it, sent to /completion (which takes such a mix)."""
+    """A chat-path generate as /completion of the prompt the model's template rendered, after
+    the request's `context` tokens if it has any (/completion takes such a mix); it answers with
+    the ids of the tokens it generates, which become the answer's `context`."""
     sampling_fields = {k: getattr(chat, k) for k in SAMPLING_FIELDS}
     return wire.CompletionRequest(
-        stream=True, cache_prompt=True, prompt=[*context, rendered], json_schema=_json_schema(chat.response_format),
+        stream=True, cache_prompt=True, prompt=[*context, rendered] if context else rendered,
+        json_schema=_json_schema(chat.response_format),
         n_probs=None if chat.top_logprobs is None and not chat.logprobs else max(chat.top_logprobs or 0, 1),
-        **sampling_fields,
+        return_tokens=True, **sampling_fields,
     )
+
+
+# Fitting num_ctx (`truncate`) -------------------------------------------------------------------
+
+# What Ollama counts for an image in a prompt it measures (a CLIP image's embeddings).
+IMAGE_TOKENS = 768
+
+
+def tool_block_start(messages: list[wire.ChatMessage], i: int) -> int:
+    """Where a chat cut before message `i` must start instead: a tool answer keeps the
+    assistant turn that called it, so a cut never leaves a tool result without its call."""
+    if i <= 0 or i >= len(messages) or messages[i].role != "tool":
+        return i
+    start = i
+    while start > 0 and messages[start - 1].role == "tool":
+        start -= 1
+    caller = start - 1
+    if caller >= 0 and messages[caller].role == "assistant" and messages[caller].tool_calls:
+        return caller
+    return i
+
+
+def kept_messages(messages: list[wire.ChatMessage], start: int) -> list[wire.ChatMessage]:
+    """A chat cut at `start`, as Ollama cuts one: the system messages before the cut, then
+    everything from it on."""
+    return [m for m in messages[:start] if m.role == "system"] + messages[start:]
+
+
+def counted(messages: list[wire.ChatMessage]) -> tuple[list[wire.ChatMessage], int]:
+    """The messages to render for a count, images left out, and the images they had: Ollama
+    counts IMAGE_TOKENS for each instead of encoding it."""
+    out, images = [], 0
+    for m in messages:
+        if isinstance(m.content, list):
+            parts = [p for p in m.content if p.get("type") != "image_url"]
+            images += len(m.content) - len(parts)
+            m = msgspec.structs.replace(m, content="".join(p.get("text", "") for p in parts))
+        out.append(m)
+    return out, images
+
+
+def shifted_prompt(tokens: list[int], num_ctx: int, num_keep: int, bos: int) -> list[int]:
+    """A prompt too long for num_ctx as Ollama cuts it when context shift is on: its first
+    num_keep tokens (all for -1, plus the BOS), then its end, as much as leaves half of the rest
+    of the context free for the answer, as a first context shift would."""
+    if len(tokens) < num_ctx:
+        return tokens
+    keep = len(tokens) if num_keep < 0 else num_keep + bos
+    keep = max(0, min(keep, num_ctx - 1))
+    limit = num_ctx - max((num_ctx - keep) // 2, 1)
+    return tokens[:keep] + tokens[len(tokens) - (limit - keep):]
 
 
 def normalize(vector: list[float], dimensions: int = 0) -> list[float]:

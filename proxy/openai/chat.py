@@ -12,6 +12,7 @@ from litestar import Request, Response, post
 
 from proxy import tools
 from proxy.llama import wire
+from proxy.body import INFERENCE_BODY_LIMIT
 from proxy.gateway import Gateway
 from proxy.llama.lease import Timer
 from proxy.openai import schemas, translate
@@ -57,7 +58,7 @@ async def _answer(
 _CHAT = "/v1/chat/completions"
 
 
-@post(_CHAT)
+@post(_CHAT, request_max_body_size=INFERENCE_BODY_LIMIT)
 async def chat_completions(request: Request) -> Response[Any]:
     gate, req, model = await begin(request, schemas.ChatCompletionRequest)
     if translate.has_images(req.messages) and "vision" not in model.capabilities:
@@ -160,7 +161,7 @@ async def _completion_call(
     return await gate.inference.call(model, load, "/v1/completions", body, wire.OpenAIResult)
 
 
-@post("/v1/completions")
+@post("/v1/completions", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def completions(request: Request) -> Response[Any]:
     gate, req, model = await begin(request, schemas.CompletionRequest)
     load = load_options(gate, model, req)

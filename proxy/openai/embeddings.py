@@ -5,14 +5,14 @@ from __future__ import annotations
 from litestar import Request, Response, post
 
 from proxy.llama import wire
-from proxy.body import decode_body
+from proxy.body import INFERENCE_BODY_LIMIT, decode_body
 from proxy.openai import schemas, translate
 from proxy.gateway import gate_of
 from proxy.openai.models import load_options, require_model
 from proxy.openai.sse import json_answer
 
 
-@post("/v1/embeddings")
+@post("/v1/embeddings", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def embeddings(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbeddingRequest)
     gate = gate_of(request)

@@ -10,7 +10,7 @@ from typing import Any
 from litestar import Request, Response, post
 from litestar.response import Stream
 
-from proxy.body import decode_body
+from proxy.body import INFERENCE_BODY_LIMIT, decode_body
 from proxy.openai import schemas, translate
 from proxy.gateway import gate_of
 from proxy.semantics import think_kwargs
@@ -72,16 +72,16 @@ async def _relay(request: Request, path: str) -> Response[Any]:
                   headers={"Cache-Control": "no-cache"})
 
 
-@post("/v1/responses")
+@post("/v1/responses", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def responses(request: Request) -> Response[Any]:
     return await _relay(request, "/v1/responses")
 
 
-@post("/v1/messages")
+@post("/v1/messages", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def messages(request: Request) -> Response[Any]:
     return await _relay(request, "/v1/messages")
 
 
-@post("/v1/messages/count_tokens")
+@post("/v1/messages/count_tokens", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def count_tokens(request: Request) -> Response[Any]:
     return await _relay(request, "/v1/messages/count_tokens")

@@ -29,6 +29,10 @@ class LaunchSpec:
     pooling: str = ""
     projector: Path | None = None  # --mmproj: a vision model's image encoder
     adapters: tuple[Path, ...] = ()  # --lora
+    # Ollama's `shift`: a generation that fills the context drops old tokens (all but the
+    # request's n_keep) and goes on, instead of stopping. llama-server has it only as a flag, and
+    # turns it off itself where the model can't shift (vision, some KV-cache kinds).
+    context_shift: bool = False
 
     @property
     def ctx_total(self) -> int:
@@ -49,6 +53,8 @@ class LaunchSpec:
             args += ["--batch-size", str(self.batch)]
         if self.rpc:
             args += ["--rpc", ",".join(self.rpc)]
+        if self.context_shift:
+            args.append("--context-shift")
         return args
 
     def _embedding_args(self) -> list[str]:

@@ -38,6 +38,8 @@ class LoadOptions:
     num_thread: int | None = None
     num_batch: int | None = None
     embedding: bool = False
+    # Ollama's `shift` (default true); an embedding runner never generates, so never shifts.
+    context_shift: bool = True
 
 
 def _option(requested: int | None, model: Model, name: str) -> int | None:
@@ -82,6 +84,7 @@ class Scheduler:
             batch=_option(load.num_batch, model, "num_batch"),
             rpc=self._rpc.get(model.name.display.lower(), ()),
             embedding=load.embedding,
+            context_shift=load.context_shift and not load.embedding,
             pooling=embedding_pooling(files.model) if load.embedding else "",
             projector=None if load.embedding else files.projector,
             adapters=files.adapters,
