@@ -15,10 +15,11 @@ import pytest
 from conftest import Server, fake_upstream_server
 from tinymodel import write_tiny_model
 
+from proxy import truncation
 from proxy.llama import wire
 from proxy.ollama import translate
-from proxy.ollama.chat import _cut_chat
 from proxy.semantics import Options
+from proxy.truncation import chat_cutter
 from supervisor.runners.launch import LaunchSpec
 
 MODEL = "smol"
@@ -203,7 +204,7 @@ def test_generate_context_is_the_generated_tokens(fake):
 )
 def test_tool_block_start(roles, i, expected):
     messages = [wire.ChatMessage(r.rstrip("*"), "", tool_calls=[{}] if r.endswith("*") else None) for r in roles]
-    assert translate.tool_block_start(messages, i) == expected
+    assert truncation.tool_block_start(messages, i) == expected
 
 
 @pytest.mark.parametrize(
@@ -225,7 +226,7 @@ def test_shifted_prompt(n, num_ctx, num_keep, bos, expected):
 def test_counted_leaves_images_out():
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     messages = [wire.ChatMessage("user", [{"type": "text", "text": "look"}, image, image]), wire.ChatMessage("user", "hi")]
-    plain, images = translate.counted(messages)
+    plain, images = truncation.counted(messages)
     assert [m.content for m in plain] == ["look", "hi"] and images == 2
 
 
@@ -305,5 +306,5 @@ class _CountingLease:
 )
 def test_the_cut(messages, num_ctx, expected):
     body = wire.ChatRequest(messages=[wire.ChatMessage(r, c) for r, c in messages], stream=True, cache_prompt=True)
-    cut = asyncio.run(_cut_chat(_CountingLease(), num_ctx)(body))
+    cut = asyncio.run(chat_cutter(_CountingLease(), num_ctx)(body))
     assert (cut and [(m.role, m.content) for m in cut.messages]) == expected

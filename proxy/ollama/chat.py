@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, post
 
-from proxy import tools
+from proxy import tools, truncation
 from proxy.llama import wire
 from proxy.body import INFERENCE_BODY_LIMIT, decode_body
 from proxy.gateway import Gateway, gate_of
@@ -20,7 +20,7 @@ from proxy.ollama import schemas, translate
 from proxy.ollama.ndjson import json_response, now_rfc3339, respond
 from proxy.semantics import ModelDefaults, Options
 from supervisor.durations import request_keep_alive
-from supervisor.errors import LlamagateError, bad_request, not_found
+from supervisor.errors import bad_request, not_found
 from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions
 
@@ -31,71 +31,13 @@ def _load(options: Options | None, num_ctx: int, keep_alive: float | None, shift
                        num_batch=o.num_batch, context_shift=shift is not False)
 
 
-# Fitting num_ctx ------------------------------------------------------------------------------
-# Only a prompt llama-server refuses as longer than the context pays for counting: the request
-# is then cut as Ollama cuts it and sent once more.
+# Fitting num_ctx (see proxy/truncation.py) ------------------------------------------------------
 
-_OVERFLOW = "context_length_exceeded"
 # Ollama's answer to a prompt over num_ctx when the context may not shift.
 _NO_SHIFT = ("the prompt is longer than the context length currently available to the model; shorten the "
              "prompt, adjust the context length in settings, or use a model with a longer context length")
 
 Body = wire.ChatRequest | wire.CompletionRequest | wire.InfillRequest
-
-
-async def _fitted(
-    lease: Lease, body: Body, ending: _Ending, refit: Callable[[Body], Awaitable[Body | None]] | None,
-) -> AsyncIterator[_Piece]:
-    """`_pieces` of `body`; if llama-server refuses its prompt as too long, of what `refit` cuts
-    it to (None, or no `refit`: the refusal stands)."""
-    started = False
-    try:
-        async for p in _pieces(lease, body, ending):
-            started = True
-            yield p
-        return
-    except LlamagateError as e:
-        if started or e.code != _OVERFLOW or refit is None:
-            raise
-        cut = await refit(body)
-        if cut is None:
-            raise
-    async for p in _pieces(lease, cut, ending):
-        yield p
-
-
-async def _chat_tokens(lease: Lease, body: wire.ChatRequest, messages: list[wire.ChatMessage]) -> int:
-    """How many tokens of the context `messages` take, rendered as `body` renders them."""
-    plain, images = translate.counted(messages)
-    applied = await lease.post("/apply-template", wire.ApplyTemplateRequest(plain, body.chat_template_kwargs, body.tools),
-                               wire.ApplyTemplateResponse)
-    # add_special: llama-server counts the BOS it adds.
-    tokens = await lease.post("/tokenize", wire.TokenizeRequest(applied.prompt, add_special=True), wire.TokenizeResponse)
-    return len(tokens.tokens) + translate.IMAGE_TOKENS * images
-
-
-def _cut_chat(lease: Lease, num_ctx: int) -> Callable[[Body], Awaitable[Body | None]]:
-    async def cut(body: Body) -> Body | None:
-        """The chat from the earliest cut that fits num_ctx (the whole one did not), as Ollama
-        searches it; the last message always stays. Fewer messages never take more tokens, so a
-        binary search finds the cut Ollama's front-to-back search does."""
-        assert isinstance(body, wire.ChatRequest)
-        messages = body.messages
-        last = len(messages) - 1
-        lo, hi = 1, last
-        while lo < hi:
-            mid = (lo + hi) // 2
-            kept = translate.kept_messages(messages, translate.tool_block_start(messages, mid))
-            # llama-server refuses a prompt that fills the context: one token must be left.
-            if await _chat_tokens(lease, body, kept) < num_ctx:
-                hi = mid
-            else:
-                lo = mid + 1
-        kept = translate.kept_messages(messages, translate.tool_block_start(messages, lo))
-        if last < 1 or len(kept) == len(messages):
-            return None  # nothing to drop: the refusal stands
-        return msgspec.structs.replace(body, messages=kept)
-    return cut
 
 
 async def _prompt_tokens(lease: Lease, prompt: str | list[int | str]) -> list[int]:
@@ -225,8 +167,8 @@ async def _chat_chunks(
 ) -> AsyncIterator[schemas.ChatChunk]:
     timer, ending = Timer(), _Ending()
     async with gate.inference.lease(model, load, timer) as lease:
-        refit = _cut_chat(lease, load.num_ctx or 0) if truncate else None
-        async for p in _fitted(lease, body, ending, refit):
+        refit = truncation.chat_cutter(lease, load.num_ctx or 0) if truncate else None
+        async for p in truncation.fitted(body, lambda b: _pieces(lease, b, ending), refit):
             message = schemas.OutMessage("assistant", p.content, p.thinking)
             yield schemas.ChatChunk(name, now_rfc3339(), message, False, logprobs=p.logprobs)
     # Whole calls, one per line: Zed reads only the first call of a line.
@@ -316,7 +258,7 @@ async def _generate_chunks(
         elif isinstance(body, wire.CompletionRequest) and not req.raw:
             body = msgspec.structs.replace(body, return_tokens=True)
         refit = _cut_prompt(lease, load.num_ctx or 0, load.context_shift) if req.truncate is not False else None
-        async for p in _fitted(lease, body, ending, refit):
+        async for p in truncation.fitted(body, lambda b: _pieces(lease, b, ending), refit):
             response.append(p.content)
             generated += p.tokens
             yield schemas.GenerateChunk(model=name, created_at=now_rfc3339(), response=p.content,

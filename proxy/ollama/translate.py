@@ -278,43 +278,7 @@ def with_context(chat: wire.ChatRequest, rendered: str, context: list[int]) -> w
     )
 
 
-# Fitting num_ctx (`truncate`) -------------------------------------------------------------------
-
-# What Ollama counts for an image in a prompt it measures (a CLIP image's embeddings).
-IMAGE_TOKENS = 768
-
-
-def tool_block_start(messages: list[wire.ChatMessage], i: int) -> int:
-    """Where a chat cut before message `i` must start instead: a tool answer keeps the
-    assistant turn that called it, so a cut never leaves a tool result without its call."""
-    if i <= 0 or i >= len(messages) or messages[i].role != "tool":
-        return i
-    start = i
-    while start > 0 and messages[start - 1].role == "tool":
-        start -= 1
-    caller = start - 1
-    if caller >= 0 and messages[caller].role == "assistant" and messages[caller].tool_calls:
-        return caller
-    return i
-
-
-def kept_messages(messages: list[wire.ChatMessage], start: int) -> list[wire.ChatMessage]:
-    """A chat cut at `start`, as Ollama cuts one: the system messages before the cut, then
-    everything from it on."""
-    return [m for m in messages[:start] if m.role == "system"] + messages[start:]
-
-
-def counted(messages: list[wire.ChatMessage]) -> tuple[list[wire.ChatMessage], int]:
-    """The messages to render for a count, images left out, and the images they had: Ollama
-    counts IMAGE_TOKENS for each instead of encoding it."""
-    out, images = [], 0
-    for m in messages:
-        if isinstance(m.content, list):
-            parts = [p for p in m.content if p.get("type") != "image_url"]
-            images += len(m.content) - len(parts)
-            m = msgspec.structs.replace(m, content="".join(p.get("text", "") for p in parts))
-        out.append(m)
-    return out, images
+# Fitting num_ctx (`truncate`, `shift`) ----------------------------------------------------------
 
 
 def shifted_prompt(tokens: list[int], num_ctx: int, num_keep: int, bos: int) -> list[int]:

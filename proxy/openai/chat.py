@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, post
 
-from proxy import tools
+from proxy import tools, truncation
 from proxy.llama import wire
 from proxy.body import INFERENCE_BODY_LIMIT
 from proxy.gateway import Gateway
@@ -70,13 +70,18 @@ async def chat_completions(request: Request) -> Response[Any]:
     body = translate.chat_request(req, ModelDefaults.of(model), load.num_ctx or 0, rewrites, native_tools,
                                   req.model, model.capabilities)
 
+    # A chat longer than num_ctx is cut to fit, as Ollama's /v1 does (it has no `truncate`).
     async def stream(b: wire.ChatRequest) -> AsyncIterator[wire.OpenAIResult]:
-        chunks = gate.inference.stream(model, load, _CHAT, b, wire.OpenAIResult, Timer())
-        async for r in (_prompted_stream(chunks, prompted) if prompted is not None else chunks):
-            yield r
+        async with gate.inference.lease(model, load) as lease:
+            chunks = truncation.fitted(b, lambda body: lease.stream(_CHAT, body, wire.OpenAIResult),
+                                       truncation.chat_cutter(lease, load.num_ctx or 0))
+            async for r in (_prompted_stream(chunks, prompted) if prompted is not None else chunks):
+                yield r
 
     async def call(b: wire.ChatRequest) -> wire.OpenAIResult:
-        r = await gate.inference.call(model, load, _CHAT, b, wire.OpenAIResult)
+        async with gate.inference.lease(model, load) as lease:
+            r = await truncation.fitted_call(b, lambda body: lease.post(_CHAT, body, wire.OpenAIResult),
+                                             truncation.chat_cutter(lease, load.num_ctx or 0))
         if prompted is not None:
             r.choices = [translate.prompted_choice(c, prompted, _call_id) for c in r.choices]
         return r
