@@ -103,3 +103,19 @@ def test_tags_of_upstream_models_come_from_props(upstream_gate: Server) -> None:
     # A server never reached tells no lengths: they are left out, as Ollama leaves out zeros.
     gone = _listed(upstream_gate)["gone:latest"]
     assert "context_length" not in gone["details"] and "embedding_length" not in gone["details"]
+
+
+def test_a_model_whose_blob_is_no_gguf_is_listed_without_its_details(tmp_path: Path, tiny_gguf: Path) -> None:
+    """One broken model must not take the whole list down: it is listed from its manifest and
+    config, without what only its GGUF could tell."""
+    store = Store(tmp_path)
+    good = store.add_blob_file(tiny_gguf, MODEL)
+    bad = store.add_blob_bytes(b"not a gguf at all", MODEL)
+    config = store.add_blob_bytes(b'{"model_format":"gguf","model_family":"llama"}', CONFIG_TYPE)
+    store.write_manifest(ModelName.parse("good"), Manifest(config=config, layers=[good]))
+    store.write_manifest(ModelName.parse("broken"), Manifest(config=config, layers=[bad]))
+    from proxy.ollama.models import _listed
+
+    listed = {m.name: m for m in map(_listed, Catalog(store, Upstreams({})).list())}
+    assert listed["broken:latest"].capabilities is None and listed["broken:latest"].details.context_length == 0
+    assert listed["good:latest"].capabilities == ["completion"] and listed["good:latest"].details.context_length

@@ -41,22 +41,22 @@ def details(model: Model) -> schemas.ModelDetails:
     )
 
 
+def _listed(m: Model) -> schemas.ListedModel:
+    listed = schemas.ListedModel(name=m.name.display, model=m.name.display, modified_at=m.modified_at.isoformat(),
+                                 size=m.size, digest=m.digest, details=details(m))
+    try:
+        listed.details.context_length, listed.details.embedding_length = m.context_length, m.embedding_length
+        listed.capabilities = m.capabilities or None
+    except LlamagateError as e:
+        # A blob that isn't a readable GGUF fails the model's own requests; the list still
+        # shows it, without what only the GGUF can tell.
+        log.warning("listing %s without its GGUF's details: %s", m.name.display, e.message)
+    return listed
+
+
 @route("/api/tags", http_method=[HttpMethod.GET, HttpMethod.HEAD])
 async def tags(request: Request) -> Response[bytes]:
-    models = [
-        schemas.ListedModel(
-            name=m.name.display,
-            model=m.name.display,
-            modified_at=m.modified_at.isoformat(),
-            size=m.size,
-            digest=m.digest,
-            details=msgspec.structs.replace(details(m), context_length=m.context_length,
-                                            embedding_length=m.embedding_length),
-            capabilities=m.capabilities or None,
-        )
-        for m in gate_of(request).catalog.list()
-    ]
-    return json_response(schemas.TagsResponse(models))
+    return json_response(schemas.TagsResponse([_listed(m) for m in gate_of(request).catalog.list()]))
 
 
 @route("/api/version", http_method=[HttpMethod.GET, HttpMethod.HEAD])
