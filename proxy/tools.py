@@ -42,12 +42,81 @@ def call_schema(functions: list[Function]) -> dict[str, Any]:
 _CALL_SHAPE = '{"name": <the function name>, "arguments": <its arguments as an object>}'
 
 
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+# Schemas of variants, and what joins them in a type.
+_VARIANTS = {"anyOf": "|", "oneOf": "|", "allOf": "&"}
+
+
+def _type(schema: Any, defs: dict[str, Any], seen: frozenset[str]) -> str:
+    """A JSON schema written short, as TypeScript writes a type: `string`, `"a"|"b"`,
+    `integer[]`, `{city: string, days?: integer = 0}`; a `$ref` is written out once (then named)."""
+    if not isinstance(schema, dict):
+        return "any"
+    if isinstance(ref := schema.get("$ref"), str):
+        name = ref.rsplit("/", 1)[-1]
+        return name if name in seen or name not in defs else _type(defs[name], defs, seen | {name})
+    if "const" in schema:
+        return _json(schema["const"])
+    if isinstance(schema.get("enum"), list):
+        return "|".join(_json(v) for v in schema["enum"])
+    for key, joint in _VARIANTS.items():
+        if isinstance(schema.get(key), list):
+            return joint.join(_type(s, defs, seen) for s in schema[key])
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return "|".join(_type({**schema, "type": k}, defs, seen) for k in kind)
+    if kind == "array":
+        items = _type(schema.get("items"), defs, seen)
+        return f"{items}[]" if _single(schema.get("items")) else f"({items})[]"
+    if isinstance(schema.get("properties"), dict) and schema["properties"]:
+        return f"{{{_fields(schema, defs, seen)}}}"
+    return kind if isinstance(kind, str) else "any"
+
+
+def _single(schema: Any) -> bool:
+    """Whether `schema` is written as one type (not `a|b`), so `[]` may follow it bare."""
+    if not isinstance(schema, dict):
+        return True
+    many = [schema.get(k) for k in ("enum", "type", *_VARIANTS)]
+    return not any(isinstance(v, list) and len(v) > 1 for v in many)
+
+
+def _fields(schema: dict[str, Any], defs: dict[str, Any], seen: frozenset[str]) -> str:
+    """An object's properties as `name: type`, `name?: type` where not required, `= default`."""
+    # Schemas are the client's, unchecked: a part of the wrong shape is left out, never a 500.
+    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    written = []
+    for name, prop in properties.items():
+        field = f"{name}{'' if name in required else '?'}: {_type(prop, defs, seen)}"
+        if isinstance(prop, dict) and "default" in prop:
+            field += f" = {_json(prop['default'])}"
+        written.append(field)
+    return ", ".join(written)
+
+
+def signature(function: Function) -> str:
+    """One line of the note: `name(parameters): description`. Every name, type, enum, default and
+    requirement is there; what the parameters' schemas say in words is not, since clients send
+    dozens of tools (Open WebUI's built-in ones are 26 kB of JSON), and their whole schemas
+    would overflow a small context before the chat begins."""
+    params = function.parameters or {}
+    defs = {name: schema for key in ("definitions", "$defs") if isinstance(params.get(key), dict)
+            for name, schema in params[key].items()}
+    line = f"{function.name}({_fields(params, defs, frozenset())})"
+    description = " ".join((function.description or "").split())
+    return f"{line}: {description}" if description else line
+
+
 def prompt(functions: list[Function], forced: bool) -> str:
     """What the model is told about the tools: that it must call one (`forced`), or may."""
-    listed = msgspec.json.encode(functions).decode()
+    listed = "\n".join(f"- {signature(f)}" for f in functions)
     if forced:
-        return f"You have these functions: {listed}\nCall one of them: answer with a JSON object {_CALL_SHAPE}."
-    return (f"You can call these functions: {listed}\nTo call one, answer with only a JSON object {_CALL_SHAPE}; "
+        return f"You have these functions:\n{listed}\nCall one of them: answer with a JSON object {_CALL_SHAPE}."
+    return (f"You can call these functions:\n{listed}\nTo call one, answer with only a JSON object {_CALL_SHAPE}; "
             "otherwise answer as usual.")
 
 
@@ -63,7 +132,7 @@ def with_prompt(messages: list[wire.ChatMessage], functions: list[Function], for
 def call_text(calls: list[tuple[str, str]]) -> str:
     """An assistant's earlier calls ((name, arguments JSON)) as the model was asked to write them,
     since a template that knows no tools renders only the content of the message."""
-    written = [f'{{"name": {msgspec.json.encode(name).decode()}, "arguments": {arguments or "{}"}}}'
+    written = [f'{{"name": {_json(name)}, "arguments": {arguments or "{}"}}}'
                for name, arguments in calls]
     return "\n".join(written)
 

@@ -424,9 +424,9 @@ def test_forced_request_asks_for_the_call_by_grammar_and_prompt():
     body = translate.chat_request(req, NO_MODEL, 100, ON, native_tools=False)
     assert body.tools is None and body.tool_choice is None
     assert body.response_format["json_schema"]["schema"] == tools.call_schema(translate.functions(req.tools))
-    assert body.messages[0].content.startswith("Be brief.\n\nYou have these functions: ")
+    assert body.messages[0].content.startswith("Be brief.\n\nYou have these functions:\n- w(")
     body = translate.chat_request(chat(tools=[WEATHER], tool_choice="required"), NO_MODEL, 100, ON, native_tools=False)
-    assert body.messages[0].role == "system" and '"name":"w"' in body.messages[0].content
+    assert body.messages[0].role == "system" and "\n- w(" in body.messages[0].content
 
 
 @pytest.mark.parametrize(
@@ -448,7 +448,7 @@ def test_prompted_tools(choice, native, expected):
 def test_auto_on_a_template_without_tools_is_a_note_and_no_grammar():
     body = translate.chat_request(chat(tools=[WEATHER]), NO_MODEL, 100, ON, native_tools=False)
     assert body.tools is None and body.tool_choice is None and body.response_format is None
-    assert body.messages[0].role == "system" and body.messages[0].content.startswith("You can call these functions: ")
+    assert body.messages[0].role == "system" and body.messages[0].content.startswith("You can call these functions:\n")
     # With native tools they go to llama-server and no note is added.
     body = translate.chat_request(chat(tools=[WEATHER]), NO_MODEL, 100, ON)
     assert body.tools == chat(tools=[WEATHER]).tools and [m.role for m in body.messages] == ["user"]

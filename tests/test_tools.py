@@ -4,6 +4,7 @@ llamagate lists them in a system note and reads the model's call (proxy/tools.py
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -22,6 +23,9 @@ WEATHER = {"type": "function", "function": {
                    "required": ["city"]}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 GREEDY = {"temperature": 0, "num_predict": 40}
+# The 36 built-in tools Open WebUI 0.12.4 sends with every chat message from its UI (captured
+# from its /api/chat body): 26 kB of JSON schemas.
+OPEN_WEBUI_TOOLS = json.loads((Path(__file__).parent / "open_webui_tools.json").read_text())
 # A call forced by `format` (Ollama has no tool_choice): the grammar makes SmolLM2 write one.
 CALL_FORMAT = tools.call_schema([msgspec.convert(WEATHER["function"], tools.Function)])
 
@@ -46,6 +50,15 @@ def test_api_chat_takes_tools_on_a_model_whose_template_has_none(client):
     assert r.done and (r.message.content or r.message.tool_calls)
     lines = list(client.chat(model=MODEL, messages=ASK, tools=[WEATHER], options=GREEDY, stream=True))
     assert lines[-1].done and all(not line.done for line in lines[:-1])
+
+
+def test_open_webui_builtin_tools_fit_the_default_context(client):
+    """Their whole schemas are 6037 tokens, over the default num_ctx (4096) with one message and
+    nothing to drop; the note's signatures leave room for the answer."""
+    assert len(OPEN_WEBUI_TOOLS) == 36
+    r = client.chat(model=MODEL, messages=[{"role": "user", "content": "Write three sentences about the sea."}],
+                    tools=OPEN_WEBUI_TOOLS, options={"temperature": 0, "num_predict": 20})
+    assert r.done and r.message.content and r.prompt_eval_count < 3000
 
 
 def test_api_chat_tool_call_and_round_trip(client, server):
@@ -107,6 +120,43 @@ def test_v1_forced_call_finishes_with_tool_calls(oai, stream):
     assert again.choices[0].message.content and again.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        (None, "f()"),
+        ({"type": "object", "properties": {}}, "f()"),
+        (WEATHER["function"]["parameters"], 'f(city: "Paris"|"Tokyo")'),
+        ({"type": "object", "properties": {"n": {"type": "integer", "default": 0, "description": "left out"},
+                                           "q": {"type": "string"}}, "required": ["q"]},
+         "f(n?: integer = 0, q: string)"),
+        ({"type": "object", "properties": {"a": {"type": ["string", "null"]}, "b": {"const": "x"},
+                                           "c": {"anyOf": [{"type": "integer"}, {"type": "boolean"}]}}},
+         'f(a?: string|null, b?: "x", c?: integer|boolean)'),
+        ({"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}},
+                                           "kinds": {"type": "array", "items": {"enum": ["a", "b"]}},
+                                           "any": {"type": "array"}, "free": {"type": "object"}}},
+         'f(ids?: string[], kinds?: ("a"|"b")[], any?: any[], free?: object)'),
+        ({"type": "object", "properties": {"at": {"type": "object", "properties": {"x": {"type": "number"}},
+                                                  "required": ["x"]}}},
+         "f(at?: {x: number})"),
+        # Pydantic's $defs, written out where used; a recursive one named the second time.
+        ({"type": "object", "properties": {"node": {"$ref": "#/$defs/Node"}, "other": {"$ref": "#/$defs/Gone"}},
+          "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}}},
+         "f(node?: {next?: Node}, other?: Gone)"),
+        # Parts of the wrong shape are left out, never a 500.
+        ({"properties": ["a"], "$defs": ["b"]}, "f()"),
+        ({"properties": {"a": "string", "b": {"type": "array", "items": 1}}, "required": "a"}, "f(a?: any, b?: any[])"),
+    ],
+)
+def test_signature(parameters, expected):
+    assert tools.signature(tools.Function("f", None, parameters)) == expected
+
+
+def test_signature_has_the_description_on_one_line():
+    f = tools.Function("f", "Does\n  things.\n\nReally.", None)
+    assert tools.signature(f) == "f(): Does things. Really."
+
+
 # Exact wire checks against the fake llama-server ----------------------------------------------
 
 
@@ -149,8 +199,9 @@ def test_the_note_replaces_tools_for_llama_server(fake):
     body = _last_chat(fake)
     assert "tools" not in body and "response_format" not in body
     system = body["messages"][0]
-    assert system["role"] == "system" and system["content"].startswith("You can call these functions: ")
-    assert json.loads(system["content"].split("\n")[0].removeprefix("You can call these functions: ")) == [WEATHER["function"]]
+    assert system["role"] == "system"
+    assert system["content"].split("\n")[:2] == ["You can call these functions:",
+                                                 '- get_weather(city: "Paris"|"Tokyo"): The weather in a city']
     # A template with tools gets them as they came, and no note.
     fake.client.chat(model="native", messages=_echo("x"), tools=[WEATHER], think=False)
     body = _last_chat(fake)
@@ -203,7 +254,7 @@ def test_v1_auto_reads_a_call_too(fake, stream):
         (call,) = r.choices[0].message.tool_calls
         assert r.choices[0].finish_reason == "tool_calls"
     assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
-    assert _last_chat(fake)["messages"][0]["content"].startswith("You can call these functions: ")
+    assert _last_chat(fake)["messages"][0]["content"].startswith("You can call these functions:\n")
 
 
 def test_v1_tool_choice_none_sends_no_note(fake):
