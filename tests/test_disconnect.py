@@ -87,6 +87,7 @@ def test_abandoned_non_streamed_chat_frees_the_slot(srv):
             httpx.post(f"{srv.url}/api/chat", timeout=httpx.Timeout(10, read=1), json={
                 "model": "smollm2", "stream": False, "options": {"num_predict": LONG},
                 "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]})
+        gc.collect()  # the timed-out response holds its socket until collected
 
     _leaves_while_generating(srv, send)
 
@@ -124,6 +125,7 @@ def test_a_queued_request_whose_client_leaves_gives_up_its_queue_place(srv):
         waits = srv.log().count("waiting for a busy model")
         with pytest.raises(httpx.ReadTimeout):
             _quick(srv, "tiny", timeout=1)
+        gc.collect()  # the timed-out response holds its socket until collected
         assert srv.log().count("waiting for a busy model") > waits
         # The place is free again: this one is queued (not refused with a 503) and served.
         assert _quick(srv, "tiny").status_code == 200
@@ -179,6 +181,7 @@ def _children(srv: Server) -> list[int]:
 def test_a_load_abandoned_by_its_only_client_stops_the_process(loading):
     with pytest.raises(httpx.ReadTimeout):
         _quick(loading, "tiny", timeout=1)
+    gc.collect()  # the timed-out response holds its socket until collected
     assert wait_until(lambda: _loaders(loading) == [], timeout=5)
     assert "load abandoned" in loading.log() and "[tiny:latest] stopping" in loading.log()
 
@@ -188,10 +191,12 @@ def test_a_load_another_client_still_waits_for_goes_on(loading):
         staying = pool.submit(lambda: _quick(loading, "tiny", timeout=4))
         with pytest.raises(httpx.ReadTimeout):
             _quick(loading, "tiny", timeout=1)
+        gc.collect()  # the timed-out response holds its socket until collected
         time.sleep(1)
         assert len(_loaders(loading)) == 1 and "load abandoned" not in loading.log()
         with pytest.raises(httpx.ReadTimeout):
             staying.result()
+        gc.collect()  # the timed-out response holds its socket until collected
     assert wait_until(lambda: _loaders(loading) == [], timeout=5)
 
 
