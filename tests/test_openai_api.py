@@ -117,9 +117,11 @@ def test_stream_is_sse_token_by_token_and_ends_with_done(server):
 
 
 def test_include_usage(oai):
+    # Greedy (a seed) and a long answer, so that the 8 tokens are all generated: a sampled
+    # answer to a short prompt may end sooner.
     chunks = list(oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": PROMPT}], stream=True, max_tokens=8,
-        stream_options={"include_usage": True}))
+        model=MODEL, messages=[{"role": "user", "content": "Count to one hundred."}], stream=True, max_tokens=8,
+        seed=1, stream_options={"include_usage": True}))
     *rest, last = chunks
     assert last.choices == [] and last.usage.completion_tokens == 8
     assert last.usage.prompt_tokens > 5 and last.usage.total_tokens == 8 + last.usage.prompt_tokens
