@@ -182,8 +182,8 @@ def test_a_load_abandoned_by_its_only_client_stops_the_process(loading):
     with pytest.raises(httpx.ReadTimeout):
         _quick(loading, "tiny", timeout=1)
     gc.collect()  # the timed-out response holds its socket until collected
-    assert wait_until(lambda: _loaders(loading) == [], timeout=5)
-    assert "load abandoned" in loading.log() and "[tiny:latest] stopping" in loading.log()
+    assert wait_until(lambda: _loaders(loading) == [], timeout=5), loading.log()[-4000:]
+    assert "load abandoned" in loading.log() and "[tiny:latest] stopping" in loading.log(), loading.log()[-4000:]
 
 
 def test_a_load_another_client_still_waits_for_goes_on(loading):
