@@ -30,6 +30,13 @@ class Catalog:
     def get(self, name: ModelName) -> Model | None:
         if pool := self.upstreams.get(name):
             return self._remote(name, pool)
+        if model := self._fresh(name):
+            return model
+        stored = self.store.get(name)
+        return self._local(stored) if stored else None
+
+    def _fresh(self, name: ModelName) -> Model | None:
+        """The cached Model of `name` while its manifest is unchanged; a stale one is dropped."""
         key = name.display.lower()
         if cached := self._cache.get(key):
             path, signature, generation, model = cached
@@ -39,8 +46,7 @@ class Catalog:
             except OSError:
                 pass
             del self._cache[key]
-        stored = self.store.get(name)
-        return self._local(stored) if stored else None
+        return None
 
     def require(self, text: str) -> Model:
         """Resolve a model name sent by a client: 400 if malformed, 404 if absent."""
@@ -56,7 +62,8 @@ class Catalog:
         local = []
         for stored in self.store.stored():
             try:
-                local.append(self._local(stored))
+                # What is cached is reused: a listing reads only the manifests that changed.
+                local.append(self._fresh(stored.name) or self._local(stored))
             except LlamagateError:
                 continue  # no GGUF layer: nothing llama-server could serve
         return remote + local
