@@ -30,12 +30,13 @@ class Catalog:
     def get(self, name: ModelName) -> Model | None:
         if pool := self.upstreams.get(name):
             return self._remote(name, pool)
-        if model := self._cached(name):
+        if model := self._fresh(name):
             return model
         stored = self.store.get(name)
         return self._local(stored) if stored else None
 
-    def _cached(self, name: ModelName) -> Model | None:
+    def _fresh(self, name: ModelName) -> Model | None:
+        """The cached Model of `name` while its manifest is unchanged; a stale one is dropped."""
         key = name.display.lower()
         if cached := self._cache.get(key):
             path, signature, generation, model = cached
@@ -56,13 +57,13 @@ class Catalog:
 
     def list(self) -> list[Model]:
         """Every model as /api/tags lists them: upstream ones first, in the order configured,
-        then the store's, newest first. A stored model already resolved is reused, with the
-        GGUF header it read for its capabilities: a big store is not reread at every listing."""
+        then the store's, newest first."""
         remote = [self._remote(name, pool) for name, pool in self.upstreams.pools.values()]
         local = []
         for stored in self.store.stored():
             try:
-                local.append(self._cached(stored.name) or self._local(stored))
+                # What is cached is reused: a listing reads only the manifests that changed.
+                local.append(self._fresh(stored.name) or self._local(stored))
             except LlamagateError:
                 continue  # no GGUF layer: nothing llama-server could serve
         return remote + local
