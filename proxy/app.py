@@ -1,9 +1,12 @@
 """The Litestar application: routes of every dialect, errors in each dialect's shape (the
-handlers of proxy/errors.py), clients that leave (proxy/disconnect.py), lifespan."""
+handlers of proxy/errors.py), clients that leave (proxy/disconnect.py), the ASGI layers around it
+(CORS, header size, Host, keys), lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,10 +14,14 @@ from litestar import Litestar, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 
+from proxy.auth import KeyRing, auth_layer
+from proxy.body import METADATA_BODY_LIMIT
 from proxy.cors import cors_layer
 from proxy.disconnect import watch_disconnect
 from proxy.errors import on_error, on_http_exception, on_unexpected
 from proxy.gateway import Gateway
+from proxy.hosts import binds_loopback, host_check_layer
+from proxy.limits import header_limit_layer
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
 from supervisor.config import Config
@@ -32,9 +39,17 @@ def _version_header(response: Response) -> Response:
 
 def create_app(config: Config) -> Litestar:
     gate = Gateway(config)
+    keys = KeyRing(config.keys)
+    # Only where there is a file to re-read: elsewhere SIGHUP keeps its usual meaning.
+    reload_on_hup = hasattr(signal, "SIGHUP") and bool(config.keys.api_file or config.keys.admin_file)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if reload_on_hup:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
+        if not config.keys.enabled and not binds_loopback(config.host):
+            log.warning("no API keys: anyone who can reach %s:%d can use and change every model; "
+                        "set LLAMAGATE_API_KEYS", config.host, config.port)
         try:
             # Reported now; looked up again at each load, so installing one needs no restart.
             binary = find_llama_server(config.llama_server, config.runtime_dir)
@@ -48,6 +63,8 @@ def create_app(config: Config) -> Litestar:
         try:
             yield
         finally:
+            if reload_on_hup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await gate.aclose()
 
     app = Litestar(
@@ -63,7 +80,13 @@ def create_app(config: Config) -> Litestar:
         middleware=[watch_disconnect],
         logging_config=None,
         openapi_config=None,
+        request_max_body_size=METADATA_BODY_LIMIT,
     )
-    # Around the router, where Litestar puts its own CORS layer: a 404 or 405 gets it too, as in Ollama.
-    app.asgi_handler = cors_layer(app.asgi_handler, config.origins)
+    # Around the router, so that an unknown path needs a key too and a 404 or 405 gets CORS
+    # headers, as in Ollama. Outermost CORS, which answers a browser's preflight (it carries no
+    # key), then what every request must pass before its key is looked at.
+    handler = auth_layer(app.asgi_handler, keys)
+    handler = host_check_layer(handler, config.host)
+    handler = header_limit_layer(handler)
+    app.asgi_handler = cors_layer(handler, config.origins)
     return app

@@ -11,9 +11,14 @@ from supervisor.errors import bad_request
 
 T = TypeVar("T")
 
-# The largest body an inference route takes (Litestar's default is 10 MB): a chat with a few
-# phone photos in base64 is more than that. Ollama sets no limit at all.
+# The largest body each family of routes takes (Ollama sets no limit at all); a larger one is a
+# 413 in the route's dialect. Inference routes say so on their decorators: a chat with a few
+# phone photos in base64 is tens of MB.
 INFERENCE_BODY_LIMIT = 100 * 1024 * 1024
+# Every other route, the app's default: JSON naming a model, or a Modelfile's parts for /api/create.
+METADATA_BODY_LIMIT = 1024 * 1024
+# Blob uploads (POST /api/blobs/<digest>) have no limit: they stream to disk, checked against
+# their digest, and a GGUF is gigabytes.
 
 
 async def decode_body(request: Request, type_: type[T]) -> T:

@@ -45,7 +45,7 @@ class Origins:
         return any(origin.startswith(before) and origin.endswith(after) for before, after in self.patterns)
 
 
-def _header(scope: Scope, name: bytes) -> str:
+def header(scope: Scope, name: bytes) -> str:
     return next((v.decode("latin-1") for k, v in scope["headers"] if k == name), "")
 
 
@@ -66,8 +66,8 @@ def cors_layer(app: ASGIApp, origins: list[str]) -> ASGIApp:
     ]
 
     async def layer(scope: Scope, receive: Receive, send: Send) -> None:
-        origin = _header(scope, b"origin") if scope["type"] == "http" else ""
-        host = _header(scope, b"host")
+        origin = header(scope, b"origin") if scope["type"] == "http" else ""
+        host = header(scope, b"host")
         if not origin or origin in (f"http://{host}", f"https://{host}"):
             await app(scope, receive, send)
             return

@@ -1,5 +1,5 @@
 """Errors in the shape of the dialect a request speaks: OpenAI's (or Anthropic's) on /v1, Ollama's
-elsewhere; the app's exception handlers."""
+elsewhere; the app's exception handlers, and the same answers for the ASGI layers around the app."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import logging
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from litestar.types import Send
 
 from proxy.openai import translate
-from proxy.openai.sse import json_answer
+from proxy.openai.sse import JSON, json_answer
 from supervisor.errors import LlamagateError
 
 log = logging.getLogger("llamagate")
@@ -25,8 +26,23 @@ def error_response(path: str, status: int, message: str, code: str | None = None
     return None
 
 
+def _ollama_body(message: str) -> bytes:
+    return msgspec.json.encode({"error": message})
+
+
 def _ollama_error(status: int, message: str) -> Response[bytes]:
-    return Response(msgspec.json.encode({"error": message}), status_code=status, media_type="application/json")
+    return Response(_ollama_body(message), status_code=status, media_type="application/json")
+
+
+async def send_error(send: Send, path: str, status: int, message: str, code: str | None = None,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """An error answered from an ASGI layer, before any route: the JSON of error_response on
+    /v1, Ollama's `{"error": ...}` everywhere else."""
+    v1 = error_response(path, status, message, code)
+    body = v1.content if v1 else _ollama_body(message)
+    start = [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
 
 
 def on_error(request: Request, exc: LlamagateError) -> Response[bytes]:

@@ -172,6 +172,42 @@ def parse_origins(text: str) -> list[str]:
     return [*origins, "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
 
 
+def parse_keys(text: str) -> tuple[str, ...]:
+    """`LLAMAGATE_API_KEYS` and `LLAMAGATE_ADMIN_KEYS`: comma-separated keys, blanks dropped."""
+    return tuple(key for key in (part.strip() for part in text.split(",")) if key)
+
+
+def read_keys_file(path: Path) -> tuple[str, ...]:
+    """A keys file: one key a line; blank lines and lines starting with `#` are ignored."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    """Where the keys come from: given inline, and files that are read at start and on SIGHUP."""
+
+    api: tuple[str, ...] = ()
+    api_file: Path | None = None
+    admin: tuple[str, ...] = ()
+    admin_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any key setting is given: then every route but the probes needs a key, even
+        while the files hold none."""
+        return bool(self.api or self.api_file or self.admin or self.admin_file)
+
+    @property
+    def separate_admin(self) -> bool:
+        """Whether admin keys are set apart; without them an API key may do everything."""
+        return bool(self.admin or self.admin_file)
+
+
+def _env_path(name: str) -> Path | None:
+    return Path(_env(name)).expanduser() if _env(name) else None
+
+
 @dataclass
 class Config:
     host: str = "127.0.0.1"
@@ -201,6 +237,10 @@ class Config:
     registry_mirrors: dict[str, str] = field(default_factory=dict)
     # Browser origins allowed to call the API (proxy/cors.py).
     origins: list[str] = field(default_factory=lambda: parse_origins(""))
+    # Who may call the API (proxy/auth.py), and what one connection may send and hold.
+    keys: KeySettings = field(default_factory=KeySettings)
+    max_connections: int = 1024
+    keepalive_timeout: float = 5.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -226,6 +266,14 @@ class Config:
             openai_tool_calls_stop=_env_bool("LLAMAGATE_OPENAI_TOOL_CALLS_STOP", False),
             registry_mirrors=parse_mirrors(_env("LLAMAGATE_REGISTRY_MIRRORS")),
             origins=parse_origins(_env("OLLAMA_ORIGINS")),
+            keys=KeySettings(
+                api=parse_keys(_env("LLAMAGATE_API_KEYS")),
+                api_file=_env_path("LLAMAGATE_API_KEYS_FILE"),
+                admin=parse_keys(_env("LLAMAGATE_ADMIN_KEYS")),
+                admin_file=_env_path("LLAMAGATE_ADMIN_KEYS_FILE"),
+            ),
+            max_connections=max(0, _env_int("LLAMAGATE_MAX_CONNECTIONS", 1024)),
+            keepalive_timeout=_env_seconds("LLAMAGATE_KEEPALIVE_TIMEOUT", "5s"),
         )
         if models := _env("OLLAMA_MODELS"):
             cfg.models_dir = Path(models).expanduser()

@@ -27,7 +27,10 @@ def base_url() -> str:
 class Client:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or base_url()
-        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0, read=None))
+        # The key of a server that wants one (README, "Keys, the Host check and limits").
+        key = os.environ.get("LLAMAGATE_API_KEY", "").strip()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(30.0, read=None))
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.status_code >= 400:

@@ -75,10 +75,11 @@ def serve(llama_server: str | None, threads: int | None, upstream: tuple[str, ..
         config.add_endpoints(config_file, upstream, rpc)
         for name in [*config.upstreams, *config.rpc]:
             ModelName.parse(name)
+        app = create_app(config)  # reads the keys files: one that can't be read stops us here
     except (ValueError, OSError, LlamagateError) as e:
         _fail(str(e.message if isinstance(e, LlamagateError) else e))
     uvicorn.run(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         loop="auto",
@@ -86,6 +87,10 @@ def serve(llama_server: str | None, threads: int | None, upstream: tuple[str, ..
         access_log=verbose,
         log_config=None,
         timeout_graceful_shutdown=5,
+        # uvicorn answers 503 beyond it; an idle kept-alive connection is closed after the timeout
+        # (only between requests: a long generation is never cut by it).
+        limit_concurrency=config.max_connections or None,
+        timeout_keep_alive=config.keepalive_timeout,
     )
 
 
