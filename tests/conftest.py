@@ -37,14 +37,14 @@ def llamagate_cmd() -> list[str]:
 class Server:
     """A `llamagate serve` subprocess on a free port with its own model store."""
 
-    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None, bind: str = "127.0.0.1") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = tmp / "models"
         self.log_path = tmp / "serve.log"
         self.env = {
             **os.environ,
-            "OLLAMA_HOST": f"127.0.0.1:{self.port}",
+            "OLLAMA_HOST": f"{bind}:{self.port}",
             "OLLAMA_MODELS": str(self.models),
             "LLAMAGATE_THREADS": "1",
             **(env or {}),

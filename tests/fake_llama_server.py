@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOG = os.environ["FAKE_LLAMA_LOG"]
@@ -28,6 +29,15 @@ def _answer(body: dict) -> list[str]:
         text = last[len("ECHO:"):]
         return [text[: len(text) // 2], text[len(text) // 2:]]
     return ["Hi", " there"]
+
+
+def _pause(body: dict) -> float:
+    """Seconds to wait before each streamed event (four times that before a whole answer): the
+    number after "SLOW:" that starts the last message, for a generation that takes a while."""
+    last = body["messages"][-1].get("content")
+    if isinstance(last, str) and last.startswith("SLOW:"):
+        return float(last[len("SLOW:"):].split()[0])
+    return 0.0
 
 
 def _chat_answer(body: dict) -> dict:
@@ -86,12 +96,13 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _sse(self, events: list[dict]) -> None:
+    def _sse(self, events: list[dict], pause: float = 0.0) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close")
         self.end_headers()
         for e in events:
+            time.sleep(pause)
             self.wfile.write(b"data: " + json.dumps(e).encode() + b"\n\n")
             self.wfile.flush()
         self.wfile.write(b"data: [DONE]\n\n")
@@ -118,8 +129,13 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         _record({"path": self.path, "body": body})
         if self.path == "/v1/chat/completions":
-            if not self._too_long(len(_render(body["messages"]))):
-                self._sse(_chat_events(body)) if body.get("stream") else self._json(_chat_answer(body))
+            if self._too_long(len(_render(body["messages"]))):
+                return
+            if body.get("stream"):
+                self._sse(_chat_events(body), _pause(body))
+            else:
+                time.sleep(_pause(body) * 4)
+                self._json(_chat_answer(body))
         elif self.path == "/v1/responses":
             self._json({"object": "response", "model": "fake", "status": "completed", "output": []})
         elif self.path == "/completion" and self._too_long(_prompt_tokens(body["prompt"])):
