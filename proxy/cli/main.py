@@ -87,9 +87,10 @@ def serve(llama_server: str | None, threads: int | None, upstream: tuple[str, ..
         access_log=verbose,
         log_config=None,
         timeout_graceful_shutdown=5,
-        # uvicorn answers 503 beyond it; an idle kept-alive connection is closed after the timeout
-        # (only between requests: a long generation is never cut by it).
-        limit_concurrency=config.max_connections or None,
+        # uvicorn answers 503 to a request that finds `limit_concurrency` connections open counting
+        # its own, so one more lets exactly max_connections be served. An idle kept-alive connection
+        # is closed after the timeout (only between requests: a long generation is never cut by it).
+        limit_concurrency=config.max_connections + 1 if config.max_connections else None,
         timeout_keep_alive=config.keepalive_timeout,
     )
 
