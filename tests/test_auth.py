@@ -14,6 +14,7 @@ import pytest
 from conftest import Server, fake_upstream_server, wait_until
 
 from proxy.auth import route_need
+from supervisor.config import Config, read_keys_file
 
 USER, ADMIN = "user-k3y-7f3a", "adm1n-k3y-c2d9"
 
@@ -202,3 +203,17 @@ def test_open_on_the_network_warns_once(tmp_path: Path) -> None:
         srv = Server(tmp_path / sub, **kwargs)
         srv.stop()
         assert OPEN_WARNING not in srv.log(), sub
+
+
+def test_key_settings_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# comment\n\n  a-key  \n#not-a-key\nb#key\n")
+    assert read_keys_file(keys) == ("a-key", "b#key")
+    monkeypatch.setenv("LLAMAGATE_API_KEYS", " one, ,two ")
+    monkeypatch.setenv("LLAMAGATE_ADMIN_KEYS_FILE", str(keys))
+    monkeypatch.setenv("LLAMAGATE_MAX_CONNECTIONS", "7")
+    monkeypatch.setenv("LLAMAGATE_KEEPALIVE_TIMEOUT", "1m")
+    cfg = Config.from_env()
+    assert cfg.keys.api == ("one", "two") and cfg.keys.admin_file == keys
+    assert cfg.keys.enabled and cfg.keys.separate_admin
+    assert (cfg.max_connections, cfg.keepalive_timeout) == (7, 60.0)
