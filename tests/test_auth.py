@@ -95,10 +95,11 @@ def test_admin_key_does_everything(keyed) -> None:
     url = keyed.url
     assert httpx.post(f"{url}/api/copy", json={"source": "tiny", "destination": "tiny2"},
                       headers=bearer(ADMIN)).status_code == 200
-    assert httpx.request("DELETE", f"{url}/api/delete", json={"model": "tiny2"}, headers=bearer(ADMIN)).status_code == 200
+    r = httpx.request("DELETE", f"{url}/api/delete", json={"model": "tiny2"}, headers=bearer(ADMIN))
+    assert r.status_code == 200
     assert httpx.head(f"{url}/api/blobs/sha256:{'0' * 64}", headers=bearer(ADMIN)).status_code == 404
-    r = httpx.post(f"{url}/api/chat", json={"model": "tiny", "stream": False, "messages": [{"role": "user", "content": "hi"}]},
-                   headers=bearer(ADMIN), timeout=60)
+    chat = {"model": "tiny", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(f"{url}/api/chat", json=chat, headers=bearer(ADMIN), timeout=60)
     assert r.json()["message"]["content"] == "Hi there"
 
 
