@@ -15,7 +15,7 @@ from proxy.ollama.ndjson import respond
 
 
 async def _pull_chunks(gate: Gateway, req: schemas.PullRequest) -> AsyncIterator[schemas.ProgressResponse]:
-    async for p in gate.puller.pull(req.model or req.name, req.insecure):
+    async for p in gate.pulls.track(req.model or req.name, req.insecure):
         yield schemas.ProgressResponse(p.status, p.digest, p.total, p.completed)
 
 
