@@ -1,5 +1,5 @@
 """Ollama's /api/pull: a model from a registry, its progress streamed as NDJSON status lines
-(or only the last one)."""
+(or only the last one); every pull is recorded in the Gateway's `Pulls` for the status page."""
 
 from __future__ import annotations
 
