@@ -1,5 +1,5 @@
-"""The Litestar application: routes of every dialect, errors in each dialect's shape (the
-handlers of proxy/errors.py), clients that leave (proxy/disconnect.py), lifespan."""
+"""The Litestar application: routes of every dialect and of the status page, errors in each
+dialect's shape (the handlers of proxy/errors.py), clients that leave (proxy/disconnect.py), lifespan."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from proxy.errors import on_error, on_http_exception, on_unexpected
 from proxy.gateway import Gateway
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
+from proxy.ui.routes import ROUTES as UI_ROUTES
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.runtime.binary import find_llama_server
@@ -51,7 +52,7 @@ def create_app(config: Config) -> Litestar:
             await gate.aclose()
 
     app = Litestar(
-        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES],
+        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, *UI_ROUTES],
         state=State({"gate": gate}),
         lifespan=[lifespan],
         exception_handlers={
