@@ -38,7 +38,8 @@ def registry() -> Iterator[OllamaRegistry]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, registry, tiny_gguf: Path, llama_server_binary) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("ui"), env={"LLAMAGATE_REGISTRY_MIRRORS": f"registry.ollama.ai={registry.url}"})
+    mirrors = {"LLAMAGATE_REGISTRY_MIRRORS": f"registry.ollama.ai={registry.url}"}
+    srv = Server(tmp_path_factory.mktemp("ui"), env=mirrors)
     try:
         srv.create("tiny", tiny_gguf)
         yield srv
@@ -136,8 +137,8 @@ def page(tmp_path: Path):
 def test_the_page_shows_counts_down_unloads_and_pulls(server, registry, page):
     from playwright.sync_api import expect
 
-    data = os.urandom(3_000_000)
-    registry.publish("test/uipull:v1", [(MODEL, data)], throttle=0.03)  # ~1.5 s: seen in flight
+    data = os.urandom(6_000_000)
+    registry.publish("test/uipull:v1", [(MODEL, data)], throttle=0.03)  # ~3 s: seen in flight
     load(server)
     page.goto(f"{server.url}/ui", wait_until="load")
     expect(page.locator("#live")).to_have_text("live")
@@ -156,7 +157,7 @@ def test_the_page_shows_counts_down_unloads_and_pulls(server, registry, page):
     pull = page.locator(".pull", has_text="test/uipull:v1")
     expect(pull).to_have_count(1)
     if os.environ.get("LLAMAGATE_SCREENSHOT") == "1":
-        expect(pull.locator("[data-f=bytes]")).not_to_have_text("")
+        expect(pull.locator("[data-f=bytes]")).to_have_text(re.compile(r"^[1-9].* MB / "))
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT))
     expect(pull.locator("[data-f=status]")).to_have_text("success", timeout=30_000)
