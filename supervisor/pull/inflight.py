@@ -62,7 +62,7 @@ class Pulls:
             raise
         finally:
             if not entry.error and entry.status != "success":
-                entry.error = "stopped before it finished (its client left)"
+                entry.error = "stopped before it finished (its client left, or the server stopped)"
             entry.done = True
             del self._running[pull_id]
             self._finished.append(entry)
