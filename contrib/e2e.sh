@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end client suite (tests/e2e), Open WebUI in a headless Chromium included: installs
 # what it needs on a fresh machine (idempotent), then runs it. Extra arguments go to pytest.
-#   Debian's chromium (apt-get), Playwright's Python package in ./.venv (it drives that Chromium:
-#   no browser download), Open WebUI in ./.venv-e2e of its own, so its many pins never touch
+#   contrib/setup.sh test (./.venv with Playwright, and Debian's chromium, which it drives: no
+#   browser download), then Open WebUI in ./.venv-e2e of its own, so its many pins never touch
 #   ./.venv, with the CPU build of torch installed first so that pip never picks a CUDA one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,13 +12,6 @@ TORCH_VERSION=2.13.0
 contrib/setup.sh test
 . .venv/bin/activate
 python contrib/default_model.py >/dev/null
-
-if ! [ -x /usr/bin/chromium ]; then
-    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo apt-get update -q
-    $sudo apt-get install -y -q chromium
-fi
-python -c "import playwright" 2>/dev/null || pip install --quiet playwright
 
 if ! [ -x .venv-e2e/bin/open-webui ] || ! .venv-e2e/bin/pip show open-webui 2>/dev/null | grep -qx "Version: $OPEN_WEBUI_VERSION"; then
     [ -x .venv-e2e/bin/python ] || "${PYTHON:-python3}" -m venv .venv-e2e

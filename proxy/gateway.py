@@ -12,6 +12,7 @@ from supervisor.httpclient import tls_context
 from supervisor.models.catalog import Catalog
 from supervisor.models.remote import Upstreams
 from supervisor.models.store import Store
+from supervisor.pull.inflight import Pulls
 from supervisor.pull.registry import Puller
 from supervisor.runners.scheduler import Scheduler
 
@@ -26,6 +27,7 @@ class Gateway:
         self.hop = Hop()
         self.inference = Inference(self.scheduler, self.hop)
         self.puller = Puller(self.store, config.registry_mirrors)
+        self.pulls = Pulls(self.puller)
 
     def start(self) -> None:
         tls_context()  # built now rather than inside the first model load
@@ -35,6 +37,7 @@ class Gateway:
         await self.upstreams.aclose()
         await self.scheduler.shutdown()
         await self.hop.aclose()
+        await self.pulls.aclose()
         await self.puller.aclose()
 
 

@@ -88,7 +88,7 @@ def _edges(importers: str, imported: str) -> list[str]:
 
 def test_the_graph_is_read():
     # Guards the checks below against passing on an empty or misread graph.
-    assert {"proxy.app", "proxy.llama.client", "supervisor.models.store"} <= MODULES
+    assert {"proxy.app", "proxy.llama.client", "proxy.ui.routes", "supervisor.models.store"} <= MODULES
     assert "supervisor.errors" in GRAPH["proxy.llama.client"]
     assert "proxy.llama.wire" in GRAPH["proxy.llama.client"]
 
@@ -100,6 +100,12 @@ def test_no_import_cycle():
 
 def test_the_dialects_do_not_import_each_other():
     crossings = _edges("proxy.ollama", "proxy.openai") + _edges("proxy.openai", "proxy.ollama")
+    assert crossings == [], crossings
+
+
+def test_the_status_page_and_the_dialects_do_not_import_each_other():
+    crossings = [edge for dialect in ("proxy.ollama", "proxy.openai")
+                 for edge in _edges("proxy.ui", dialect) + _edges(dialect, "proxy.ui")]
     assert crossings == [], crossings
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -256,14 +255,6 @@ async def show(request: Request) -> Response[bytes]:
 _FOREVER = timedelta(microseconds=2**63 // 1000)
 
 
-def _resident_bytes(pid: int | None) -> int:
-    """What the runner holds in memory (weights touched, KV cache, buffers), from /proc."""
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def _expires(runner: Runner, now: datetime) -> datetime:
     if runner.keep_alive == math.inf:
         return now + _FOREVER
@@ -283,7 +274,7 @@ async def ps(request: Request) -> Response[bytes]:
         models.append(schemas.RunningModel(
             name=model.name.display,
             model=model.name.display,
-            size=sum(max(_resident_bytes(r.pid), model.size) for r in runners),
+            size=sum(max(r.resident_bytes, model.size) for r in runners),
             digest=model.digest,
             details=details(model),
             expires_at=max(_expires(r, now) for r in runners).isoformat(),

@@ -1,5 +1,5 @@
 """Ollama's /api/pull: a model from a registry, its progress streamed as NDJSON status lines
-(or only the last one)."""
+(or only the last one); every pull is recorded in the Gateway's `Pulls` for the status page."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from proxy.ollama.ndjson import respond
 
 
 async def _pull_chunks(gate: Gateway, req: schemas.PullRequest) -> AsyncIterator[schemas.ProgressResponse]:
-    async for p in gate.puller.pull(req.model or req.name, req.insecure):
+    async for p in gate.pulls.track(req.model or req.name, req.insecure):
         yield schemas.ProgressResponse(p.status, p.digest, p.total, p.completed)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,15 @@ def available_bytes() -> int | None:
         except OSError:
             return None
     return None
+
+
+def resident_bytes(pid: int) -> int:
+    """What a process holds in memory (weights touched, KV cache, buffers), from /proc; 0 where
+    we can't tell."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def fits(need: Estimate, *, loaded: list[Estimate], starting: list[Estimate], available: int | None,

@@ -28,6 +28,8 @@ log = logging.getLogger("llamagate.runner")
 
 _LISTENING = re.compile(r"listening on https?://[^\s:]+:(\d+)")
 _PR_SET_PDEATHSIG = 1
+OUTPUT_LINES = 100
+_TAIL_LINES = 20
 
 
 def _die_with_parent() -> None:
@@ -59,7 +61,8 @@ class Process:
         self.port = 0
         self._on_exit = on_exit
         self._proc: asyncio.subprocess.Process | None = None
-        self._log_tail: deque[str] = deque(maxlen=20)
+        # Its last lines of output: the status page shows them all, error messages the last few.
+        self._output: deque[str] = deque(maxlen=OUTPUT_LINES)
         self._last_output = 0.0
         self._port_found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._kill_reason = ""
@@ -75,7 +78,12 @@ class Process:
 
     @property
     def log_tail(self) -> str:
-        return "\n".join(self._log_tail)
+        """Its last lines, for an error message."""
+        return "\n".join(list(self._output)[-_TAIL_LINES:])
+
+    def output(self) -> list[str]:
+        """Its last `OUTPUT_LINES` lines of output, oldest first."""
+        return list(self._output)
 
     @property
     def running(self) -> bool:
@@ -118,7 +126,7 @@ class Process:
                 line = raw.decode(errors="replace").rstrip()
                 if not line:
                     continue
-                self._log_tail.append(line)
+                self._output.append(line)
                 log.info("[%s] %s", self.name, line)
                 if not self._port_found.done() and (m := _LISTENING.search(line)):
                     self._port_found.set_result(int(m.group(1)))

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from supervisor.errors import LlamagateError
+from supervisor.runners import memory
 from supervisor.runners.launch import LaunchSpec
 from supervisor.runners.process import Process
 
@@ -97,6 +98,15 @@ class Runner:
     @property
     def log_tail(self) -> str:
         return self._process.log_tail if self._process else ""
+
+    def output(self) -> list[str]:
+        """The last lines its latest process wrote, oldest first."""
+        return self._process.output() if self._process else []
+
+    @property
+    def resident_bytes(self) -> int:
+        """What its process holds in memory now, from /proc (0 without one)."""
+        return memory.resident_bytes(self.pid) if self.pid else 0
 
     @property
     def idle(self) -> bool:

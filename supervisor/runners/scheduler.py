@@ -197,6 +197,11 @@ class Scheduler:
                 models.setdefault(key[0], (self._served[key], []))[1].append(runner)
         return list(models.values())
 
+    @property
+    def pending(self) -> int:
+        """Requests queued for a load or a restart (counted against OLLAMA_MAX_QUEUE)."""
+        return self._pending
+
     def runners(self) -> list[Runner]:
         return list(self._runners.values())
 

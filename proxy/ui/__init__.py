@@ -1,0 +1,1 @@
+"""The status page at /ui: what is loaded, waiting and being pulled, updated live over SSE."""

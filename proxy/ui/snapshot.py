@@ -1,0 +1,65 @@
+"""What the status page shows, read from the scheduler and the pull registry: one msgspec Struct
+sent as JSON over /ui/events and rendered on the first paint."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import msgspec
+
+from proxy.gateway import Gateway
+from supervisor.pull.inflight import PullStatus
+from supervisor.runners.runner import Runner, State
+
+
+class RunnerView(msgspec.Struct):
+    """One runner (a model has two when it serves chat and embeddings)."""
+
+    name: str  # the model's name, as /api/ps shows it and /ui/unload takes it
+    kind: str  # "chat" or "embedding"
+    state: str  # "loading" or "ready"
+    rss: int  # bytes its process holds now, from /proc (not the scheduler's estimate)
+    context: int  # num_ctx of each slot
+    busy: int  # slots serving a request
+    slots: int
+    waiting: int  # requests waiting for this runner's turn (a restart, or behind one)
+    keep_alive: str  # "forever", "while busy", or "" while `expires_in` counts down
+    expires_in: int | None  # whole seconds left
+    log: list[str]  # its llama-server's last lines of output
+
+
+class Snapshot(msgspec.Struct):
+    runners: list[RunnerView]
+    pending: int  # requests queued for a load or a restart, all models together
+    pulls: list[PullStatus]
+
+
+def _view(name: str, runner: Runner, now: float) -> RunnerView:
+    spec = runner.spec
+    keep_alive, expires_in = "", None
+    if runner.keep_alive == math.inf:
+        keep_alive = "forever"
+    elif runner.expires_at == math.inf:  # busy, or loading: the countdown starts when it is idle
+        keep_alive = "while busy"
+    else:
+        expires_in = max(0, round(runner.expires_at - now))
+    return RunnerView(
+        name=name,
+        kind="embedding" if spec and spec.embedding else "chat",
+        state="ready" if runner.state is State.READY else "loading",
+        rss=runner.resident_bytes,
+        context=spec.num_ctx if spec else 0,
+        busy=runner.active,
+        slots=spec.parallel if spec else 0,
+        waiting=runner.waiting,
+        keep_alive=keep_alive,
+        expires_in=expires_in,
+        log=runner.output(),
+    )
+
+
+def snapshot(gate: Gateway) -> Snapshot:
+    now = time.time()
+    runners = [_view(model.name.display, r, now) for model, rs in gate.scheduler.loaded() for r in rs]
+    return Snapshot(runners, gate.scheduler.pending, gate.pulls.list())
