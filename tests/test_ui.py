@@ -184,3 +184,49 @@ def test_names_are_escaped(server, page):
     assert page.locator(".pull [data-f=name]", has_text=name).count() >= 1
     assert page.locator(".pull img").count() == 0
     assert page.errors == []
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory, tiny_gguf: Path, llama_server_binary) -> Iterator[Server]:
+    """The page behind keys: "user" may look, only "admin" may unload."""
+    srv = Server(tmp_path_factory.mktemp("ui-keys"),
+                 env={"LLAMAGATE_API_KEYS": "user", "LLAMAGATE_ADMIN_KEYS": "admin", "LLAMAGATE_API_KEY": "admin"})
+    try:
+        srv.create("tiny", tiny_gguf)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _sign_in(page, server: Server, key: str) -> None:
+    from playwright.sync_api import expect
+
+    page.context.clear_cookies()
+    page.goto(f"{server.url}/ui", wait_until="load")
+    page.locator("input[name=key]").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#live")).to_have_text("live")
+    page.errors.clear()  # the browser reports the 401 that brought the form
+
+
+def test_behind_keys_the_page_signs_in_and_only_an_admin_key_unloads(keyed, page):
+    from playwright.sync_api import expect
+
+    admin = {"Authorization": "Bearer admin"}
+    assert httpx.get(f"{keyed.url}/ui/events").status_code == 401
+    r = httpx.post(f"{keyed.url}/api/generate", json={"model": "tiny", "keep_alive": "10m"}, headers=admin, timeout=120)
+    assert r.status_code == 200, r.text
+
+    _sign_in(page, keyed, "user")
+    runner = page.locator(".runner")
+    expect(runner.locator("[data-f=name]")).to_have_text(LOADED)
+    runner.get_by_role("button", name="Unload").click()
+    time.sleep(1)
+    assert [m["name"] for m in httpx.get(f"{keyed.url}/api/ps", headers=admin).json()["models"]] == [LOADED]
+    assert any("403" in e for e in page.errors), page.errors  # the browser reports the refusal
+
+    _sign_in(page, keyed, "admin")
+    page.locator(".runner").get_by_role("button", name="Unload").click()
+    expect(page.locator(".runner")).to_have_count(0)
+    assert httpx.get(f"{keyed.url}/api/ps", headers=admin).json()["models"] == []
+    assert page.errors == []
