@@ -221,7 +221,7 @@ def test_behind_keys_the_page_signs_in_and_only_an_admin_key_unloads(keyed, page
     runner = page.locator(".runner")
     expect(runner.locator("[data-f=name]")).to_have_text(LOADED)
     runner.get_by_role("button", name="Unload").click()
-    time.sleep(1)
+    expect(page.locator("#message")).to_contain_text("use an admin key")
     assert [m["name"] for m in httpx.get(f"{keyed.url}/api/ps", headers=admin).json()["models"]] == [LOADED]
     assert any("403" in e for e in page.errors), page.errors  # the browser reports the refusal
 
