@@ -14,9 +14,11 @@ from litestar.exceptions import HTTPException
 from proxy.cors import cors_layer
 from proxy.disconnect import watch_disconnect
 from proxy.errors import on_error, on_http_exception, on_unexpected
+from proxy.exchange import exchange_layer
 from proxy.gateway import Gateway
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
+from proxy.scrape import metrics
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.runtime.binary import find_llama_server
@@ -51,7 +53,7 @@ def create_app(config: Config) -> Litestar:
             await gate.aclose()
 
     app = Litestar(
-        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES],
+        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, metrics],
         state=State({"gate": gate}),
         lifespan=[lifespan],
         exception_handlers={
@@ -66,4 +68,6 @@ def create_app(config: Config) -> Litestar:
     )
     # Around the router, where Litestar puts its own CORS layer: a 404 or 405 gets it too, as in Ollama.
     app.asgi_handler = cors_layer(app.asgi_handler, config.origins)
+    # Outermost: a request CORS refuses is counted too. It records at the request's end only.
+    app.asgi_handler = exchange_layer(app.asgi_handler, gate.finished)
     return app

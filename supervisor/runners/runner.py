@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from supervisor.errors import LlamagateError
+from supervisor.runners.events import RunnerEvents, Unheard
 from supervisor.runners.launch import LaunchSpec
 from supervisor.runners.process import Process
 
@@ -40,7 +41,8 @@ class Runner:
     clients) and `stop` (expiry, shutdown); decisions on the state are taken under its locks.
 
     `admit` is the scheduler's gate before a process starts (room for it); `on_change` tells the
-    scheduler this runner became idle or let its memory go.
+    scheduler this runner became idle or let its memory go; `events` hears of loads, evictions and
+    crashes, named by `model` (its `name:tag`) and `embedding`.
     """
 
     def __init__(
@@ -53,8 +55,14 @@ class Runner:
         hang_timeout: float = math.inf,
         admit: Admit | None = None,
         on_change: Callable[[], None] = lambda: None,
+        model: str = "",
+        embedding: bool = False,
+        events: RunnerEvents | None = None,
     ) -> None:
         self.name = name
+        self.model = model or name
+        self.embedding = embedding
+        self._events = events or Unheard()
         self.keep_alive = self.default_keep_alive = keep_alive
         self.load_timeout = load_timeout
         self.stop_grace = stop_grace
@@ -66,6 +74,8 @@ class Runner:
         # process is alive or starting. The scheduler sums these to decide what fits.
         self.holds: LaunchSpec | None = None
         self.state = State.STOPPED
+        # When (wall clock) the process starting now was spawned; None unless STARTING.
+        self.loading_since: float | None = None
         self.active = 0
         self.expires_at = math.inf
         # The latest process, kept after it exits for its log tail and exit message.
@@ -223,6 +233,7 @@ class Runner:
                 self._expiry_task = None
             log.info("[%s] unloading to make room", self.name)
             await self.stop()
+            self._events.evicted(self.model, self.embedding)
             return True
 
     async def _expire_after(self, seconds: float) -> None:
@@ -253,10 +264,14 @@ class Runner:
             self.holds = spec
         async with self._lifecycle:
             try:
-                if self._process and self._process.running:
+                replaces = self._process is not None and self._process.running
+                if replaces or self._failures > 0:
+                    self._events.restarted(self.model, self.embedding)
+                if replaces:
                     await self._terminate()
                 await self._spawn(spec)
             except LlamagateError as e:
+                self._events.load_failed(self.model, self.embedding)
                 self._failed(e.message)
                 self._gone()
                 raise
@@ -273,14 +288,19 @@ class Runner:
 
     async def _spawn(self, spec: LaunchSpec) -> None:
         self.state = State.STARTING
+        self.loading_since = time.time()
+        started = time.monotonic()
         process = self._process = Process(self.name, on_exit=self._exited)
         try:
             await process.start(spec, self.load_timeout)
         except BaseException:
             await self._terminate()
             raise
+        finally:
+            self.loading_since = None
         self._running_spec = spec
         self.state = State.READY
+        self._events.loaded(self.model, self.embedding, time.monotonic() - started)
         if self.hang_timeout != math.inf:
             process.watch(self.hang_timeout, busy=lambda: self.active > 0)
 
@@ -290,6 +310,7 @@ class Runner:
         if process is self._process and self.state is State.READY:
             message = process.death(code)
             log.warning("[%s] %s", self.name, message)
+            self._events.crashed(self.model, self.embedding)
             self._failed(message)
             self._gone()
 
