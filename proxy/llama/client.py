@@ -133,7 +133,8 @@ class Hop:
             return await client.send(client.build_request("POST", path, content=content), stream=stream)
 
     async def stream(
-        self, target: Target, path: str, body: msgspec.Struct, chunk_type: type, last: Callable[[Any], None] | None = None,
+        self, target: Target, path: str, body: msgspec.Struct, chunk_type: type,
+        last: Callable[[Any], None] | None = None,
     ) -> AsyncIterator:
         """POST `body` and yield each SSE event decoded as `chunk_type`; a stream that ends
         whole hands its last chunk (the one with llama-server's timings or usage) to `last`.

@@ -74,7 +74,7 @@ class Runner:
         # process is alive or starting. The scheduler sums these to decide what fits.
         self.holds: LaunchSpec | None = None
         self.state = State.STOPPED
-        # When (wall clock) the process starting now was spawned; None unless STARTING.
+        # When (wall clock) the load under way began, waiting for room included; else None.
         self.loading_since: float | None = None
         self.active = 0
         self.expires_at = math.inf
@@ -258,6 +258,13 @@ class Runner:
         if wait > 0:
             raise LlamagateError(500, f"{self._last_error}\n(llama-server for {self.name} failed {self._failures} "
                                       f"times in a row; not retrying for another {math.ceil(wait)}s)")
+        self.loading_since = time.time()
+        try:
+            await self._load(spec)
+        finally:
+            self.loading_since = None
+
+    async def _load(self, spec: LaunchSpec) -> None:
         # Room first (the scheduler may evict others, or wait for them to go idle), outside the
         # process lock so that no one holds that lock while waiting for others.
         async with self._admit(self, spec):
@@ -288,7 +295,6 @@ class Runner:
 
     async def _spawn(self, spec: LaunchSpec) -> None:
         self.state = State.STARTING
-        self.loading_since = time.time()
         started = time.monotonic()
         process = self._process = Process(self.name, on_exit=self._exited)
         try:
@@ -296,8 +302,6 @@ class Runner:
         except BaseException:
             await self._terminate()
             raise
-        finally:
-            self.loading_since = None
         self._running_spec = spec
         self.state = State.READY
         self._events.loaded(self.model, self.embedding, time.monotonic() - started)

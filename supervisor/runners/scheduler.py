@@ -199,12 +199,13 @@ class Scheduler:
                         await runner.unload()
 
     def loaded(self) -> list[tuple[Model, list[Runner]]]:
-        """Models with a process (loading or ready) or requests queued for one, each with its
+        """Models with a process (loading or ready), a load under way or requests queued, each with its
         runners (completions first, then embeddings) and as the model its completion runner, else
         its other one, last served."""
         models: dict[Path, tuple[Model, list[Runner]]] = {}
         for key, runner in sorted(self._runners.items(), key=lambda item: item[0][1]):
-            if key in self._served and (runner.state in (State.STARTING, State.READY) or self._queued[runner]):
+            shown = runner.state in (State.STARTING, State.READY) or runner.loading_since or self._queued[runner]
+            if key in self._served and shown:
                 models.setdefault(key[0], (self._served[key], []))[1].append(runner)
         return list(models.values())
 
