@@ -71,7 +71,7 @@ class Metrics:
                                        "Time from a runner's spawn to its first healthy answer.",
                                        ["model"], buckets=_LOAD_BUCKETS, registry=r)
         self._by_route: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._by_model: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._by_model: dict[str, tuple[Any, Any]] = {}
 
     def watch(self, scheduler: Scheduler) -> None:
         self.registry.register(_SchedulerGauges(scheduler))
@@ -86,16 +86,14 @@ class Metrics:
         by_route[1].observe(x.seconds)
         if not x.model:
             return
-        if (by_model := self._by_model.get((route, x.model))) is None:
-            by_model = self._by_model[(route, x.model)] = (
-                self.first_token.labels(route, x.model), self.prompt_tokens.labels(x.model),
-                self.generated_tokens.labels(x.model))
-        if x.first_byte is not None:
-            by_model[0].observe(x.first_byte - x.started)
+        if (by_model := self._by_model.get(x.model)) is None:
+            by_model = self._by_model[x.model] = (self.prompt_tokens.labels(x.model), self.generated_tokens.labels(x.model))
+        if x.first_byte is not None:  # looked up here: a label set never observed would show as zeros
+            self.first_token.labels(route, x.model).observe(x.first_byte - x.started)
         if x.prompt_tokens:
-            by_model[1].inc(x.prompt_tokens)
+            by_model[0].inc(x.prompt_tokens)
         if x.generated_tokens:
-            by_model[2].inc(x.generated_tokens)
+            by_model[1].inc(x.generated_tokens)
 
     # RunnerEvents -------------------------------------------------------------------------------
 
