@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import json
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 from conftest import Server, fake_upstream_server, wait_until
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from test_disconnect import _STUCK, STORY
+from test_disconnect import STORY, loading  # noqa: F401 (loading: a never-ready llama-server)
 from tinymodel import write_tiny_model
 
 from proxy.app import create_app
@@ -210,20 +209,7 @@ def test_a_request_waiting_for_a_busy_model_shows_in_ps_and_the_gauge(real):
     assert all(m.get("queued") == 0 for m in httpx.get(f"{real.url}/api/ps").json()["models"])
 
 
-@pytest.fixture
-def loading(tmp_path, tiny_gguf) -> Iterator[Server]:
-    """A llama-server that keeps loading and never becomes ready (tests/test_disconnect.py's)."""
-    stuck = tmp_path / "bin" / "llama-server"
-    stuck.parent.mkdir()
-    stuck.write_text(_STUCK.format(python=sys.executable))
-    stuck.chmod(0o755)
-    srv = Server(tmp_path, "--llama-server", str(stuck))
-    srv.create("tiny", tiny_gguf)
-    yield srv
-    srv.stop()
-
-
-def test_a_load_in_progress_shows_in_ps(loading):
+def test_a_load_in_progress_shows_in_ps(loading):  # noqa: F811 (the fixture imported above)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(lambda: httpx.post(f"{loading.url}/api/generate", json={"model": "tiny", "prompt": "hi"},
                                                  timeout=8))
