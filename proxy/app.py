@@ -19,11 +19,13 @@ from proxy.body import METADATA_BODY_LIMIT
 from proxy.cors import cors_layer
 from proxy.disconnect import watch_disconnect
 from proxy.errors import on_error, on_http_exception, on_unexpected
+from proxy.exchange import exchange_layer
 from proxy.gateway import Gateway
 from proxy.hosts import binds_loopback, host_check_layer
 from proxy.limits import header_limit_layer
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
+from proxy.scrape import metrics
 from proxy.ui.routes import ROUTES as UI_ROUTES
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
@@ -69,7 +71,7 @@ def create_app(config: Config) -> Litestar:
             await gate.aclose()
 
     app = Litestar(
-        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, *UI_ROUTES],
+        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, *UI_ROUTES, metrics],
         state=State({"gate": gate}),
         lifespan=[lifespan],
         exception_handlers={
@@ -84,10 +86,12 @@ def create_app(config: Config) -> Litestar:
         request_max_body_size=METADATA_BODY_LIMIT,
     )
     # Around the router, so that an unknown path needs a key too and a 404 or 405 gets CORS
-    # headers, as in Ollama. Outermost CORS, which answers a browser's preflight (it carries no
-    # key), then what every request must pass before its key is looked at.
+    # headers, as in Ollama. CORS outside the key check, since it answers a browser's preflight
+    # (which carries no key); inside it, what every request must pass before its key is looked at.
     handler = auth_layer(app.asgi_handler, keys)
     handler = host_check_layer(handler, config.host)
     handler = header_limit_layer(handler)
     app.asgi_handler = cors_layer(handler, config.origins)
+    # Outermost: a request CORS refuses is counted too. It records at the request's end only.
+    app.asgi_handler = exchange_layer(app.asgi_handler, gate.finished)
     return app

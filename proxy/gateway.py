@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from litestar import Request
 
+from proxy.activity import Activity
+from proxy.disconnect import INFERENCE
+from proxy.exchange import Exchange
 from proxy.llama.client import Hop
 from proxy.llama.lease import Inference
+from proxy.metrics import Metrics
 from supervisor.config import Config
 from supervisor.httpclient import tls_context
 from supervisor.models.catalog import Catalog
@@ -23,11 +27,20 @@ class Gateway:
         self.upstreams = Upstreams(config.upstreams)
         self.store = Store(config.models_dir)
         self.catalog = Catalog(self.store, self.upstreams)
-        self.scheduler = Scheduler(config)
+        self.metrics = Metrics()
+        self.scheduler = Scheduler(config, events=self.metrics)
+        self.metrics.watch(self.scheduler)
+        self.activity = Activity()
         self.hop = Hop()
         self.inference = Inference(self.scheduler, self.hop)
         self.puller = Puller(self.store, config.registry_mirrors)
         self.pulls = Pulls(self.puller)
+
+    def finished(self, x: Exchange) -> None:
+        """A request's answer is sent (proxy/exchange.py): counted, and kept if it was inference."""
+        self.metrics.finished(x)
+        if x.route in INFERENCE:
+            self.activity.add(x)
 
     def start(self) -> None:
         tls_context()  # built now rather than inside the first model load

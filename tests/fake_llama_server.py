@@ -109,6 +109,15 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def do_GET(self) -> None:
+        if self.path == "/metrics":  # a family of llama-server's --metrics, in its shape
+            data = (b"# HELP llamacpp:requests_processing Number of requests processing.\n"
+                    b"# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 0\n")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         self._json({"status": "ok"})
 
     def _too_long(self, n_tokens: int) -> bool:

@@ -33,7 +33,8 @@ def test_embedding_runner_flags():
 
 
 _BASE = ["/bin/llama-server", "--model", "/m.gguf", "--host", "127.0.0.1", "--port", "0", "--ctx-size", "1024",
-         "--parallel", "2", "--threads", "1", "--jinja", "--no-webui", "--offline", "--log-colors", "off"]
+         "--parallel", "2", "--threads", "1", "--jinja", "--no-webui", "--offline", "--log-colors", "off",
+         "--metrics"]
 
 
 @pytest.mark.parametrize(

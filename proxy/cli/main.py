@@ -284,6 +284,10 @@ def ps() -> None:
             cpu = round(100 * (size - vram) / size)
             processor = f"{cpu}%/{100 - cpu}% CPU/GPU"
         until = _human_until(datetime.fromisoformat(m["expires_at"]))
+        if m.get("loading"):
+            until = f"Loading ({round(m.get('load_seconds') or 0)}s)"
+        if m.get("queued"):
+            until += f", {m['queued']} queued"
         rows.append([m["name"], m["digest"][:12], human_bytes(size), processor, str(m.get("context_length", "")), until])
     _table(rows)
 

@@ -8,10 +8,10 @@ hand (see README, Performance).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import msgspec
@@ -132,18 +132,23 @@ class Hop:
             # dead server then fails to connect, which the caller handles).
             return await client.send(client.build_request("POST", path, content=content), stream=stream)
 
-    async def stream(self, target: Target, path: str, body: msgspec.Struct, chunk_type: type) -> AsyncIterator:
-        """POST `body` and yield each SSE event decoded as `chunk_type`.
+    async def stream(
+        self, target: Target, path: str, body: msgspec.Struct, chunk_type: type,
+        last: Callable[[Any], None] | None = None,
+    ) -> AsyncIterator:
+        """POST `body` and yield each SSE event decoded as `chunk_type`; a stream that ends
+        whole hands its last chunk (the one with llama-server's timings or usage) to `last`.
 
         An error status before the stream starts is raised with llama-server's status and
         message; an error event inside the stream is raised as a 500. Closing this generator
         closes the connection, which makes llama-server cancel the generation and free the slot.
         """
+        chunk = None
         async with self._post(target, path, msgspec.json.encode(body), stream=True) as response:
             if response.status_code != 200:
                 raise _error(response.status_code, await response.aread())
             decoder = msgspec.json.Decoder(chunk_type)
-            buffer = b""
+            buffer, done = b"", False
             async for data in response.aiter_raw():
                 buffer += data
                 *lines, buffer = buffer.split(b"\n")
@@ -151,13 +156,19 @@ class Hop:
                     if line.startswith(b"data: "):
                         payload = line[6:]
                         if payload == b"[DONE]":
-                            return
+                            done = True
+                            break
                         if payload.startswith(b'{"error"'):
                             raise _error(500, payload)
-                        yield decoder.decode(payload)
+                        chunk = decoder.decode(payload)
+                        yield chunk
                     elif line.startswith(b"error:"):
                         # llama-server builds before Nov 2025 sent mid-stream errors this way.
                         raise _error(500, line[6:].strip())
+                if done:
+                    break
+        if last is not None and chunk is not None:
+            last(chunk)
 
     async def relay(self, target: Target, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
         """POST a body as the client sent it and yield llama-server's answer as (event, data)
@@ -186,6 +197,22 @@ class Hop:
             if response.status_code != 200:
                 raise _error(response.status_code, response.content)
             return msgspec.json.decode(response.content, type=response_type)
+
+    async def get(self, target: Target, path: str, timeout: float) -> bytes:
+        """GET a small answer within `timeout` seconds (a runner's /metrics); a failure raises
+        httpx's error or ours, for the caller to shrug off."""
+        pool, retired = self._pool(target)
+        pool.in_flight += 1
+        try:
+            for old in retired:
+                await old.client.aclose()
+            response = await pool.client.get(path, timeout=timeout)
+        finally:
+            pool.in_flight -= 1
+            pool.used = time.monotonic()
+        if response.status_code != 200:
+            raise _error(response.status_code, response.content)
+        return response.content
 
     async def aclose(self) -> None:
         for pool in self._pools.values():

@@ -7,11 +7,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
+from proxy import exchange
 from proxy.llama.client import Hop, Target
+from proxy.llama.wire import Timings
 from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions, Scheduler
 
@@ -29,18 +31,36 @@ class Timer:
         return time.monotonic_ns() - self.started
 
 
+def _count(result: Any) -> None:
+    """The tokens of a whole upstream answer (its final chunk, or the answer), noted on the
+    request: its OpenAI `usage`, else llama-server's `timings` (native chat and completion
+    streams, infill), counted as the answers count them (prompt tokens include the cached ones)."""
+    if (x := exchange.current()) is None:
+        return
+    timings: Timings | None = getattr(result, "timings", None)
+    usage = getattr(result, "usage", None)
+    seconds = timings.predicted_ms / 1000 if timings else 0.0
+    if usage is not None and hasattr(usage, "completion_tokens"):  # not an embedding's
+        x.used(usage.prompt_tokens, usage.completion_tokens, seconds)
+    elif timings is not None:
+        x.used(timings.cache_n + timings.prompt_n, timings.predicted_n, seconds)
+
+
 @dataclass
 class Lease:
-    """One request's hold on one target: its calls (template, generation, tokenize) all go there."""
+    """One request's hold on one target: its calls (template, generation, tokenize) all go there,
+    and its generations' tokens are noted on the request (see proxy/exchange.py)."""
 
     hop: Hop
     target: Target
 
     def stream(self, path: str, body: msgspec.Struct, chunk_type: type[T]) -> AsyncIterator[T]:
-        return self.hop.stream(self.target, path, body, chunk_type)
+        return self.hop.stream(self.target, path, body, chunk_type, last=_count)
 
     async def post(self, path: str, body: msgspec.Struct, result_type: type[T]) -> T:
-        return await self.hop.post(self.target, path, body, result_type)
+        result = await self.hop.post(self.target, path, body, result_type)
+        _count(result)
+        return result
 
     def relay(self, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
         return self.hop.relay(self.target, path, content)
@@ -54,6 +74,8 @@ class Inference:
     @asynccontextmanager
     async def lease(self, model: Model, load: LoadOptions, timer: Timer | None = None) -> AsyncIterator[Lease]:
         """A lease for several calls (tokenize, then generate), its wait timed as load."""
+        if x := exchange.current():
+            x.model = model.name.display
         async with self.scheduler.lease(model, load) as target:
             if timer:
                 timer.load_ns = timer.total_ns()

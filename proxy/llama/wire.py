@@ -226,6 +226,7 @@ class OpenAIResult(msgspec.Struct):
 
     choices: list[OpenAIChoice] = []
     usage: Usage | None = None
+    timings: Timings | None = None  # llama-server's own, on the last chunk: generation time
 
 
 class ErrorBody(msgspec.Struct):

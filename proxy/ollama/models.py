@@ -268,9 +268,11 @@ async def ps(request: Request) -> Response[bytes]:
     """One entry per model, however many runners serve it (chat and embeddings are two): its
     size is theirs summed, and it expires when the last of them does."""
     now = datetime.now().astimezone()
+    scheduler = gate_of(request).scheduler
     models = []
-    for model, runners in gate_of(request).scheduler.loaded():
+    for model, runners in scheduler.loaded():
         spec = next((r.spec for r in runners if r.spec), None)
+        since = min((r.loading_since for r in runners if r.loading_since is not None), default=None)
         models.append(schemas.RunningModel(
             name=model.name.display,
             model=model.name.display,
@@ -280,6 +282,10 @@ async def ps(request: Request) -> Response[bytes]:
             expires_at=max(_expires(r, now) for r in runners).isoformat(),
             size_vram=0,  # CPU only
             context_length=spec.num_ctx if spec else 0,
+            queued=sum(scheduler.queued(r) for r in runners),
+            loading=since is not None,
+            loading_since=datetime.fromtimestamp(since).astimezone().isoformat() if since is not None else None,
+            load_seconds=round(now.timestamp() - since, 1) if since is not None else None,
         ))
     models.sort(key=lambda m: m.expires_at, reverse=True)
     return json_response(schemas.PsResponse(models))

@@ -236,7 +236,7 @@ class ShowResponse(msgspec.Struct, omit_defaults=True):
     projector_info: dict[str, Any] | None = None
 
 
-class RunningModel(msgspec.Struct):
+class RunningModel(msgspec.Struct, omit_defaults=True):
     name: str
     model: str
     size: int
@@ -245,6 +245,12 @@ class RunningModel(msgspec.Struct):
     expires_at: str
     size_vram: int
     context_length: int
+    # Ours (Ollama's clients ignore them): requests waiting in the queue for this model, and a
+    # load under way (waiting for room included), since when and for how long so far.
+    queued: int
+    loading: bool
+    loading_since: str | None = None
+    load_seconds: float | None = None
 
 
 class PsResponse(msgspec.Struct):

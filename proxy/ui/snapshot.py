@@ -62,4 +62,4 @@ def _view(name: str, runner: Runner, now: float) -> RunnerView:
 def snapshot(gate: Gateway) -> Snapshot:
     now = time.time()
     runners = [_view(model.name.display, r, now) for model, rs in gate.scheduler.loaded() for r in rs]
-    return Snapshot(runners, gate.scheduler.pending, gate.pulls.list())
+    return Snapshot(runners, gate.scheduler.queued(), gate.pulls.list())

@@ -81,6 +81,8 @@ class LaunchSpec:
             "--no-webui",
             "--offline",
             "--log-colors", "off",
+            # Its Prometheus endpoint, re-exported by our /metrics (behind the runner's API key).
+            "--metrics",
         ]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from supervisor.errors import LlamagateError
 from supervisor.runners import memory
+from supervisor.runners.events import RunnerEvents, Unheard
 from supervisor.runners.launch import LaunchSpec
 from supervisor.runners.process import Process
 
@@ -41,7 +42,8 @@ class Runner:
     clients) and `stop` (expiry, shutdown); decisions on the state are taken under its locks.
 
     `admit` is the scheduler's gate before a process starts (room for it); `on_change` tells the
-    scheduler this runner became idle or let its memory go.
+    scheduler this runner became idle or let its memory go; `events` hears of loads, evictions and
+    crashes, named by `model` (its `name:tag`) and `embedding`.
     """
 
     def __init__(
@@ -54,8 +56,14 @@ class Runner:
         hang_timeout: float = math.inf,
         admit: Admit | None = None,
         on_change: Callable[[], None] = lambda: None,
+        model: str = "",
+        embedding: bool = False,
+        events: RunnerEvents | None = None,
     ) -> None:
         self.name = name
+        self.model = model or name
+        self.embedding = embedding
+        self._events = events or Unheard()
         self.keep_alive = self.default_keep_alive = keep_alive
         self.load_timeout = load_timeout
         self.stop_grace = stop_grace
@@ -67,6 +75,8 @@ class Runner:
         # process is alive or starting. The scheduler sums these to decide what fits.
         self.holds: LaunchSpec | None = None
         self.state = State.STOPPED
+        # When (wall clock) the load under way began, waiting for room included; else None.
+        self.loading_since: float | None = None
         self.active = 0
         self.expires_at = math.inf
         # The latest process, kept after it exits for its log tail and exit message.
@@ -233,6 +243,7 @@ class Runner:
                 self._expiry_task = None
             log.info("[%s] unloading to make room", self.name)
             await self.stop()
+            self._events.evicted(self.model, self.embedding)
             return True
 
     async def _expire_after(self, seconds: float) -> None:
@@ -257,16 +268,27 @@ class Runner:
         if wait > 0:
             raise LlamagateError(500, f"{self._last_error}\n(llama-server for {self.name} failed {self._failures} "
                                       f"times in a row; not retrying for another {math.ceil(wait)}s)")
+        self.loading_since = time.time()
+        try:
+            await self._load(spec)
+        finally:
+            self.loading_since = None
+
+    async def _load(self, spec: LaunchSpec) -> None:
         # Room first (the scheduler may evict others, or wait for them to go idle), outside the
         # process lock so that no one holds that lock while waiting for others.
         async with self._admit(self, spec):
             self.holds = spec
         async with self._lifecycle:
             try:
-                if self._process and self._process.running:
+                replaces = self._process is not None and self._process.running
+                if replaces or self._failures > 0:
+                    self._events.restarted(self.model, self.embedding)
+                if replaces:
                     await self._terminate()
                 await self._spawn(spec)
             except LlamagateError as e:
+                self._events.load_failed(self.model, self.embedding)
                 self._failed(e.message)
                 self._gone()
                 raise
@@ -283,6 +305,7 @@ class Runner:
 
     async def _spawn(self, spec: LaunchSpec) -> None:
         self.state = State.STARTING
+        started = time.monotonic()
         process = self._process = Process(self.name, on_exit=self._exited)
         try:
             await process.start(spec, self.load_timeout)
@@ -291,6 +314,7 @@ class Runner:
             raise
         self._running_spec = spec
         self.state = State.READY
+        self._events.loaded(self.model, self.embedding, time.monotonic() - started)
         if self.hang_timeout != math.inf:
             process.watch(self.hang_timeout, busy=lambda: self.active > 0)
 
@@ -300,6 +324,7 @@ class Runner:
         if process is self._process and self.state is State.READY:
             message = process.death(code)
             log.warning("[%s] %s", self.name, message)
+            self._events.crashed(self.model, self.embedding)
             self._failed(message)
             self._gone()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from supervisor.models.gguf import embedding_pooling
 from supervisor.models.model import LocalFiles, Model
 from supervisor.models.remote import Pool, PoolLease
 from supervisor.names import ModelName
+from supervisor.runners.events import RunnerEvents
 from supervisor.runners.launch import LaunchSpec
 from supervisor.runners.runner import Runner, State
 
@@ -51,8 +53,9 @@ def _option(requested: int | None, model: Model, name: str) -> int | None:
 
 
 class Scheduler:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, events: RunnerEvents | None = None) -> None:
         self.config = config
+        self._events = events
         # Keyed by model file, so aliases made with `cp` share one process, and by purpose, so
         # one model can serve completions and embeddings at once.
         self._runners: dict[tuple[Path, bool], Runner] = {}
@@ -63,6 +66,8 @@ class Scheduler:
         self._admission = asyncio.Lock()
         self._changed = asyncio.Event()
         self._pending = 0
+        # The queued requests (counted in `_pending`) by the runner they wait for, for /api/ps.
+        self._queued: Counter[Runner] = Counter()
         self._rpc = {ModelName.parse(name).display.lower(): tuple(workers) for name, workers in config.rpc.items()}
 
     def num_ctx(self, model: Model, requested: int | None) -> int:
@@ -113,6 +118,7 @@ class Scheduler:
             runner = self._runners[key] = Runner(
                 name, self.config.keep_alive, self.config.load_timeout, self.config.stop_grace,
                 hang_timeout=self.config.hang_timeout, admit=self._admit, on_change=self._changed.set,
+                model=model.name.display, embedding=load.embedding, events=self._events,
             )
         # Requests that need a load or a restart, or wait behind one that does, queue, up to
         # OLLAMA_MAX_QUEUE; requests for a runner already serving go straight to it, as in Ollama.
@@ -121,11 +127,15 @@ class Scheduler:
             if self._pending >= self.config.max_queue:
                 raise LlamagateError(503, SERVER_BUSY)
             self._pending += 1
+            self._queued[runner] += 1
+        # Named before its first load, so that /api/ps shows it loading.
+        self._served.setdefault(key, model)
         try:
             await runner.acquire(spec, load.keep_alive)
         finally:
             if queued:
                 self._pending -= 1
+                self._queued[runner] -= 1
         self._served[key] = model
         try:
             try:
@@ -189,18 +199,19 @@ class Scheduler:
                         await runner.unload()
 
     def loaded(self) -> list[tuple[Model, list[Runner]]]:
-        """Models with a process (loading or ready), each with its runners (completions first,
-        then embeddings) and as the model its completion runner, else its other one, last served."""
+        """Models with a process (loading or ready), a load under way or requests queued, each with its
+        runners (completions first, then embeddings) and as the model its completion runner, else
+        its other one, last served."""
         models: dict[Path, tuple[Model, list[Runner]]] = {}
         for key, runner in sorted(self._runners.items(), key=lambda item: item[0][1]):
-            if key in self._served and runner.state in (State.STARTING, State.READY):
+            shown = runner.state in (State.STARTING, State.READY) or runner.loading_since or self._queued[runner]
+            if key in self._served and shown:
                 models.setdefault(key[0], (self._served[key], []))[1].append(runner)
         return list(models.values())
 
-    @property
-    def pending(self) -> int:
-        """Requests queued for a load or a restart (counted against OLLAMA_MAX_QUEUE)."""
-        return self._pending
+    def queued(self, runner: Runner | None = None) -> int:
+        """Requests waiting in the queue (OLLAMA_MAX_QUEUE's), all of them or `runner`'s."""
+        return self._pending if runner is None else self._queued[runner]
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())
