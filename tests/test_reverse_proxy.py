@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import ollama
 import pytest
-from conftest import ROOT, Server, free_port, slot_busy, wait_until
+from conftest import ROOT, Server, free_port, llamagate_cmd, slot_busy, wait_until
 
 NGINX_CONF = ROOT / "contrib" / "nginx" / "llamagate.conf"
 CADDYFILE = ROOT / "contrib" / "caddy" / "Caddyfile"
@@ -71,6 +71,7 @@ class Proxy:
 
     name: str
     url: str
+    ca: Path  # the certificate that signed the proxy's
     tls: ssl.SSLContext
     proc: subprocess.Popen
     log: Path
@@ -127,7 +128,7 @@ http {{
                              "-g", f"daemon off; pid {tmp}/nginx.pid;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     _wait_for_port(port, proc, log)
-    return Proxy("nginx", f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(cert)), proc, log)
+    return Proxy("nginx", f"https://127.0.0.1:{port}", cert, ssl.create_default_context(cafile=str(cert)), proc, log)
 
 
 def start_caddy(tmp: Path, upstream: int) -> Proxy:
@@ -168,7 +169,7 @@ def start_caddy(tmp: Path, upstream: int) -> Proxy:
             return False
 
     assert wait_until(serving, timeout=10, interval=0.1), log.read_text()
-    return Proxy("caddy", f"https://127.0.0.1:{port}", tls, proc, log)
+    return Proxy("caddy", f"https://127.0.0.1:{port}", root, tls, proc, log)
 
 
 START = {"nginx": start_nginx, "caddy": start_caddy}
@@ -326,6 +327,14 @@ def test_the_ollama_client_chats_through_the_proxy(srv, proxy):
     parts = list(client.chat(model="smollm2", messages=messages, options={"num_predict": 8}, stream=True))
     assert len(parts) >= 2 and parts[-1].done
     assert [m.model for m in client.list().models] == ["smollm2:latest"]
+
+
+def test_the_cli_lists_models_through_the_proxy(srv, proxy):
+    """`OLLAMA_HOST=https://…`, trusting the proxy's certificate as any httpx client does."""
+    listed = subprocess.run([*llamagate_cmd(), "list"], capture_output=True, text=True, timeout=60,
+                            env={**srv.env, "OLLAMA_HOST": proxy.url, "SSL_CERT_FILE": str(proxy.ca)})
+    assert listed.returncode == 0, listed.stderr
+    assert "smollm2:latest" in listed.stdout
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
