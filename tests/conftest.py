@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -115,6 +116,20 @@ def fake_upstream_server(tmp: Path, env: dict[str, str] | None = None) -> Server
     srv = Server(tmp, "--llama-server", str(wrapper), env={"FAKE_LLAMA_LOG": str(log), **(env or {})})
     srv.requests = lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return srv
+
+
+def runner_of(srv: Server) -> tuple[str, dict[str, str]]:
+    """The URL of the one llama-server running, and its key (read from its environment)."""
+    (pid,) = srv.runner_pids()
+    port = re.findall(r"ready on port (\d+)", srv.log())[-1]
+    env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+    return f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {env[b'LLAMA_API_KEY'].decode()}"}
+
+
+def slot_busy(srv: Server) -> bool:
+    """Whether llama-server's one slot is generating."""
+    url, headers = runner_of(srv)
+    return any(slot["is_processing"] for slot in httpx.get(f"{url}/slots", headers=headers, timeout=5).json())
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -5,7 +5,6 @@ nobody waits for any more is abandoned, its process stopped."""
 from __future__ import annotations
 
 import gc
-import re
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ import httpx
 import openai
 import pytest
 from conftest import Server, wait_until
+from conftest import slot_busy as _processing
 
 from proxy.disconnect import INFERENCE
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
@@ -36,20 +36,6 @@ def srv(tmp_path_factory, smollm2, tiny_gguf, llama_server_binary) -> Iterator[S
     srv.create("tiny", tiny_gguf)
     yield srv
     srv.stop()
-
-
-def _runner(srv: Server) -> tuple[str, dict[str, str]]:
-    """The URL of the one llama-server running, and its key (read from its environment)."""
-    (pid,) = srv.runner_pids()
-    port = re.findall(r"ready on port (\d+)", srv.log())[-1]
-    env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
-    return f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {env[b'LLAMA_API_KEY'].decode()}"}
-
-
-def _processing(srv: Server) -> bool:
-    """Whether llama-server's one slot is generating."""
-    url, headers = _runner(srv)
-    return any(slot["is_processing"] for slot in httpx.get(f"{url}/slots", headers=headers, timeout=5).json())
 
 
 def _load(srv: Server, model: str = "smollm2") -> None:

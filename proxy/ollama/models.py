@@ -10,12 +10,11 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, head, post, route
 from litestar.enums import HttpMethod
-from litestar.response import Stream
 
 from proxy.body import convert, decode_body
 from proxy.gateway import Gateway, gate_of
 from proxy.ollama import schemas, translate
-from proxy.ollama.ndjson import NDJSON, encode, json_response, log
+from proxy.ollama.ndjson import encode, json_response, log, ndjson_stream
 from proxy.semantics import Options
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
@@ -163,7 +162,7 @@ async def create(request: Request) -> Response[Any]:
     lines = _create(gate_of(request), req)
     if req.stream is False:
         return json_response(lines[-1])
-    return Stream((encode(line) + b"\n" for line in lines), status_code=200, media_type=NDJSON)
+    return ndjson_stream(encode(line) + b"\n" for line in lines)
 
 
 # Copy and delete ------------------------------------------------------------------------------

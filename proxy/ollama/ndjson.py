@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -33,6 +33,11 @@ def json_response(obj: msgspec.Struct, status: int = 200) -> Response[bytes]:
     return Response(encode(obj), status_code=status, media_type=JSON)
 
 
+def ndjson_stream(lines: AsyncIterator[bytes] | Iterable[bytes]) -> Stream:
+    """Every streamed /api answer. `X-Accel-Buffering: no` makes an nginx in front pass each line
+    on as it comes even where it was left buffering responses (nginx's default)."""
+    return Stream(lines, status_code=200, media_type=NDJSON, headers={"X-Accel-Buffering": "no"})
+
 
 async def ndjson(first: msgspec.Struct, rest: AsyncIterator[msgspec.Struct]) -> AsyncIterator[bytes]:
     try:
@@ -58,6 +63,6 @@ async def respond(
     if not stream:
         return json_response(await merge(chunks))
     first = await anext(chunks)
-    return Stream(ndjson(first, chunks), status_code=200, media_type=NDJSON)
+    return ndjson_stream(ndjson(first, chunks))
 
 

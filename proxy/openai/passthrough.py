@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Request, Response, post
-from litestar.response import Stream
 
 from proxy.body import INFERENCE_BODY_LIMIT, decode_body
 from proxy.openai import schemas, translate
 from proxy.gateway import gate_of
 from proxy.semantics import think_kwargs
 from proxy.openai.models import load_options, require_model
-from proxy.openai.sse import JSON, SSE, encode, sse_event
+from proxy.openai.sse import JSON, encode, sse_event, sse_stream
 from supervisor.errors import LlamagateError
 
 log = logging.getLogger("llamagate.openai")
@@ -68,8 +67,7 @@ async def _relay(request: Request, path: str) -> Response[Any]:
         finally:
             await events.aclose()  # type: ignore[attr-defined]
 
-    return Stream(_relay_sse(path, req.model, replay()), media_type=SSE, status_code=200,
-                  headers={"Cache-Control": "no-cache"})
+    return sse_stream(_relay_sse(path, req.model, replay()))
 
 
 @post("/v1/responses", request_max_body_size=INFERENCE_BODY_LIMIT)

@@ -75,6 +75,13 @@ async def fan_in(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]
         await asyncio.wait(tasks)
 
 
+def sse_stream(events: AsyncIterator[bytes]) -> Stream:
+    """Every streamed /v1 answer. `X-Accel-Buffering: no` makes an nginx in front pass each event
+    on as it comes even where it was left buffering responses (nginx's default)."""
+    return Stream(events, media_type=SSE, status_code=200,
+                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 def sse_event(data: bytes, event: str = "") -> bytes:
     return (f"event: {event}\n".encode() if event else b"") + b"data: " + data + b"\n\n"
 
@@ -100,4 +107,4 @@ async def answer_stream(chunks: AsyncIterator[msgspec.Struct]) -> Response[Any]:
     """Headers wait for the first chunk, so a failure before it (a load error, a context
     overflow) still gets its real status and error body."""
     first = await anext(chunks)
-    return Stream(_sse(first, chunks), media_type=SSE, status_code=200, headers={"Cache-Control": "no-cache"})
+    return sse_stream(_sse(first, chunks))
