@@ -87,7 +87,8 @@ class Metrics:
         if not x.model:
             return
         if (by_model := self._by_model.get(x.model)) is None:
-            by_model = self._by_model[x.model] = (self.prompt_tokens.labels(x.model), self.generated_tokens.labels(x.model))
+            by_model = self._by_model[x.model] = (
+                self.prompt_tokens.labels(x.model), self.generated_tokens.labels(x.model))
         if x.first_byte is not None:  # looked up here: a label set never observed would show as zeros
             self.first_token.labels(route, x.model).observe(x.first_byte - x.started)
         if x.prompt_tokens:

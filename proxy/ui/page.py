@@ -4,8 +4,10 @@ server goes into the page escaped here or as text by the script: model names com
 
 from __future__ import annotations
 
+import time
 from html import escape
 
+from proxy.activity import Record
 from proxy.ui.snapshot import RunnerView, Snapshot
 from supervisor.pull.inflight import PullStatus
 from supervisor.runners.process import OUTPUT_LINES
@@ -36,6 +38,12 @@ def _pull_fields(p: PullStatus) -> dict[str, str]:
             "bytes": f"{_mb(p.completed)} / {_mb(p.total)}" if p.total else "", "error": p.error}
 
 
+def _request_cells(r: Record) -> list[str]:
+    tps = f"{r.tokens_per_second:.1f}" if r.tokens_per_second is not None else ""
+    return [time.strftime("%H:%M:%S", time.localtime(r.time)), r.route, r.model, str(r.status),
+            f"{r.seconds * 1000:.0f} ms", f"{r.prompt_tokens} / {r.generated_tokens}", tps]
+
+
 _RUNNER = """<article class="runner" data-key="{key}" data-state="{state}">\
 <h3><span data-f="name">{name}</span> <small data-f="kind">{kind}</small> <span class="state" data-f="state">{state}\
 </span></h3><dl>\
@@ -58,6 +66,10 @@ def _runner(r: RunnerView | None) -> str:
                                                          "waiting", "keep_alive", "log"], "")
     key = f"{r.name}|{r.kind}" if r else ""
     return _RUNNER.format(key=escape(key), lines=OUTPUT_LINES, **{k: escape(v) for k, v in fields.items()})
+
+
+def _request_row(r: Record) -> str:
+    return "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in _request_cells(r)) + "</tr>"
 
 
 def _pull(p: PullStatus | None) -> str:
@@ -84,7 +96,11 @@ dl { display: grid; grid-template-columns: repeat(5, auto); grid-auto-flow: colu
 dt { color: #666; font-size: 0.85em; } dd { margin: 0; font-variant-numeric: tabular-nums; }
 .unload { margin: 0.3rem 0; }
 pre { max-height: 20rem; overflow: auto; background: #f6f6f6; padding: 0.5rem; font-size: 12px; }
-#runners:not(:empty) + .empty, #pulls:not(:empty) + .empty { display: none; }
+#runners:not(:empty) + .empty, #pulls:not(:empty) + .empty,
+table:has(#recent:not(:empty)) + .empty { display: none; }
+table:has(#recent:empty) { display: none; }
+table { border-collapse: collapse; font-size: 0.9em; font-variant-numeric: tabular-nums; }
+th, td { text-align: left; padding: 0.1rem 0.8rem 0.1rem 0; } th { color: #666; font-weight: normal; }
 .empty { color: #777; }
 .pull { margin: 0.3rem 0; } .pull progress { width: 14rem; vertical-align: middle; }
 .error, #message { color: #b00; }
@@ -102,6 +118,10 @@ const runnerFields = r => ({name: r.name, kind: r.kind, state: r.state, rss: mb(
   log: r.log.join("\\n")});
 const pullFields = p => ({name: p.name, status: p.error ? "failed" : p.status,
   bytes: p.total ? `${mb(p.completed)} / ${mb(p.total)}` : "", error: p.error});
+// The same cells as _request_cells.
+const hms = t => new Date(t * 1000).toTimeString().slice(0, 8);
+const requestCells = r => [hms(r.time), r.route, r.model, String(r.status), `${Math.round(r.seconds * 1000)} ms`,
+  `${r.prompt_tokens} / ${r.generated_tokens}`, r.tokens_per_second === null ? "" : r.tokens_per_second.toFixed(1)];
 const byId = id => document.getElementById(id);
 
 function fill(el, fields) {
@@ -126,6 +146,12 @@ function sync(list, template, items, key, update) {
 }
 
 function render(s) {
+  // Rows are rebuilt: they hold no state a reader could lose.
+  byId("recent").replaceChildren(...s.recent.map(r => {
+    const row = document.createElement("tr");
+    for (const text of requestCells(r)) row.insertCell().textContent = text;
+    return row;
+  }));
   byId("pending").textContent = String(s.pending);
   sync(byId("runners"), byId("runner-row"), s.runners, r => `${r.name}|${r.kind}`, (el, r) => {
     fill(el, runnerFields(r));
@@ -175,9 +201,12 @@ placeholder="a model to pull, e.g. smollm2:135m" size="40"> <button>Pull</button
 <p id="message" role="status"></p>
 <ul id="pulls">{"".join(_pull(p) for p in s.pulls)}</ul><p class="empty">No pulls lately.</p>
 </section>
-<!-- Recent requests: rendered here from the activity ring buffer (proxy/activity.py), which is
-     another change; this element stays empty until then. -->
-<section id="recent-requests" aria-label="recent requests"></section>
+<section id="recent-requests"><h2>Recent requests</h2>
+<table><thead><tr><th>ended</th><th>route</th><th>model</th><th>status</th><th>took</th>
+<th>tokens in / out</th><th>tokens/s</th></tr></thead>
+<tbody id="recent">{"".join(_request_row(r) for r in s.recent)}</tbody></table>
+<p class="empty">No inference requests yet.</p>
+</section>
 </main>
 <template id="runner-row">{_runner(None)}</template><template id="pull-row">{_pull(None)}</template>
 <script nonce="{nonce}">{_SCRIPT}</script>

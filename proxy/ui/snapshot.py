@@ -1,5 +1,5 @@
-"""What the status page shows, read from the scheduler and the pull registry: one msgspec Struct
-sent as JSON over /ui/events and rendered on the first paint."""
+"""What the status page shows, read from the scheduler, the pull registry and the recent requests:
+one msgspec Struct sent as JSON over /ui/events and rendered on the first paint."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 import msgspec
 
+from proxy.activity import Record
 from proxy.gateway import Gateway
 from supervisor.pull.inflight import PullStatus
 from supervisor.runners.runner import Runner, State
@@ -33,6 +34,10 @@ class Snapshot(msgspec.Struct):
     runners: list[RunnerView]
     pending: int  # requests queued for a load or a restart, all models together
     pulls: list[PullStatus]
+    recent: list[Record]  # the last inference requests that finished, newest first
+
+
+RECENT = 20  # of the activity ring's records: what fits on a screen
 
 
 def _view(name: str, runner: Runner, now: float) -> RunnerView:
@@ -62,4 +67,4 @@ def _view(name: str, runner: Runner, now: float) -> RunnerView:
 def snapshot(gate: Gateway) -> Snapshot:
     now = time.time()
     runners = [_view(model.name.display, r, now) for model, rs in gate.scheduler.loaded() for r in rs]
-    return Snapshot(runners, gate.scheduler.queued(), gate.pulls.list())
+    return Snapshot(runners, gate.scheduler.queued(), gate.pulls.list(), gate.activity.records()[-RECENT:][::-1])
