@@ -26,6 +26,7 @@ from proxy.limits import header_limit_layer
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
 from proxy.scrape import metrics
+from proxy.service.notify import Notifier
 from proxy.ui.routes import ROUTES as UI_ROUTES
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
@@ -40,16 +41,26 @@ def _version_header(response: Response) -> Response:
     return response
 
 
-def create_app(config: Config) -> Litestar:
+def create_app(config: Config, notifier: Notifier | None = None) -> Litestar:
     gate = Gateway(config)
     keys = KeyRing(config.keys)
-    # Only where there is a file to re-read: elsewhere SIGHUP keeps its usual meaning.
-    reload_on_hup = hasattr(signal, "SIGHUP") and bool(config.keys.api_file or config.keys.admin_file)
+    notifier = notifier or Notifier()
+    # Only where there is a file to re-read, or a service manager that sends it for a reload:
+    # elsewhere SIGHUP keeps its usual meaning.
+    reload_on_hup = hasattr(signal, "SIGHUP") and bool(config.keys.api_file or config.keys.admin_file
+                                                       or notifier.enabled)
+
+    def reload() -> None:
+        notifier.reloading()
+        try:
+            keys.reload()
+        finally:
+            notifier.ready()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if reload_on_hup:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
         if not config.keys.enabled and not binds_loopback(config.host):
             log.warning("no API keys: anyone who can reach %s:%d can use and change every model; "
                         "set LLAMAGATE_API_KEYS", config.host, config.port)

@@ -7,7 +7,7 @@ from litestar import Request
 
 from proxy.activity import Activity
 from proxy.disconnect import INFERENCE
-from proxy.exchange import Exchange
+from proxy.exchange import Exchange, log_line
 from proxy.llama.client import Hop
 from proxy.llama.lease import Inference
 from proxy.metrics import Metrics
@@ -37,7 +37,8 @@ class Gateway:
         self.pulls = Pulls(self.puller)
 
     def finished(self, x: Exchange) -> None:
-        """A request's answer is sent (proxy/exchange.py): counted, and kept if it was inference."""
+        """A request's answer is sent (proxy/exchange.py): logged, counted, and kept if it was inference."""
+        log_line(x)
         self.metrics.finished(x)
         if x.route in INFERENCE:
             self.activity.add(x)
@@ -45,6 +46,10 @@ class Gateway:
     def start(self) -> None:
         tls_context()  # built now rather than inside the first model load
         self.upstreams.start()
+
+    def drain(self) -> None:
+        """Shutdown begins (SIGTERM): the requests in flight go on, loads stop (supervisor/runners)."""
+        self.scheduler.close()
 
     async def aclose(self) -> None:
         await self.upstreams.aclose()

@@ -178,3 +178,49 @@ def fresh_server(tmp_path: Path, smollm2: Path, tiny_gguf: Path, llama_server_bi
         yield srv
     finally:
         srv.stop()
+
+
+_STUCK = """#!{python}
+import http.server, threading, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(503)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("main: server is listening on http://127.0.0.1:%d" % srv.server_address[1], flush=True)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+while True:
+    print("load_tensors: loading", flush=True)  # progress: never stuck, never ready
+    time.sleep(0.2)
+"""
+
+
+@pytest.fixture
+def loading(tmp_path, tiny_gguf) -> Iterator[Server]:
+    """A llama-server that keeps loading and never becomes ready."""
+    fake = tmp_path / "bin" / "llama-server"
+    fake.parent.mkdir()
+    fake.write_text(_STUCK.format(python=sys.executable))
+    fake.chmod(0o755)
+    srv = Server(tmp_path, "--llama-server", str(fake))
+    srv.create("tiny", tiny_gguf)
+    yield srv
+    srv.stop()
+
+
+def loader_pids(srv: Server) -> list[int]:
+    """The fake llama-servers (scripts: their command line starts with python) this server started."""
+    return [pid for pid in _children(srv) if "bin/llama-server" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def _children(srv: Server) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(srv.proc.pid):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found

@@ -5,17 +5,15 @@ nobody waits for any more is abandoned, its process stopped."""
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import Server, wait_until
+from conftest import Server, loader_pids, wait_until
 from conftest import slot_busy as _processing
 
 from proxy.disconnect import INFERENCE
@@ -119,56 +117,11 @@ def test_a_queued_request_whose_client_leaves_gives_up_its_queue_place(srv):
     assert srv.log().count("[tiny:latest] load abandoned") == 1
 
 
-_STUCK = """#!{python}
-import http.server, threading, time
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(503)
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print("main: server is listening on http://127.0.0.1:%d" % srv.server_address[1], flush=True)
-threading.Thread(target=srv.serve_forever, daemon=True).start()
-while True:
-    print("load_tensors: loading", flush=True)  # progress: never stuck, never ready
-    time.sleep(0.2)
-"""
-
-
-@pytest.fixture
-def loading(tmp_path, tiny_gguf) -> Iterator[Server]:
-    """A llama-server that keeps loading and never becomes ready."""
-    fake = tmp_path / "bin" / "llama-server"
-    fake.parent.mkdir()
-    fake.write_text(_STUCK.format(python=sys.executable))
-    fake.chmod(0o755)
-    srv = Server(tmp_path, "--llama-server", str(fake))
-    srv.create("tiny", tiny_gguf)
-    yield srv
-    srv.stop()
-
-
-def _loaders(srv: Server) -> list[int]:
-    return [pid for pid in _children(srv) if "bin/llama-server" in Path(f"/proc/{pid}/cmdline").read_text()]
-
-
-def _children(srv: Server) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(srv.proc.pid):
-                found.append(int(proc.name))
-        except OSError:
-            pass
-    return found
-
-
 def test_a_load_abandoned_by_its_only_client_stops_the_process(loading):
     with pytest.raises(httpx.ReadTimeout):
         _quick(loading, "tiny", timeout=1)
     gc.collect()  # the timed-out response holds its socket until collected
-    assert wait_until(lambda: _loaders(loading) == [], timeout=5), loading.log()[-4000:]
+    assert wait_until(lambda: loader_pids(loading) == [], timeout=5), loading.log()[-4000:]
     assert "load abandoned" in loading.log() and "[tiny:latest] stopping" in loading.log(), loading.log()[-4000:]
 
 
@@ -179,11 +132,11 @@ def test_a_load_another_client_still_waits_for_goes_on(loading):
             _quick(loading, "tiny", timeout=1)
         gc.collect()  # the timed-out response holds its socket until collected
         time.sleep(1)
-        assert len(_loaders(loading)) == 1 and "load abandoned" not in loading.log()
+        assert len(loader_pids(loading)) == 1 and "load abandoned" not in loading.log()
         with pytest.raises(httpx.ReadTimeout):
             staying.result()
         gc.collect()  # the timed-out response holds its socket until collected
-    assert wait_until(lambda: _loaders(loading) == [], timeout=5)
+    assert wait_until(lambda: loader_pids(loading) == [], timeout=5)
 
 
 def test_every_watched_path_is_a_route():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import os
 import sys
 import time
 from datetime import datetime
@@ -16,6 +16,7 @@ import click
 from proxy.cli.client import Client, ClientError
 from proxy.cli.modelfile import ModelfileError, parse
 from proxy.cli.progress import PullDisplay, human_bytes
+from proxy.service.logs import FORMATS, LEVELS
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.names import ModelName
@@ -59,40 +60,33 @@ def main() -> None:
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML file with [upstreams] and [rpc] tables (default: LLAMAGATE_CONFIG, or "
                    "config.toml in llamagate's config folder when it exists).")
-@click.option("-v", "--verbose", is_flag=True, help="Log every request.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at debug level (as --log-level debug or OLLAMA_DEBUG=1).")
+@click.option("--log-level", type=click.Choice(LEVELS), envvar="LLAMAGATE_LOG_LEVEL", show_envvar=True,
+              help="Least level logged (default: info; every request is logged at info).")
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", envvar="LLAMAGATE_LOG_FORMAT",
+              show_envvar=True, help="json: one JSON object a line, for journald, Loki and the like.")
+@click.option("--drain-timeout", type=float, default=30.0, envvar="LLAMAGATE_DRAIN_TIMEOUT", show_envvar=True,
+              help="Seconds that requests in flight get to finish after SIGTERM (default 30).")
 def serve(llama_server: str | None, threads: int | None, upstream: tuple[str, ...], rpc: tuple[str, ...],
-          config_file: Path | None, verbose: bool) -> None:
+          config_file: Path | None, verbose: bool, log_level: str | None, log_format: str,
+          drain_timeout: float) -> None:
     """Serve the Ollama and OpenAI APIs on OLLAMA_HOST (default 127.0.0.1:11434)."""
-    import uvicorn
-
     from proxy.app import create_app
+    from proxy.service import logs
+    from proxy.service.notify import Notifier
+    from proxy.service.server import run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request to the runners at INFO: that is our own traffic, not news.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(logs.level_of(log_level, verbose, os.environ), log_format)
+    notifier = Notifier.from_env(os.environ)
     try:
         config = Config.from_env(llama_server=llama_server, threads=threads)
         config.add_endpoints(config_file, upstream, rpc)
         for name in [*config.upstreams, *config.rpc]:
             ModelName.parse(name)
-        app = create_app(config)  # reads the keys files: one that can't be read stops us here
+        app = create_app(config, notifier)  # reads the keys files: one that can't be read stops us here
     except (ValueError, OSError, LlamagateError) as e:
         _fail(str(e.message if isinstance(e, LlamagateError) else e))
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        loop="auto",
-        http="httptools",
-        access_log=verbose,
-        log_config=None,
-        timeout_graceful_shutdown=5,
-        # uvicorn answers 503 to a request that finds `limit_concurrency` connections open counting
-        # its own, so one more lets exactly max_connections be served. An idle kept-alive connection
-        # is closed after the timeout (only between requests: a long generation is never cut by it).
-        limit_concurrency=config.max_connections + 1 if config.max_connections else None,
-        timeout_keep_alive=config.keepalive_timeout,
-    )
+    run(app, config, notifier, drain_timeout)
 
 
 @main.command("list")

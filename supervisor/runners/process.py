@@ -27,6 +27,9 @@ from supervisor.runners.launch import LaunchSpec, child_env
 log = logging.getLogger("llamagate.runner")
 
 _LISTENING = re.compile(r"listening on https?://[^\s:]+:(\d+)")
+# llama-server's lines start with the time since start and a level letter: "0.00.944.017 I srv ...".
+_MARKED = re.compile(r"[\d.]+ ([DIWE]) ")
+_LEVELS = {"D": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR}
 _PR_SET_PDEATHSIG = 1
 OUTPUT_LINES = 100
 _TAIL_LINES = 20
@@ -67,6 +70,7 @@ class Process:
         self._port_found: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._kill_reason = ""
         self._stopping = False
+        self._ready = False
 
     @property
     def base_url(self) -> str:
@@ -110,8 +114,17 @@ class Process:
         self._last_output = time.monotonic()
         asyncio.create_task(self._pump_log(proc))
         await self._wait_ready(proc, load_timeout)
+        self._ready = True
         log.info("[%s] ready on port %d in %.2fs (pid %d)", self.name, self.port,
                  time.monotonic() - started, proc.pid)
+
+    def _level(self, line: str) -> int:
+        """Warnings and errors always show; the rest at INFO while loading (people watch loads),
+        then at DEBUG: a dozen lines a request is no news."""
+        marked = _MARKED.match(line)
+        if marked and marked.group(1) in _LEVELS:
+            return _LEVELS[marked.group(1)]
+        return logging.DEBUG if self._ready else logging.INFO
 
     async def _pump_log(self, proc: asyncio.subprocess.Process) -> None:
         """Copy the child's output to our log and keep its tail for error messages. Read in
@@ -127,7 +140,7 @@ class Process:
                 if not line:
                     continue
                 self._output.append(line)
-                log.info("[%s] %s", self.name, line)
+                log.log(self._level(line), "[%s] %s", self.name, line)
                 if not self._port_found.done() and (m := _LISTENING.search(line)):
                     self._port_found.set_result(int(m.group(1)))
         self._on_exit(self, await proc.wait())
@@ -223,6 +236,13 @@ class Process:
                         pass  # it exited: the log pump reports that
         finally:
             exited.cancel()
+
+    def kill(self) -> None:
+        """SIGKILL to the process group, now; nothing waited for."""
+        self._stopping = True
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
 
     async def terminate(self, grace: float) -> None:
         """SIGTERM to the process group, SIGKILL after `grace` seconds."""

@@ -19,6 +19,8 @@ from supervisor.runners.process import Process
 
 log = logging.getLogger("llamagate.runner")
 
+SHUTTING_DOWN = "llamagate is shutting down"
+
 
 class State(enum.Enum):
     STOPPED = "stopped"
@@ -92,6 +94,8 @@ class Runner:
         self._waiting: list[object] = []
         self._cond = asyncio.Condition()
         self._lifecycle = asyncio.Lock()
+        # Set once the server is shutting down: no more starts (see `close`).
+        self._closed = False
 
     @property
     def base_url(self) -> str:
@@ -164,6 +168,8 @@ class Runner:
                 self._expiry_task = None
         try:
             while not self.serving(spec):
+                if self._closed:
+                    raise LlamagateError(503, SHUTTING_DOWN)
                 task = self._start_task
                 if task is not None and task.cancelling() and not task.done():
                     # A start its waiters abandoned, still stopping its process: a new start
@@ -174,7 +180,13 @@ class Runner:
                     task = self._start_task = asyncio.create_task(self._restart(spec))
                 # Shielded: a client that gives up must not abort a start others wait for (the
                 # last one to leave cancels it, in `release`).
-                await asyncio.shield(task)
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    # The start was cancelled, not this request: by `close`, or a start abandoned
+                    # by its waiters just as this one arrived (then the loop starts again).
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise
         except BaseException:
             await self.release()
             raise
@@ -221,6 +233,14 @@ class Runner:
                 self.keep_alive = keep_alive
             if self.active == 0:
                 self._expire_later()
+
+    def close(self) -> None:
+        """The server is shutting down: no new starts, and a start under way is cancelled (its
+        process stopped), so that shutdown never waits for a load; its requests get a 503."""
+        self._closed = True
+        if self._start_task is not None and not self._start_task.done():
+            log.info("[%s] load cancelled: shutting down", self.name)
+            self._start_task.cancel()
 
     async def unload(self) -> None:
         """Stop now if idle, else as soon as the requests in flight are done."""
@@ -342,6 +362,10 @@ class Runner:
             await self._terminate()
             if self.holds is not None:
                 self._gone()
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
 
     async def _terminate(self) -> None:
         process = self._process

@@ -21,7 +21,7 @@ from supervisor.models.remote import Pool, PoolLease
 from supervisor.names import ModelName
 from supervisor.runners.events import RunnerEvents
 from supervisor.runners.launch import LaunchSpec
-from supervisor.runners.runner import Runner, State
+from supervisor.runners.runner import SHUTTING_DOWN, Runner, State
 
 log = logging.getLogger("llamagate.scheduler")
 
@@ -68,6 +68,7 @@ class Scheduler:
         self._pending = 0
         # The queued requests (counted in `_pending`) by the runner they wait for, for /api/ps.
         self._queued: Counter[Runner] = Counter()
+        self._closed = False  # see `close`
         self._rpc = {ModelName.parse(name).display.lower(): tuple(workers) for name, workers in config.rpc.items()}
 
     def num_ctx(self, model: Model, requested: int | None) -> int:
@@ -120,6 +121,8 @@ class Scheduler:
                 hang_timeout=self.config.hang_timeout, admit=self._admit, on_change=self._changed.set,
                 model=model.name.display, embedding=load.embedding, events=self._events,
             )
+        if self._closed and not runner.serving(spec):
+            raise LlamagateError(503, SHUTTING_DOWN)
         # Requests that need a load or a restart, or wait behind one that does, queue, up to
         # OLLAMA_MAX_QUEUE; requests for a runner already serving go straight to it, as in Ollama.
         queued = not runner.serving(spec) or runner.waiting > 0
@@ -215,6 +218,18 @@ class Scheduler:
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())
+
+    def close(self) -> None:
+        """Shutdown begins: runners already serving go on with the requests in flight, but no load
+        starts any more and the loads under way are cancelled."""
+        self._closed = True
+        for runner in self._runners.values():
+            runner.close()
+
+    def kill(self) -> None:
+        """Shutdown at once (a second signal): every process is killed, nothing waited for."""
+        for runner in self._runners.values():
+            runner.kill()
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(r.stop() for r in self._runners.values()), return_exceptions=True)
