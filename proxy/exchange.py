@@ -25,11 +25,12 @@ request_log = logging.getLogger("llamagate.request")
 
 
 class Exchange:
-    """A request's facts, filled in as it goes: by the layer (method, route, status, times) and by
-    the lease (model, tokens). `route` is the matched path template, never the raw path."""
+    """A request's facts, filled in as it goes: by the layer (method, path, id, route, status, times)
+    and by the lease (model, tokens). `route` is the matched path template, what is counted;
+    `path` the one asked for, what is logged."""
 
-    __slots__ = ("method", "path", "client", "request_id", "route", "status", "started", "ended", "first_byte", "model", "prompt_tokens",
-                 "generated_tokens", "generation_seconds")
+    __slots__ = ("method", "path", "client", "request_id", "route", "status", "started", "ended", "first_byte",
+                 "model", "prompt_tokens", "generated_tokens", "generation_seconds")
 
     def __init__(self, method: str, path: str = "", client: str = "", request_id: str = "") -> None:
         self.method = method
