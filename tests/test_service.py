@@ -3,6 +3,7 @@ draining streams and cancelling loads, the request log line and JSON logs, and t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -239,3 +240,38 @@ def _verify(tmp: Path, unit: str) -> str:
     done = subprocess.run(["/usr/bin/systemd-analyze", "verify", str(path)], capture_output=True, text=True)
     problems = [line for line in (done.stdout + done.stderr).splitlines() if str(path) in line or done.returncode]
     return "\n".join(problems)
+
+
+@pytest.mark.parametrize("how", ["grace ends", "second signal"])
+def test_a_stream_longer_than_the_drain_is_cut(tmp_path, smollm2, llama_server_binary, how):
+    """The grace (LLAMAGATE_DRAIN_TIMEOUT) ends the drain: the stream is cut and the exit is 0.
+    A second SIGTERM ends it at once, killing the runners."""
+    srv = Server(tmp_path, env={"LLAMAGATE_DRAIN_TIMEOUT": "1.5"})
+    try:
+        srv.create("smollm2", smollm2)
+        first = threading.Event()
+
+        def stream() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                with httpx.stream("POST", f"{srv.url}/api/generate", timeout=120, json={
+                        "model": "smollm2", "prompt": STORY, "raw": True, "options": {"num_predict": 4000}}) as r:
+                    for _ in r.iter_lines():
+                        first.set()
+
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(stream)
+            assert first.wait(60)
+            srv.proc.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            if how == "second signal":
+                time.sleep(0.5)
+                assert srv.proc.poll() is None  # draining
+                srv.proc.send_signal(signal.SIGTERM)
+                assert srv.proc.wait(5) == 128 + signal.SIGTERM
+                assert time.monotonic() - stopped < 2
+            else:
+                assert srv.proc.wait(15) == 0
+                assert 1.5 <= time.monotonic() - stopped < 8
+        assert wait_until(lambda: srv.runner_pids() == [], 3)
+    finally:
+        srv.stop()
