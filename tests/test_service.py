@@ -23,6 +23,8 @@ import httpx
 import pytest
 from conftest import ROOT, Server, free_port, llamagate_cmd, loader_pids, wait_until
 
+from proxy.service.notify import Notifier
+
 
 class Manager:
     """The service manager's end of NOTIFY_SOCKET: every datagram, with the time it came."""
@@ -210,7 +212,8 @@ def test_json_log_and_debug(tmp_path, tiny_gguf, llama_server_binary):
         r = httpx.post(f"{srv.url}/api/generate", headers={"X-Request-Id": "req-42"}, timeout=60,
                        json={"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 3}})
         assert r.status_code == 200 and r.headers["x-request-id"] == "req-42"
-        assert httpx.get(f"{srv.url}/api/tags", headers={"X-Request-Id": "bad id!"}).headers["x-request-id"] != "bad id!"
+        refused = httpx.get(f"{srv.url}/api/tags", headers={"X-Request-Id": "bad id!"})
+        assert re.fullmatch(r"[0-9a-f]{32}", refused.headers["x-request-id"])
     finally:
         srv.stop()
     lines = [json.loads(line) for line in srv.log().splitlines()]
@@ -275,3 +278,21 @@ def test_a_stream_longer_than_the_drain_is_cut(tmp_path, smollm2, llama_server_b
         assert wait_until(lambda: srv.runner_pids() == [], 3)
     finally:
         srv.stop()
+
+
+def test_notifier_reads_the_environment_as_sd_notify_does():
+    """An abstract socket ("@name"); a watchdog for another process (WATCHDOG_PID) is not ours."""
+    name = f"llamagate-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(2)
+        notifier = Notifier.from_env({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "30000000"})
+        assert notifier.watchdog_interval == 15
+        notifier.status("idle")
+        notifier.status("idle")  # unchanged: not sent again
+        notifier.ready()
+        assert [sock.recv(100), sock.recv(100)] == [b"STATUS=idle", b"READY=1"]
+    other = Notifier.from_env({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval is None
+    assert not Notifier.from_env({}).enabled
+    Notifier.from_env({}).ready()  # without a manager: nothing, no error

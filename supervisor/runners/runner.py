@@ -183,8 +183,7 @@ class Runner:
                 try:
                     await asyncio.shield(task)
                 except asyncio.CancelledError:
-                    # The start was cancelled, not this request: by `close`, or a start abandoned
-                    # by its waiters just as this one arrived (then the loop starts again).
+                    # The start was cancelled, not this request: by `close` (the loop answers 503).
                     if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                         raise
         except BaseException:
