@@ -44,12 +44,19 @@ def create_app(config: Config) -> Litestar:
     gate = Gateway(config)
     keys = KeyRing(config.keys)
     # Only where there is a file to re-read: elsewhere SIGHUP keeps its usual meaning.
-    reload_on_hup = hasattr(signal, "SIGHUP") and bool(config.keys.api_file or config.keys.admin_file)
+    key_files = bool(config.keys.api_file or config.keys.admin_file)
+    reload_on_hup = hasattr(signal, "SIGHUP") and (key_files or config.config_file is not None)
+
+    def reload() -> None:
+        if key_files:
+            keys.reload()
+        if config.config_file is not None:
+            gate.reload_settings()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if reload_on_hup:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
         if not config.keys.enabled and not binds_loopback(config.host):
             log.warning("no API keys: anyone who can reach %s:%d can use and change every model; "
                         "set LLAMAGATE_API_KEYS", config.host, config.port)
@@ -60,6 +67,9 @@ def create_app(config: Config) -> Litestar:
         except LlamagateError as e:
             log.warning("%s", e.message)
         log.info("models: %s", config.models_dir)
+        if config.kv_cache_type not in ("", "f16") and not config.flash_attention:
+            log.warning("OLLAMA_FLASH_ATTENTION must be enabled to use a quantized OLLAMA_KV_CACHE_TYPE; it applies "
+                        "only to models whose table sets flash_attention = true")
         for name, urls in config.upstreams.items():
             log.info("upstream %s: %s", name, ", ".join(urls))
         gate.start()
