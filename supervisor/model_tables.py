@@ -166,7 +166,8 @@ def parse_tables(raw: Any, source: str) -> dict[str, ModelSettings]:
             try:
                 values[field] = _CHECKS[field](value)
             except ValueError as e:
-                raise ValueError(f"{label}.{field}={json.dumps(value)} ({source}): {e}; expected {_FORMS[field]}") from None
+                shown = f"{label}.{field}={json.dumps(value)} ({source})"
+                raise ValueError(f"{shown}: {e}; expected {_FORMS[field]}") from None
         if key in tables:
             raise ValueError(f"{label} ({source}): a second table for {key}")
         tables[key] = ModelSettings(**values)

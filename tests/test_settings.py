@@ -145,7 +145,8 @@ def test_a_bad_value_stops_with_one_line(tmp_path: Path, command, env, file, arg
 def test_a_missing_config_file_is_one_line(tmp_path: Path) -> None:
     r = _cli(tmp_path, "serve", "--config", str(tmp_path / "none.toml"))
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == f"llamagate: {tmp_path / 'none.toml'}: cannot read the config file: No such file or directory"
+    missing = tmp_path / "none.toml"
+    assert r.stderr.strip() == f"llamagate: {missing}: cannot read the config file: No such file or directory"
 
 
 # Against a real llama-server ------------------------------------------------------------------
