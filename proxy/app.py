@@ -45,15 +45,18 @@ def create_app(config: Config, notifier: Notifier | None = None) -> Litestar:
     gate = Gateway(config)
     keys = KeyRing(config.keys)
     notifier = notifier or Notifier()
-    # Only where there is a file to re-read, or a service manager that sends it for a reload:
+    key_files = bool(config.keys.api_file or config.keys.admin_file)
+    # Only where there is a file to re-read, or a service manager that sends SIGHUP for a reload:
     # elsewhere SIGHUP keeps its usual meaning.
-    reload_on_hup = hasattr(signal, "SIGHUP") and bool(config.keys.api_file or config.keys.admin_file
-                                                       or notifier.enabled)
+    reload_on_hup = hasattr(signal, "SIGHUP") and (key_files or config.config_file is not None or notifier.enabled)
 
     def reload() -> None:
         notifier.reloading()
         try:
-            keys.reload()
+            if key_files:
+                keys.reload()
+            if config.config_file is not None:
+                gate.reload_settings()
         finally:
             notifier.ready()
 
@@ -71,6 +74,9 @@ def create_app(config: Config, notifier: Notifier | None = None) -> Litestar:
         except LlamagateError as e:
             log.warning("%s", e.message)
         log.info("models: %s", config.models_dir)
+        if config.kv_cache_type not in ("", "f16") and not config.flash_attention:
+            log.warning("OLLAMA_FLASH_ATTENTION must be enabled to use a quantized OLLAMA_KV_CACHE_TYPE; it applies "
+                        "only to models whose table sets flash_attention = true")
         for name, urls in config.upstreams.items():
             log.info("upstream %s: %s", name, ", ".join(urls))
         gate.start()

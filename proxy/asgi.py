@@ -1,5 +1,5 @@
 """An app factory for ASGI servers run by hand (`uvicorn --factory proxy.asgi:app`), configured
-from the environment like `llamagate serve`."""
+from the config file and the environment like `llamagate serve`."""
 
 from litestar import Litestar
 
@@ -8,4 +8,4 @@ from supervisor.config import Config
 
 
 def app() -> Litestar:
-    return create_app(Config.from_env())
+    return create_app(Config.load())

@@ -3,6 +3,10 @@ every route."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from pathlib import Path
+
 from litestar import Request
 
 from proxy.activity import Activity
@@ -12,13 +16,18 @@ from proxy.llama.client import Hop
 from proxy.llama.lease import Inference
 from proxy.metrics import Metrics
 from supervisor.config import Config
+from supervisor.errors import LlamagateError, bad_request
 from supervisor.httpclient import tls_context
+from supervisor.model_tables import ModelTables
 from supervisor.models.catalog import Catalog
+from supervisor.models.model import LocalFiles
 from supervisor.models.remote import Upstreams
 from supervisor.models.store import Store
 from supervisor.pull.inflight import Pulls
 from supervisor.pull.registry import Puller
-from supervisor.runners.scheduler import Scheduler
+from supervisor.runners.scheduler import LoadOptions, Scheduler
+
+log = logging.getLogger("llamagate")
 
 
 class Gateway:
@@ -28,13 +37,22 @@ class Gateway:
         self.store = Store(config.models_dir)
         self.catalog = Catalog(self.store, self.upstreams)
         self.metrics = Metrics()
-        self.scheduler = Scheduler(config, events=self.metrics)
+        self.tables = ModelTables(config.models)
+        self.scheduler = Scheduler(config, events=self.metrics, tables=self.tables, find=self._gguf)
         self.metrics.watch(self.scheduler)
         self.activity = Activity()
         self.hop = Hop()
         self.inference = Inference(self.scheduler, self.hop)
         self.puller = Puller(self.store, config.registry_mirrors)
         self.pulls = Pulls(self.puller)
+        self._preloading: asyncio.Task[None] | None = None
+
+    def _gguf(self, name: str) -> Path:
+        """The GGUF of a stored model (a draft_model given by name)."""
+        model = self.catalog.require(name)
+        if not isinstance(model.target, LocalFiles):
+            raise bad_request(f"draft model {name} is not a model in the store")
+        return model.target.model
 
     def finished(self, x: Exchange) -> None:
         """A request's answer is sent (proxy/exchange.py): logged, counted, and kept if it was inference."""
@@ -46,12 +64,40 @@ class Gateway:
     def start(self) -> None:
         tls_context()  # built now rather than inside the first model load
         self.upstreams.start()
+        self._preloading = asyncio.create_task(self._preload())
+
+    async def _preload(self) -> None:
+        """Load each model whose table says `preload`, one after another, in the background: the
+        server answers meanwhile, and a model that fails to load is logged, not fatal."""
+        for name, table in self.tables.items():
+            if not table.preload:
+                continue
+            try:
+                model = self.catalog.require(name)
+                async with self.scheduler.lease(model, LoadOptions()):
+                    pass
+                log.info("preloaded %s", name)
+            except LlamagateError as e:
+                log.warning("preload of %s failed: %s", name, e.message)
+
+    def reload_settings(self) -> None:
+        """Read the config file and environment again (SIGHUP): new model tables apply from each
+        model's next load; a bad file changes nothing."""
+        try:
+            fresh = self.config.reload()
+        except ValueError as e:
+            log.warning("settings not reloaded, the old ones stay in force: %s", e)
+            return
+        self.tables.replace(fresh.models)
+        log.info("settings reloaded: %d model table(s) from %s", len(fresh.models), fresh.config_file)
 
     def drain(self) -> None:
         """Shutdown begins (SIGTERM): the requests in flight go on, loads stop (supervisor/runners)."""
         self.scheduler.close()
 
     async def aclose(self) -> None:
+        if self._preloading:
+            self._preloading.cancel()
         await self.upstreams.aclose()
         await self.scheduler.shutdown()
         await self.hop.aclose()

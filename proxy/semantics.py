@@ -47,6 +47,9 @@ class Options(msgspec.Struct, omit_defaults=True):
     num_batch: Int = None
     num_gpu: Int = None
     num_thread: Int = None
+    main_gpu: Int = None
+    use_mmap: bool | None = None
+    use_mlock: bool | None = None
 
     def __post_init__(self) -> None:
         for name in _INT_OPTIONS:

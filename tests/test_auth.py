@@ -216,7 +216,7 @@ def test_key_settings_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("LLAMAGATE_ADMIN_KEYS_FILE", str(keys))
     monkeypatch.setenv("LLAMAGATE_MAX_CONNECTIONS", "7")
     monkeypatch.setenv("LLAMAGATE_KEEPALIVE_TIMEOUT", "1m")
-    cfg = Config.from_env()
+    cfg = Config.load()
     assert cfg.keys.api == ("one", "two") and cfg.keys.admin_file == keys
     assert cfg.keys.enabled and cfg.keys.separate_admin
     assert (cfg.max_connections, cfg.keepalive_timeout) == (7, 60.0)

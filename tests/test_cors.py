@@ -157,4 +157,4 @@ def test_serve_refuses_a_bad_origins_setting(tmp_path: Path) -> None:
     r = subprocess.run([*llamagate_cmd(), "serve"], capture_output=True, text=True, timeout=60, env={
         **os.environ, "OLLAMA_ORIGINS": "example.com", "OLLAMA_HOST": "127.0.0.1:1", "OLLAMA_MODELS": str(tmp_path)})
     assert r.returncode != 0
-    assert "OLLAMA_ORIGINS: 'example.com'" in r.stderr
+    assert "OLLAMA_ORIGINS=\"example.com\" (environment): 'example.com': an origin must contain" in r.stderr

@@ -48,6 +48,16 @@ _BASE = ["/bin/llama-server", "--model", "/m.gguf", "--host", "127.0.0.1", "--po
           "adapters": (Path("/a.gguf"),)},
          ["--n-gpu-layers", "0", "--batch-size", "64", "--rpc", "w1:50052", "--embeddings", "--pooling", "cls",
           "--batch-size", "512", "--ubatch-size", "512", "--lora", "/a.gguf"]),
+        # Ollama's use_mmap/use_mlock as llama-server's --load-mode (its --no-mmap and --mlock are gone).
+        ({"use_mmap": False}, ["--load-mode", "none"]),
+        ({"use_mlock": True}, ["--load-mode", "mmap+mlock"]),
+        ({"use_mmap": False, "use_mlock": True, "main_gpu": 1}, ["--main-gpu", "1", "--load-mode", "mlock"]),
+        ({"use_mmap": True, "use_mlock": False}, []),
+        # Model tables: then their extra_args, last.
+        ({"flash_attention": False, "cache_type_k": "f32", "cache_type_v": "bf16", "draft": Path("/d.gguf"),
+          "draft_max": 8, "draft_min": 2, "extra_args": ("--no-warmup",)},
+         ["--flash-attn", "off", "--cache-type-k", "f32", "--cache-type-v", "bf16", "--model-draft", "/d.gguf",
+          "--spec-draft-n-max", "8", "--spec-draft-n-min", "2", "--no-warmup"]),
     ],
 )
 def test_whole_command_line(options, after_base):

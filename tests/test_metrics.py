@@ -135,7 +135,7 @@ def test_activity_records_one_per_inference_request_with_tokens(tmp_path, monkey
     finally:
         srv.stop()
     monkeypatch.setenv("FAKE_LLAMA_LOG", str(tmp_path / "requests.jsonl"))
-    app = create_app(Config.from_env(models_dir=srv.models, llama_server=str(tmp_path / "llama-server")))
+    app = create_app(Config.load(models_dir=srv.models, llama_server=str(tmp_path / "llama-server")))
     with TestClient(app) as client:
         streamed = _ndjson_last(client.post("/api/chat", json=_CHAT))
         whole = client.post("/v1/chat/completions", json={**_CHAT, "stream": False}).json()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import Config, parse_pairs, parse_size, read_config_file
+from supervisor.config import Config, SettingError, parse_pairs, parse_size
 from supervisor.errors import LlamagateError
 from supervisor.runners.memory import Estimate, estimate, fits, kv_cache_bytes
 from supervisor.runners.launch import LaunchSpec
@@ -120,29 +120,27 @@ def test_config_file_and_flags(tmp_path, monkeypatch):
     path = tmp_path / "config.toml"
     path.write_text('[upstreams]\n"big:70b" = ["http://a:8080", "http://b:8080"]\nsmall = "http://c:8080"\n'
                     '[rpc]\n"huge" = "w1:50052,w2:50052"\n')
-    assert read_config_file(path) == (
-        {"big:70b": ["http://a:8080", "http://b:8080"], "small": ["http://c:8080"]},
-        {"huge": ["w1:50052", "w2:50052"]},
-    )
+    cfg = Config.load(path)
+    assert cfg.upstreams == {"big:70b": ["http://a:8080", "http://b:8080"], "small": ["http://c:8080"]}
+    assert cfg.rpc == {"huge": ["w1:50052", "w2:50052"]}
     monkeypatch.setenv("LLAMAGATE_CONFIG", str(path))
-    cfg = Config.from_env()
-    cfg.add_endpoints(None, ("small=http://d:1",), ())
+    cfg = Config.load(upstream=("small=http://d:1",))
     assert cfg.upstreams == {"big:70b": ["http://a:8080", "http://b:8080"], "small": ["http://d:1"]}
     assert cfg.rpc == {"huge": ["w1:50052", "w2:50052"]}
     path.write_text("[upstreams]\nx = 3\n")
-    with pytest.raises(ValueError, match="upstreams.x"):
-        read_config_file(path)
+    with pytest.raises(SettingError, match="upstreams.\"x\""):
+        Config.load()
 
 
 def test_scheduling_environment(monkeypatch):
     for key, value in {"OLLAMA_MAX_LOADED_MODELS": "1", "OLLAMA_MAX_QUEUE": "7", "OLLAMA_NUM_PARALLEL": "2",
                        "LLAMAGATE_MAX_MEMORY": "2GB", "LLAMAGATE_HANG_TIMEOUT": "30s"}.items():
         monkeypatch.setenv(key, value)
-    cfg = Config.from_env()
+    cfg = Config.load()
     assert (cfg.max_loaded_models, cfg.max_queue, cfg.num_parallel, cfg.max_memory, cfg.hang_timeout) == (
         1, 7, 2, 2 * 10**9, 30.0)
     monkeypatch.setenv("OLLAMA_MAX_LOADED_MODELS", "0")
-    assert Config.from_env().max_loaded_models == 3
+    assert Config.load().max_loaded_models == 3
 
 
 def test_pool_picks_fewest_in_flight_then_fewest_served_and_skips_failed():

@@ -19,7 +19,6 @@ from proxy.cli.progress import PullDisplay, human_bytes
 from proxy.service.logs import FORMATS, LEVELS
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
-from supervisor.names import ModelName
 from supervisor.runtime.assets import BACKENDS
 from supervisor.runtime.install import DEFAULT_TAG, builds, current_name, install, use
 
@@ -50,16 +49,36 @@ def main() -> None:
     """llamagate: Ollama's API in front of llama.cpp's llama-server."""
 
 
+def _settings(**flags: Any) -> Config:
+    """The settings `serve` would run with; a bad one ends the command with its one-line message."""
+    try:
+        return Config.load(**flags)
+    except ValueError as e:
+        click.echo(f"llamagate: {e}", err=True)
+        sys.exit(1)
+
+
+def _settings_options(command: Any) -> Any:
+    """The flags that are settings, shared by `serve` and `config`."""
+    options = [
+        click.option("--llama-server", "llama_server", help="Path of the llama-server binary to run models with."),
+        click.option("--threads", type=int, help="CPU threads per llama-server (default: half the logical CPUs)."),
+        click.option("--upstream", multiple=True, metavar="NAME=URL[,URL…]",
+                     help="Serve NAME from an already running llama-server (repeatable; several URLs share "
+                          "the load)."),
+        click.option("--rpc", multiple=True, metavar="NAME=HOST:PORT[,HOST:PORT…]",
+                     help="Split model NAME over llama.cpp RPC workers (repeatable)."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="TOML settings file (default: LLAMAGATE_CONFIG, or config.toml in llamagate's "
+                          "config folder when it exists)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
-@click.option("--llama-server", "llama_server", help="Path of the llama-server binary to run models with.")
-@click.option("--threads", type=int, help="CPU threads per llama-server (default: half the logical CPUs).")
-@click.option("--upstream", multiple=True, metavar="NAME=URL[,URL…]",
-              help="Serve NAME from an already running llama-server (repeatable; several URLs share the load).")
-@click.option("--rpc", multiple=True, metavar="NAME=HOST:PORT[,HOST:PORT…]",
-              help="Split model NAME over llama.cpp RPC workers (repeatable).")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="TOML file with [upstreams] and [rpc] tables (default: LLAMAGATE_CONFIG, or "
-                   "config.toml in llamagate's config folder when it exists).")
+@_settings_options
 @click.option("-v", "--verbose", is_flag=True, help="Log at debug level (as --log-level debug or OLLAMA_DEBUG=1).")
 @click.option("--log-level", type=click.Choice(LEVELS), envvar="LLAMAGATE_LOG_LEVEL", show_envvar=True,
               help="Least level logged (default: info; every request is logged at info).")
@@ -67,9 +86,7 @@ def main() -> None:
               show_envvar=True, help="json: one JSON object a line, for journald, Loki and the like.")
 @click.option("--drain-timeout", type=float, default=30.0, envvar="LLAMAGATE_DRAIN_TIMEOUT", show_envvar=True,
               help="Seconds that requests in flight get to finish after SIGTERM (default 30).")
-def serve(llama_server: str | None, threads: int | None, upstream: tuple[str, ...], rpc: tuple[str, ...],
-          config_file: Path | None, verbose: bool, log_level: str | None, log_format: str,
-          drain_timeout: float) -> None:
+def serve(verbose: bool, log_level: str | None, log_format: str, drain_timeout: float, **flags: Any) -> None:
     """Serve the Ollama and OpenAI APIs on OLLAMA_HOST (default 127.0.0.1:11434)."""
     from proxy.app import create_app
     from proxy.service import logs
@@ -78,15 +95,25 @@ def serve(llama_server: str | None, threads: int | None, upstream: tuple[str, ..
 
     logs.configure(logs.level_of(log_level, verbose, os.environ), log_format)
     notifier = Notifier.from_env(os.environ)
+    config = _settings(**flags)
     try:
-        config = Config.from_env(llama_server=llama_server, threads=threads)
-        config.add_endpoints(config_file, upstream, rpc)
-        for name in [*config.upstreams, *config.rpc]:
-            ModelName.parse(name)
         app = create_app(config, notifier)  # reads the keys files: one that can't be read stops us here
     except (ValueError, OSError, LlamagateError) as e:
         _fail(str(e.message if isinstance(e, LlamagateError) else e))
     run(app, config, notifier, drain_timeout)
+
+
+@main.command("config")
+@_settings_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: name → {value, source}.")
+def config_(as_json: bool, **flags: Any) -> None:
+    """Print the settings `serve` would run with, and where each comes from."""
+    rows = _settings(**flags).describe()
+    if as_json:
+        click.echo(json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2))
+        return
+    for name, value, source in rows:
+        click.echo(f"{name} = {value}  ({source})")
 
 
 @main.command("list")
@@ -391,7 +418,7 @@ def _download_progress(name: str, done: int, total: int) -> None:
               help=f"llama.cpp build tag, or latest (default: the tested {DEFAULT_TAG}).")
 def runtime_install(backend: str | None, version: str | None) -> None:
     """Download the llama.cpp build for this machine, verify it, and make it current."""
-    config = Config.from_env()
+    config = _settings()
     try:
         build = install(config.runtime_dir, config.releases_url, backend, version, _download_progress)
     except LlamagateError as e:
@@ -402,7 +429,7 @@ def runtime_install(backend: str | None, version: str | None) -> None:
 @runtime.command("list")
 def runtime_list() -> None:
     """List the downloaded builds; * marks the current one."""
-    config = Config.from_env()
+    config = _settings()
     current = current_name(config.runtime_dir)
     rows = [["", "BUILD", "BACKEND", "VERSION", "INSTALLED"]]
     for b in builds(config.runtime_dir):
@@ -415,7 +442,7 @@ def runtime_list() -> None:
 @click.argument("build")
 def runtime_use(build: str) -> None:
     """Make BUILD (a name from `runtime list`, or its tag) the current build."""
-    config = Config.from_env()
+    config = _settings()
     try:
         chosen = use(config.runtime_dir, build)
     except LlamagateError as e:

@@ -28,7 +28,8 @@ from supervisor.runners.scheduler import LoadOptions
 def _load(options: Options | None, num_ctx: int, keep_alive: float | None, shift: bool | None) -> LoadOptions:
     o = options or Options()
     return LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, num_gpu=o.num_gpu, num_thread=o.num_thread,
-                       num_batch=o.num_batch, context_shift=shift is not False)
+                       num_batch=o.num_batch, main_gpu=o.main_gpu, use_mmap=o.use_mmap, use_mlock=o.use_mlock,
+                       context_shift=shift is not False)
 
 
 # Fitting num_ctx (see proxy/truncation.py) ------------------------------------------------------

@@ -33,7 +33,9 @@ async def _embed(
     """Raw vectors and the token count of `inputs`. Each input is tokenized first, so that one
     longer than the context is cut (truncate) or refused with Ollama's 400, not llama-server's."""
     num_ctx = gate.scheduler.num_ctx(model, options.num_ctx if options else None)
-    load = LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, embedding=True)
+    o = options or Options()
+    load = LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, main_gpu=o.main_gpu, use_mmap=o.use_mmap,
+                       use_mlock=o.use_mlock, embedding=True)
     async with gate.inference.lease(model, load, timer) as lease:
         if not inputs:
             return [], 0

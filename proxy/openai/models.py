@@ -54,6 +54,9 @@ def load_options(gate: Gateway, model: Model, req: schemas._Extensions, embeddin
         num_gpu=o.num_gpu if o else None,
         num_thread=o.num_thread if o else None,
         num_batch=o.num_batch if o else None,
+        main_gpu=o.main_gpu if o else None,
+        use_mmap=o.use_mmap if o else None,
+        use_mlock=o.use_mlock if o else None,
         embedding=embedding,
     )
 

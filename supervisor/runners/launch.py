@@ -33,6 +33,19 @@ class LaunchSpec:
     # request's n_keep) and goes on, instead of stopping. llama-server has it only as a flag, and
     # turns it off itself where the model can't shift (vision, some KV-cache kinds).
     context_shift: bool = False
+    # Ollama's main_gpu, use_mmap and use_mlock (None = llama-server's default).
+    main_gpu: int | None = None
+    use_mmap: bool | None = None
+    use_mlock: bool | None = None
+    # From the model's config table and OLLAMA_FLASH_ATTENTION / OLLAMA_KV_CACHE_TYPE.
+    flash_attention: bool | None = None
+    cache_type_k: str = ""
+    cache_type_v: str = ""
+    draft: Path | None = None  # --model-draft: speculative decoding's draft model
+    draft_max: int | None = None
+    draft_min: int | None = None
+    # The table's extra_args, checked against model_tables.EXTRA_ARGS; last, so they win.
+    extra_args: tuple[str, ...] = ()
 
     @property
     def ctx_total(self) -> int:
@@ -43,7 +56,7 @@ class LaunchSpec:
         for adapter in self.adapters:
             extra += ["--lora", str(adapter)]
         # Load options before the embedding flags: an embedding runner's batch size must win.
-        return [*self._base_args(), *self._load_args(), *self._embedding_args(), *extra]
+        return [*self._base_args(), *self._load_args(), *self._embedding_args(), *extra, *self.extra_args]
 
     def _load_args(self) -> list[str]:
         args = []
@@ -55,7 +68,29 @@ class LaunchSpec:
             args += ["--rpc", ",".join(self.rpc)]
         if self.context_shift:
             args.append("--context-shift")
+        if self.main_gpu is not None:
+            args += ["--main-gpu", str(self.main_gpu)]
+        if mode := self._load_mode():
+            args += ["--load-mode", mode]
+        if self.flash_attention is not None:
+            args += ["--flash-attn", "on" if self.flash_attention else "off"]
+        if self.cache_type_k:
+            args += ["--cache-type-k", self.cache_type_k]
+        if self.cache_type_v:
+            args += ["--cache-type-v", self.cache_type_v]
+        if self.draft:
+            args += ["--model-draft", str(self.draft)]
+        if self.draft_max is not None:
+            args += ["--spec-draft-n-max", str(self.draft_max)]
+        if self.draft_min is not None:
+            args += ["--spec-draft-n-min", str(self.draft_min)]
         return args
+
+    def _load_mode(self) -> str:
+        """use_mmap/use_mlock as llama-server's --load-mode (its --no-mmap and --mlock are gone)."""
+        if self.use_mlock:
+            return "mlock" if self.use_mmap is False else "mmap+mlock"
+        return "none" if self.use_mmap is False else ""
 
     def _embedding_args(self) -> list[str]:
         if not self.embedding:

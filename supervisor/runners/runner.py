@@ -137,8 +137,11 @@ class Runner:
 
     # Requests ---------------------------------------------------------------------------------
 
-    async def acquire(self, spec: LaunchSpec, keep_alive: float | None) -> None:
-        """Claim the runner for one request and return once it serves `spec`.
+    async def acquire(self, spec: LaunchSpec, keep_alive: float | None,
+                      default_keep_alive: float | None = None) -> None:
+        """Claim the runner for one request and return once it serves `spec`; a new load without a
+        `keep_alive` keeps the model `default_keep_alive` (the model's own, from its config table),
+        else the runner's default.
 
         A request whose spec differs from the one in use waits until the runner is idle, then
         restarts it; the claim comes first so that an expiry can't stop the process under us.
@@ -161,7 +164,7 @@ class Runner:
             elif self.state is State.STOPPED:
                 # A keep_alive sticks to a loaded runner only: a new load starts from the default
                 # (else an unload's 0 would unload the model after every later request).
-                self.keep_alive = self.default_keep_alive
+                self.keep_alive = self.default_keep_alive if default_keep_alive is None else default_keep_alive
             self.expires_at = math.inf
             if self._expiry_task:
                 self._expiry_task.cancel()

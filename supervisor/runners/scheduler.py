@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.models.gguf import embedding_pooling
 from supervisor.models.model import LocalFiles, Model
+from supervisor.model_tables import ModelTables, is_path
 from supervisor.models.remote import Pool, PoolLease
 from supervisor.names import ModelName
 from supervisor.runners.events import RunnerEvents
@@ -39,22 +41,41 @@ class LoadOptions:
     num_gpu: int | None = None
     num_thread: int | None = None
     num_batch: int | None = None
+    main_gpu: int | None = None
+    use_mmap: bool | None = None
+    use_mlock: bool | None = None
     embedding: bool = False
     # Ollama's `shift` (default true); an embedding runner never generates, so never shifts.
     context_shift: bool = True
 
 
-def _option(requested: int | None, model: Model, name: str) -> int | None:
-    """A load option from the request, else the model's PARAMETER, else None."""
+def _option(requested: int | None, model: Model, name: str, table: int | None = None) -> int | None:
+    """A load option from the request, else the model's config table, else its PARAMETER, else None."""
+    if requested is not None:
+        return requested
+    if table is not None:
+        return table
+    value = model.params.get(name)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _flag(requested: bool | None, model: Model, name: str) -> bool | None:
+    """A boolean load option from the request, else the model's PARAMETER, else None."""
     if requested is not None:
         return requested
     value = model.params.get(name)
-    return int(value) if isinstance(value, (int, float)) else None
+    return value if isinstance(value, bool) else None
 
 
 class Scheduler:
-    def __init__(self, config: Config, events: RunnerEvents | None = None) -> None:
+    """`tables` are the config file's model tables, read at each load (a reload swaps them);
+    `find` resolves a draft_model given by name to its GGUF."""
+
+    def __init__(self, config: Config, events: RunnerEvents | None = None, tables: ModelTables | None = None,
+                 find: Callable[[str], Path] | None = None) -> None:
         self.config = config
+        self.tables = tables or ModelTables(config.models)
+        self._find = find
         self._events = events
         # Keyed by model file, so aliases made with `cp` share one process, and by purpose, so
         # one model can serve completions and embeddings at once.
@@ -72,22 +93,60 @@ class Scheduler:
         self._rpc = {ModelName.parse(name).display.lower(): tuple(workers) for name, workers in config.rpc.items()}
 
     def num_ctx(self, model: Model, requested: int | None) -> int:
-        """Request, else the model's PARAMETER, else the server default; capped by training."""
-        num_ctx = requested or int(model.params.get("num_ctx") or 0) or self.config.context_length
+        """Request, else the model's config table, else its PARAMETER, else the server default;
+        capped by training."""
+        table = self.tables.of(model.name).num_ctx
+        num_ctx = requested or table or int(model.params.get("num_ctx") or 0) or self.config.context_length
         trained = model.context_length
         if trained:
             num_ctx = min(num_ctx, trained)
         return max(num_ctx, 4)
 
+    def default_keep_alive(self, model: Model) -> float:
+        """How long the model stays loaded when no request says: its table's keep_alive, forever
+        for a preloaded one, else OLLAMA_KEEP_ALIVE."""
+        table = self.tables.of(model.name)
+        if table.keep_alive is not None:
+            return table.keep_alive
+        return math.inf if table.preload else self.config.keep_alive
+
+    def _draft(self, name: str | None) -> Path | None:
+        if not name:
+            return None
+        if is_path(name):
+            return Path(name).expanduser()
+        if self._find is None:
+            raise LlamagateError(500, f"draft_model {name}: no store to look it up in")
+        return self._find(name)
+
+    def _kv_cache(self, flash_attention: bool | None) -> str:
+        """OLLAMA_KV_CACHE_TYPE as Ollama applies it (llm/server.go): f16 always, a quantized type
+        only with flash attention turned on, since llama.cpp quantizes V only with it."""
+        kv = self.config.kv_cache_type
+        return kv if kv == "f16" or flash_attention else ""
+
     async def launch_spec(self, model: Model, files: LocalFiles, load: LoadOptions) -> LaunchSpec:
+        table = self.tables.of(model.name)
+        flash_attention = self.config.flash_attention if table.flash_attention is None else table.flash_attention
+        kv = self._kv_cache(flash_attention)
         return LaunchSpec(
             binary=(await ensure_llama_server(self.config)).path,
             model_path=files.model,
             num_ctx=self.num_ctx(model, load.num_ctx),
-            threads=_option(load.num_thread, model, "num_thread") or self.config.threads,
-            parallel=self.config.num_parallel,
-            gpu_layers=_option(load.num_gpu, model, "num_gpu"),
+            threads=_option(load.num_thread, model, "num_thread", table.threads) or self.config.threads,
+            parallel=table.num_parallel or self.config.num_parallel,
+            gpu_layers=_option(load.num_gpu, model, "num_gpu", table.gpu_layers),
             batch=_option(load.num_batch, model, "num_batch"),
+            main_gpu=_option(load.main_gpu, model, "main_gpu"),
+            use_mmap=_flag(load.use_mmap, model, "use_mmap"),
+            use_mlock=_flag(load.use_mlock, model, "use_mlock"),
+            flash_attention=flash_attention,
+            cache_type_k=table.cache_type_k or kv,
+            cache_type_v=table.cache_type_v or kv,
+            draft=self._draft(table.draft_model),
+            draft_max=table.draft_max,
+            draft_min=table.draft_min,
+            extra_args=table.extra_args,
             rpc=self._rpc.get(model.name.display.lower(), ()),
             embedding=load.embedding,
             context_shift=load.context_shift and not load.embedding,
@@ -134,7 +193,7 @@ class Scheduler:
         # Named before its first load, so that /api/ps shows it loading.
         self._served.setdefault(key, model)
         try:
-            await runner.acquire(spec, load.keep_alive)
+            await runner.acquire(spec, load.keep_alive, self.default_keep_alive(model))
         finally:
             if queued:
                 self._pending -= 1
