@@ -4,6 +4,7 @@ PyInstaller one-file, contrib/build-onefile.sh) serves and chats with no Python 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -112,3 +113,31 @@ def test_onefile_serves_and_chats(onefile, tmp_path, llama_server_binary, smollm
         proc.wait(timeout=30)
         log.close()
     assert os.path.exists(tmp_path / "models" / "manifests")
+
+
+@pytest.fixture(scope="module")
+def installers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """uv and pipx: the ones on PATH, else both from PyPI into a throwaway venv (about 20 s)."""
+    found = {name: shutil.which(name) for name in ("uv", "pipx")}
+    if not all(found.values()):
+        venv = tmp_path_factory.mktemp("installers") / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "uv", "pipx"], check=True, timeout=300)
+        found = {name: path or str(venv / "bin" / name) for name, path in found.items()}
+    return found  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("tool", ["uv", "pipx"])
+def test_tool_install(tool, installers, tmp_path):
+    """`uv tool install .` and `pipx install .` into folders of the test's own (nothing global changes)."""
+    bin_dir = tmp_path / "bin"
+    env = {**os.environ, "UV_TOOL_DIR": str(tmp_path / "tools"), "UV_TOOL_BIN_DIR": str(bin_dir),
+           "PIPX_HOME": str(tmp_path / "pipx"), "PIPX_BIN_DIR": str(bin_dir), "PIPX_MAN_DIR": str(tmp_path / "man"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("VIRTUAL_ENV", None)
+    cmd = [installers[tool], "tool", "install", str(ROOT)] if tool == "uv" else \
+        [installers[tool], "install", "--python", sys.executable, str(ROOT)]
+    subprocess.run(cmd, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    out = subprocess.run([str(bin_dir / "llamagate"), "--version"], env=_bare_env(tmp_path), capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith("llamagate 0.1.0 (Ollama API ")
