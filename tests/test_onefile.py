@@ -3,6 +3,7 @@ PyInstaller one-file, contrib/build-onefile.sh) serves and chats with no Python 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,9 @@ import httpx
 import ollama
 import pytest
 from conftest import ROOT, free_port
+
+from supervisor.runtime.build_tag import CACHE, build_tag
+from supervisor.runtime.layout import META
 
 ONEFILE = ROOT / "dist" / "llamagate"
 # What `--version` must not import: the server (litestar, uvicorn), the HTTP client, the schemas,
@@ -35,6 +39,19 @@ def test_version_imports_nothing_heavy():
     loaded = _version_modules()
     assert "proxy.cli.main" in loaded and "supervisor.runtime.binary" in loaded
     assert [m for m in loaded if m.split(".")[0] in HEAVY or m.startswith(HEAVY)] == []
+
+
+def test_build_tag_ours_then_run_once_and_cached(tmp_path):
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "llama-server").write_text("")
+    (ours / META).write_text(json.dumps({"tag": "b7123", "version": "7123 (abcdef0)"}))
+    assert build_tag(ours / "llama-server", tmp_path / "runtime") == "b7123 (abcdef0)"
+    exe = tmp_path / "llama-server"
+    exe.write_text("#!/bin/sh\necho 'version: 42 (abc1234)' >&2\necho $$ >> \"$(dirname \"$0\")/runs\"\n")
+    exe.chmod(0o755)
+    assert [build_tag(exe, tmp_path / "runtime") for _ in range(2)] == ["b42 (abc1234)"] * 2
+    assert len((tmp_path / "runs").read_text().split()) == 1 and (tmp_path / "runtime" / CACHE).is_file()
 
 
 def _median_wall(cmd: list[str], runs: int = 9) -> float:
