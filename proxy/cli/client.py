@@ -6,11 +6,12 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from supervisor.config import parse_host
+
+if TYPE_CHECKING:  # httpx is imported by the first command that talks to a server: `--version` never does
+    import httpx
 
 
 class ClientError(Exception):
@@ -30,6 +31,8 @@ class Client:
         # The key of a server that wants one (README, "Keys, the Host check and limits").
         key = os.environ.get("LLAMAGATE_API_KEY", "").strip()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        import httpx
+
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(30.0, read=None))
 
     def _check(self, response: httpx.Response) -> httpx.Response:
@@ -44,6 +47,8 @@ class Client:
 
     @contextmanager
     def _connected(self) -> Iterator[None]:
+        import httpx
+
         try:
             yield
         except httpx.ConnectError as e:

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from proxy.cli.client import Client, ClientError
-from proxy.cli.modelfile import ModelfileError, parse
-from proxy.cli.progress import PullDisplay, human_bytes
 from proxy.service.logs import FORMATS, LEVELS
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
-from supervisor.runtime.assets import BACKENDS
-from supervisor.runtime.install import DEFAULT_TAG, builds, current_name, install, use
+from supervisor.runtime.layout import BACKENDS, DEFAULT_TAG
+
+# What only some commands need (msgspec schemas, httpx, the installer) is imported inside them:
+# `llamagate --version` must answer in well under 150 ms (tests/test_onefile.py checks the imports).
+if TYPE_CHECKING:
+    from proxy.cli.progress import PullDisplay
 
 
 def _fail(message: str) -> None:
@@ -44,7 +45,32 @@ def _table(rows: list[list[str]]) -> None:
         click.echo("    ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """Ours, the Ollama release whose API we answer as, and the llama-server `serve` would run."""
+    if not value or ctx.resilient_parsing:
+        return
+    from supervisor.runtime.binary import find_llama_server
+    from supervisor.runtime.build_tag import build_tag
+    from supervisor.version import OLLAMA_VERSION, VERSION
+
+    click.echo(f"llamagate {VERSION} (Ollama API {OLLAMA_VERSION})")
+    try:
+        config = Config.from_env()
+        binary = find_llama_server(config.llama_server, config.runtime_dir)
+    except (ValueError, LlamagateError) as e:
+        if isinstance(e, LlamagateError) and not config.llama_server:
+            click.echo(f"llama-server: none found (the first model load downloads llama.cpp {DEFAULT_TAG}; "
+                       "`llamagate runtime install` does it now)")
+        else:
+            click.echo(f"llama-server: {e.message if isinstance(e, LlamagateError) else e}")
+        ctx.exit()
+    click.echo(f"llama-server {build_tag(binary.path, config.runtime_dir)} at {binary.path} (from {binary.source})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show llamagate's version, the Ollama API version and the llama-server build in use.")
 def main() -> None:
     """llamagate: Ollama's API in front of llama.cpp's llama-server."""
 
@@ -119,6 +145,8 @@ def config_(as_json: bool, **flags: Any) -> None:
 @main.command("list")
 def list_() -> None:
     """List the models in the store."""
+    from proxy.cli.progress import human_bytes
+
     try:
         models = Client().request("GET", "/api/tags").json()["models"]
     except ClientError as e:
@@ -131,6 +159,8 @@ def list_() -> None:
 
 
 def _sha256(path: Path) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -144,6 +174,8 @@ def _sha256(path: Path) -> str:
               default="Modelfile", show_default=True, help="The Modelfile to build from.")
 def create(name: str, modelfile: Path) -> None:
     """Create a model from a Modelfile (FROM a local .gguf file or an existing model)."""
+    from proxy.cli.modelfile import ModelfileError, parse
+
     try:
         mf = parse(modelfile.read_text())
     except (ModelfileError, OSError) as e:
@@ -214,6 +246,8 @@ class _Terminal:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")
 def pull(name: str, insecure: bool, quiet: bool) -> None:
     """Pull a model from a registry (registry.ollama.ai, hf.co/<user>/<repo>[:<quant>], ...)."""
+    from proxy.cli.progress import PullDisplay
+
     display = PullDisplay()
     terminal = _Terminal(display)
     try:
@@ -290,6 +324,8 @@ def _human_until(expires: datetime) -> str:
 @main.command()
 def ps() -> None:
     """List the models loaded in memory."""
+    from proxy.cli.progress import human_bytes
+
     try:
         models = Client().request("GET", "/api/ps").json()["models"]
     except ClientError as e:
@@ -418,6 +454,8 @@ def _download_progress(name: str, done: int, total: int) -> None:
               help=f"llama.cpp build tag, or latest (default: the tested {DEFAULT_TAG}).")
 def runtime_install(backend: str | None, version: str | None) -> None:
     """Download the llama.cpp build for this machine, verify it, and make it current."""
+    from supervisor.runtime.install import install
+
     config = _settings()
     try:
         build = install(config.runtime_dir, config.releases_url, backend, version, _download_progress)
@@ -429,6 +467,8 @@ def runtime_install(backend: str | None, version: str | None) -> None:
 @runtime.command("list")
 def runtime_list() -> None:
     """List the downloaded builds; * marks the current one."""
+    from supervisor.runtime.install import builds, current_name
+
     config = _settings()
     current = current_name(config.runtime_dir)
     rows = [["", "BUILD", "BACKEND", "VERSION", "INSTALLED"]]
@@ -442,6 +482,8 @@ def runtime_list() -> None:
 @click.argument("build")
 def runtime_use(build: str) -> None:
     """Make BUILD (a name from `runtime list`, or its tag) the current build."""
+    from supervisor.runtime.install import use
+
     config = _settings()
     try:
         chosen = use(config.runtime_dir, build)

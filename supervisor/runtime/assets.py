@@ -15,8 +15,6 @@ import msgspec
 
 from supervisor.errors import LlamagateError
 
-BACKENDS = ("cpu", "vulkan", "cuda", "rocm", "metal")
-
 
 class Asset(msgspec.Struct):
     """One file of a release, as GitHub's releases API describes it."""

