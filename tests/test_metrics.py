@@ -17,7 +17,7 @@ import pytest
 from conftest import Server, fake_upstream_server, wait_until
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from test_disconnect import STORY, loading  # noqa: F401 (loading: a never-ready llama-server)
+from test_disconnect import STORY
 from tinymodel import write_tiny_model
 
 from proxy.app import create_app
@@ -209,7 +209,7 @@ def test_a_request_waiting_for_a_busy_model_shows_in_ps_and_the_gauge(real):
     assert all(m.get("queued") == 0 for m in httpx.get(f"{real.url}/api/ps").json()["models"])
 
 
-def test_a_load_in_progress_shows_in_ps(loading):  # noqa: F811 (the fixture imported above)
+def test_a_load_in_progress_shows_in_ps(loading):
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(lambda: httpx.post(f"{loading.url}/api/generate", json={"model": "tiny", "prompt": "hi"},
                                                  timeout=8))
