@@ -26,7 +26,8 @@ from supervisor.runtime.binary import Binary, find_llama_server
 from supervisor.errors import LlamagateError
 from supervisor.runtime.assets import Asset, Host, Release, pick
 from supervisor.runtime.host import detect
-from supervisor.runtime.install import CURRENT, DEFAULT_TAG, Build, builds, current_name, install, smoke_test, use
+from supervisor.runtime.build_tag import smoke_test
+from supervisor.runtime.install import CURRENT, DEFAULT_TAG, Build, builds, current_name, install, use
 
 
 def _release(tag: str, *flavors: str, extra: tuple[str, ...] = ()) -> Release:

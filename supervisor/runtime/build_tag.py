@@ -1,15 +1,18 @@
 """Which llama.cpp build a llama-server binary is, for `llamagate --version`: read from its
 llamagate-build.json when it is one of our downloaded releases, else from its `--version` output,
-kept in the runtime cache per path, size and mtime so that asking again costs no process."""
+kept in the runtime cache per path, size and mtime so that asking again costs no process; and the
+smoke test that runs it (light: `--version` may need it, the installer does)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 from supervisor.errors import LlamagateError
+from supervisor.runtime.environment import clean_env
 from supervisor.runtime.layout import META
 
 CACHE = "llama-server-versions.json"
@@ -43,8 +46,6 @@ def build_tag(exe: Path, runtime_dir: Path) -> str:
     hit = cache.get(key)
     if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("version"), str):
         return _short(hit["version"])
-    from supervisor.runtime.install import smoke_test  # the cache missed: run it as the runner would
-
     try:
         version = smoke_test(exe)
     except LlamagateError as e:
@@ -58,3 +59,18 @@ def build_tag(exe: Path, runtime_dir: Path) -> str:
     except OSError:
         pass  # a read-only cache: the next --version runs it again
     return _short(version)
+
+
+def smoke_test(exe: Path) -> str:
+    """Run `llama-server --version` as the runner will run it (cwd its folder, clean environment)
+    and return the version it prints; broken library links or a wrong platform fail here."""
+    try:
+        out = subprocess.run([str(exe), "--version"], cwd=exe.parent, env=clean_env(),
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise LlamagateError(500, f"smoke test `{exe} --version` failed: {e}") from e
+    text = (out.stdout + out.stderr).strip()
+    line = next((ln for ln in text.splitlines() if "version:" in ln), None)
+    if out.returncode != 0 or line is None:
+        raise LlamagateError(500, f"smoke test `{exe} --version` exited with {out.returncode}:\n{text[-2000:]}")
+    return line.split("version:", 1)[1].strip()

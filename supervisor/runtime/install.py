@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tarfile
 import tempfile
 import zipfile
@@ -29,7 +28,7 @@ import msgspec
 
 from supervisor.errors import LlamagateError
 from supervisor.runtime.assets import Asset, Host, Pick, Release, pick
-from supervisor.runtime.environment import clean_env
+from supervisor.runtime.build_tag import smoke_test
 from supervisor.runtime.host import detect
 from supervisor.runtime.layout import BUILDS, CURRENT, DEFAULT_TAG, EXE, META  # noqa: F401 (re-exported)
 
@@ -197,21 +196,6 @@ def _single_root(tree: Path) -> Path:
     while len(entries := list(tree.iterdir())) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         tree = entries[0]
     return tree
-
-
-def smoke_test(exe: Path) -> str:
-    """Run `llama-server --version` as the runner will run it (cwd its folder, clean environment)
-    and return the version it prints; broken library links or a wrong platform fail here."""
-    try:
-        out = subprocess.run([str(exe), "--version"], cwd=exe.parent, env=clean_env(),
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise LlamagateError(500, f"smoke test `{exe} --version` failed: {e}") from e
-    text = (out.stdout + out.stderr).strip()
-    line = next((ln for ln in text.splitlines() if "version:" in ln), None)
-    if out.returncode != 0 or line is None:
-        raise LlamagateError(500, f"smoke test `{exe} --version` exited with {out.returncode}:\n{text[-2000:]}")
-    return line.split("version:", 1)[1].strip()
 
 
 # The cache ------------------------------------------------------------------------------------
