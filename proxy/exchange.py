@@ -14,12 +14,14 @@ from contextvars import ContextVar
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.cors import header
+
 # Streamed answers: their first body byte is the first token (headers wait for it, see
 # proxy/ollama/ndjson.py and proxy/openai/sse.py).
 _STREAMED = (b"application/x-ndjson", b"text/event-stream")
 # An id a proxy in front (nginx's $request_id, a UUID) or a client chose: kept if it is short and
 # plain, so that it can't forge log lines or fill them.
-_GIVEN_ID = re.compile(rb"[A-Za-z0-9._:@+=/-]{1,128}")
+_GIVEN_ID = re.compile(r"[A-Za-z0-9._:@+=/-]{1,128}")
 
 request_log = logging.getLogger("llamagate.request")
 
@@ -71,10 +73,8 @@ def log_line(x: Exchange) -> None:
 
 
 def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and _GIVEN_ID.fullmatch(value):
-            return value.decode()
-    return secrets.token_hex(16)
+    given = header(scope, b"x-request-id")
+    return given if _GIVEN_ID.fullmatch(given) else secrets.token_hex(16)
 
 
 _current: ContextVar[Exchange | None] = ContextVar("exchange", default=None)

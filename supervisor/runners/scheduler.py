@@ -86,8 +86,7 @@ class Scheduler:
         # room when a runner goes idle or lets its memory go.
         self._admission = asyncio.Lock()
         self._changed = asyncio.Event()
-        self._pending = 0
-        # The queued requests (counted in `_pending`) by the runner they wait for, for /api/ps.
+        # The queued requests (OLLAMA_MAX_QUEUE's) by the runner they wait for.
         self._queued: Counter[Runner] = Counter()
         self._closed = False  # see `close`
         self._rpc = {ModelName.parse(name).display.lower(): tuple(workers) for name, workers in config.rpc.items()}
@@ -186,9 +185,8 @@ class Scheduler:
         # OLLAMA_MAX_QUEUE; requests for a runner already serving go straight to it, as in Ollama.
         queued = not runner.serving(spec) or runner.waiting > 0
         if queued:
-            if self._pending >= self.config.max_queue:
+            if self.queued() >= self.config.max_queue:
                 raise LlamagateError(503, SERVER_BUSY)
-            self._pending += 1
             self._queued[runner] += 1
         # Named before its first load, so that /api/ps shows it loading.
         self._served.setdefault(key, model)
@@ -196,7 +194,6 @@ class Scheduler:
             await runner.acquire(spec, load.keep_alive, self.default_keep_alive(model))
         finally:
             if queued:
-                self._pending -= 1
                 self._queued[runner] -= 1
         self._served[key] = model
         try:
@@ -273,7 +270,7 @@ class Scheduler:
 
     def queued(self, runner: Runner | None = None) -> int:
         """Requests waiting in the queue (OLLAMA_MAX_QUEUE's), all of them or `runner`'s."""
-        return self._pending if runner is None else self._queued[runner]
+        return self._queued.total() if runner is None else self._queued[runner]
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())
