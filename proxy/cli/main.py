@@ -18,8 +18,8 @@ from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.runtime.layout import BACKENDS, DEFAULT_TAG
 
-# What only some commands need (msgspec schemas, httpx, the installer) is imported inside them:
-# `llamagate --version` must answer in well under 150 ms (tests/test_onefile.py checks the imports).
+# What only some commands need (msgspec schemas, httpx, the installer) is imported inside them, so
+# that the client commands start fast (`--version` alone is answered before this module: entry.py).
 if TYPE_CHECKING:
     from proxy.cli.progress import PullDisplay
 
@@ -46,25 +46,11 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    """Ours, the Ollama release whose API we answer as, and the llama-server `serve` would run."""
     if not value or ctx.resilient_parsing:
         return
-    from supervisor.runtime.binary import find_llama_server
-    from supervisor.runtime.build_tag import build_tag
-    from supervisor.version import OLLAMA_VERSION, VERSION
+    from proxy.cli.entry import version_lines
 
-    click.echo(f"llamagate {VERSION} (Ollama API {OLLAMA_VERSION})")
-    try:
-        config = Config.load()
-        binary = find_llama_server(config.llama_server, config.runtime_dir)
-    except (ValueError, LlamagateError) as e:
-        if isinstance(e, LlamagateError) and not config.llama_server:
-            click.echo(f"llama-server: none found (the first model load downloads llama.cpp {DEFAULT_TAG}; "
-                       "`llamagate runtime install` does it now)")
-        else:
-            click.echo(f"llama-server: {e.message if isinstance(e, LlamagateError) else e}")
-        ctx.exit()
-    click.echo(f"llama-server {build_tag(binary.path, config.runtime_dir)} at {binary.path} (from {binary.source})")
+    click.echo("\n".join(version_lines()))
     ctx.exit()
 
 
