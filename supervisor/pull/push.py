@@ -113,7 +113,8 @@ class Pusher:
         the models it holds (pulled from there, or pushed there before); empty if none."""
         for model in self.store.stored():
             other = model.name
-            if other.host.lower() != name.host.lower() or (other.namespace, other.model) == (name.namespace, name.model):
+            same_repo = (other.namespace, other.model) == (name.namespace, name.model)
+            if other.host.lower() != name.host.lower() or same_repo:
                 continue
             if any(la.digest == digest for la in [model.manifest.config, *model.manifest.layers]):
                 return f"{other.namespace}/{other.model}"
@@ -123,6 +124,7 @@ class Pusher:
         """Push a model, reporting each step as Ollama does; a bad name, an unknown or
         incomplete model fails before anything is streamed."""
         name = ModelName.parse(text)
+        base = registry_url(name, insecure, self.mirrors)
         model = self.store.get(name)
         if model is None:
             raise not_found(f"model '{text}' not found")
@@ -130,7 +132,6 @@ class Pusher:
         layers = layers_of(manifest)
         if missing := [la.digest for la in layers if not self.store.has_blob(la.digest)]:
             raise bad_request(f"model '{text}' is missing blob {missing[0]} in the store: pull or create it again")
-        base = registry_url(name, insecure, self.mirrors)
         repo = f"{base}/v2/{name.namespace}/{name.model}"
         creds = Credentials(self.client, name.host, insecure)
         yield Progress("retrieving manifest")
