@@ -249,7 +249,7 @@ def test_plain_http_registry_and_the_cli(pusher, plain, tiny_gguf):
     assert lines[0] == "retrieving manifest" and lines[-2:] == ["pushing manifest", "success"]
     label = f"pushing {sha256(tiny_gguf.read_bytes())[:12]}..."
     assert f"{label} 100% ▕{'█' * 25}▏ 484 KB" in lines
-    assert out.stdout == f"\nYou can find your model at:\n\n\t{name}\n\n"
+    assert out.stdout == f"\nYou can find your model at:\n\n\t{name}\n"
     assert ("scratch", "tiny", "v1") in plain.manifests
     assert plain.token_requests and all("Authorization" not in h for _, h in plain.token_requests)
     quiet = pusher.cli("push", name, "--insecure", "-q")

@@ -278,13 +278,14 @@ def _transfer(path: str, verb: str, name: str, insecure: bool, quiet: bool) -> N
 def push(name: str, insecure: bool, quiet: bool) -> None:
     """Push a model to a registry (a name with your namespace: NAMESPACE/MODEL[:TAG], HOST/NAMESPACE/MODEL)."""
     _transfer("/api/push", "pushing", name, insecure, quiet)
+    if quiet:
+        return
     from supervisor.names import DEFAULT_HOST, ModelName
 
     pushed = ModelName.parse(name)
     where = (f"https://ollama.com/{pushed.display.removesuffix(':latest')}" if pushed.host.lower() == DEFAULT_HOST
              else f"{pushed.host}/{pushed.namespace}/{pushed.model}:{pushed.tag}")
-    if not quiet:
-        click.echo(f"\nYou can find your model at:\n\n\t{where}\n")
+    click.echo(f"\nYou can find your model at:\n\n\t{where}")
 
 
 def _chat(client: Client, model: str, messages: list[dict[str, str]]) -> str:
