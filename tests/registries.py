@@ -179,6 +179,18 @@ class _CdnHandler(_Handler):
                 time.sleep(blob.throttle)
 
 
+def check_layer_progress(events: list, digests: list[str], verb: str) -> None:
+    """A pull's or push's progress objects (the `ollama` client's): each blob's in the manifest's
+    order, under `<verb> <12 hex>`, its `completed` growing to its `total`."""
+    moving = [e for e in events if e.digest]
+    assert [d for i, d in enumerate(e.digest for e in moving) if i == 0 or moving[i - 1].digest != d] == digests
+    for digest in digests:
+        mine = [e for e in moving if e.digest == digest]
+        assert all(e.status == f"{verb} {digest[7:19]}" for e in mine)
+        done = [e.completed or 0 for e in mine]
+        assert done == sorted(done) and done[-1] == mine[-1].total
+
+
 def manifest_bytes(config: tuple[str, int], layers: list[tuple[str, str, int]]) -> bytes:
     """A manifest as Ollama's registry writes it: Go's field order, compact."""
     return json.dumps({

@@ -17,7 +17,15 @@ import pytest
 from conftest import Server
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from registries import EMPTY_BODY_HASH, MODEL, Cdn, OllamaRegistry, config_blob, manifest_bytes, sha256
+from registries import (
+    EMPTY_BODY_HASH,
+    MODEL,
+    OllamaRegistry,
+    check_layer_progress,
+    config_blob,
+    manifest_bytes,
+    sha256,
+)
 
 from supervisor.errors import LlamagateError
 from supervisor.pull import credentials
@@ -36,20 +44,6 @@ def write_key(home: Path) -> tuple[Ed25519PrivateKey, str]:
     (home / ".ollama" / "id_ed25519").write_bytes(private)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return key, public.split()[1].decode()
-
-
-@pytest.fixture(scope="module")
-def cdn():
-    server = Cdn()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def registry(cdn):
-    server = OllamaRegistry(cdn)
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +147,8 @@ def test_push_then_pull_into_an_empty_store_and_chat(pusher, registry, cdn, home
 
     statuses = [e.status for e in events]
     assert statuses[0] == "retrieving manifest" and statuses[-2:] == ["pushing manifest", "success"]
-    pushed = [e for e in events if e.digest]
-    assert [d for i, d in enumerate(e.digest for e in pushed) if i == 0 or pushed[i - 1].digest != d] == digests
-    for digest in digests:
-        mine = [e for e in pushed if e.digest == digest]
-        assert all(e.status == f"pushing {digest[7:19]}" for e in mine)
-        done = [e.completed or 0 for e in mine]
-        assert done == sorted(done) and done[-1] == mine[-1].total
-    assert len({e.completed for e in pushed if e.digest == gguf["digest"]}) >= 3  # it moved while it went
+    check_layer_progress(events, digests, "pushing")
+    assert len({e.completed for e in events if e.digest == gguf["digest"]}) >= 3  # it moved while it went
 
     assert registry.manifests[("me", "smollm2", "135m")] == local  # byte for byte: the digest stays
     requests = [(m, urlsplit(p).path) for m, p, _ in registry.requests]

@@ -240,10 +240,15 @@ class _Terminal:
                 break
 
 
+def _transfer_options(command: Any) -> Any:
+    """`pull`'s and `push`'s arguments."""
+    command = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")(command)
+    command = click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")(command)
+    return click.argument("name")(command)
+
+
 @main.command()
-@click.argument("name")
-@click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")
+@_transfer_options
 def pull(name: str, insecure: bool, quiet: bool) -> None:
     """Pull a model from a registry (registry.ollama.ai, hf.co/<user>/<repo>[:<quant>], ...)."""
     _transfer("/api/pull", "pulling", name, insecure, quiet)
@@ -272,9 +277,7 @@ def _transfer(path: str, verb: str, name: str, insecure: bool, quiet: bool) -> N
 
 
 @main.command()
-@click.argument("name")
-@click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")
+@_transfer_options
 def push(name: str, insecure: bool, quiet: bool) -> None:
     """Push a model to a registry (a name with your namespace: NAMESPACE/MODEL[:TAG], HOST/NAMESPACE/MODEL)."""
     _transfer("/api/push", "pushing", name, insecure, quiet)
