@@ -5,6 +5,7 @@ private models pulled with the same credentials."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -131,6 +132,39 @@ def test_signature_is_ollamas(tmp_path):
     assert e.value.status == 403 and "ssh-keygen -t ed25519" in e.value.message
 
 
+@pytest.mark.parametrize(("asked", "realm", "refusal"), [
+    ("https://registry.ollama.ai/v2/me/m/blobs/uploads/", "https://evil.example/token", "another host"),
+    ("https://127.0.0.1:5000/v2/me/m/blobs/uploads/", "http://127.0.0.1:5000/token", "plain HTTP"),
+])
+def test_a_token_is_fetched_only_from_the_registry_itself(asked, realm, refusal, tmp_path, monkeypatch):
+    """A challenge may not send the (signed) token request to another host, nor from HTTPS down to
+    plain HTTP; registry.ollama.ai's tokens come from ollama.com, as Ollama allows."""
+    response = httpx.Response(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="s",scope="x"'},
+                              request=httpx.Request("POST", asked))
+    creds = credentials.Credentials(httpx.AsyncClient(), "registry.ollama.ai", insecure=True)
+    with pytest.raises(LlamagateError) as e:
+        asyncio.run(creds.answer(response))
+    assert e.value.status == 403 and refusal in e.value.message and creds.token == ""
+    trusted = httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://ollama.com/token"'},
+                             request=httpx.Request("HEAD", "https://registry.ollama.ai/v2/me/m/blobs/x"))
+    seen = []
+
+    def token_server(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"token": "t0k"})
+
+    creds = credentials.Credentials(httpx.AsyncClient(transport=httpx.MockTransport(token_server)),
+                                    "registry.ollama.ai", insecure=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(LlamagateError) as e:  # no key in this HOME: the signed request can't be made
+        asyncio.run(creds.answer(trusted))
+    assert "ssh-keygen" in e.value.message and seen == []
+    write_key(tmp_path)
+    asyncio.run(creds.answer(trusted))
+    assert creds.token == "t0k" and creds.headers == {"Authorization": "Bearer t0k"}
+    assert seen[0].url.host == "ollama.com" and ":" in seen[0].headers["Authorization"]
+
+
 # Through the server ----------------------------------------------------------------------------
 
 
@@ -240,5 +274,3 @@ def test_plain_http_registry_and_the_cli(pusher, plain, tiny_gguf):
     assert out.stdout == f"\nYou can find your model at:\n\n\t{name}\n"
     assert ("scratch", "tiny", "v1") in plain.manifests
     assert plain.token_requests and all("Authorization" not in h for _, h in plain.token_requests)
-    quiet = pusher.cli("push", name, "--insecure", "-q")
-    assert quiet.stdout == quiet.stderr == ""
