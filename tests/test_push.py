@@ -177,18 +177,23 @@ def test_push_then_pull_into_an_empty_store_and_chat(pusher, registry, cdn, home
     gguf = manifest["layers"][0]
     assert gguf["size"] == smollm2.stat().st_size > 64 * MB
 
+    registry.drop_patch_at = 10 * MB  # the first part's connection drops after 10 MB
+
     events = list(client.push("me/smollm2:135m", stream=True))
 
     statuses = [e.status for e in events]
     assert statuses[0] == "retrieving manifest" and statuses[-2:] == ["pushing manifest", "success"]
-    check_layer_progress(events, digests, "pushing")
+    check_layer_progress(events, digests, "pushing", falls=1)
     assert len({e.completed for e in events if e.digest == gguf["digest"]}) >= 3  # it moved while it went
 
     assert registry.manifests[("me", "smollm2", "135m")] == local  # byte for byte: the digest stays
     requests = [(m, urlsplit(p).path) for m, p, _ in registry.requests]
     gguf_uploads = [h for m, p, h in registry.requests if m == "PATCH"]
-    # The GGUF in 64 MB parts and an empty closing PUT; each small blob in one PUT.
-    assert [h["Content-Range"] for h in gguf_uploads] == [f"0-{64 * MB - 1}", f"{64 * MB}-{gguf['size'] - 1}"]
+    # The GGUF in 64 MB parts and an empty closing PUT, the dropped part sent again from where the
+    # registry's upload status said it stopped; each small blob in one PUT.
+    assert [h["Content-Range"] for h in gguf_uploads] == [
+        f"0-{64 * MB - 1}", f"{10 * MB}-{74 * MB - 1}", f"{74 * MB}-{gguf['size'] - 1}"]
+    assert [m for m, p in requests if "/blobs/uploads/" in p].count("GET") == 1
     puts = [(p, h["Content-Length"]) for m, p, h in registry.requests if m == "PUT" and "/blobs/uploads/" in p]
     assert sorted(length for _, length in puts) == sorted(
         ["0", *(str(la["size"]) for la in [*manifest["layers"][1:], manifest["config"]])])

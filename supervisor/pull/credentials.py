@@ -95,6 +95,13 @@ def sign(path: Path, data: bytes) -> str:
     return f"{public.split()[1].decode()}:{base64.b64encode(key.sign(data)).decode()}"
 
 
+class Dropped(LlamagateError):
+    """A request that got no answer (a dropped connection, a timeout): one worth sending again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message)
+
+
 class _Token(msgspec.Struct):
     token: str = ""
     access_token: str = ""  # the OAuth2 name some token servers use instead
@@ -156,7 +163,7 @@ class Credentials:
                 return await self.client.request(method, url, headers={**(headers or {}), **self.headers},
                                                   content=body, follow_redirects=follow)
             except httpx.TransportError as e:
-                raise LlamagateError(502, f"{method} {url}: {e or type(e).__name__}") from e
+                raise Dropped(f"{method} {url}: {e or type(e).__name__}") from e
 
         r = await once()
         if r.status_code == 401:
