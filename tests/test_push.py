@@ -111,6 +111,10 @@ def test_challenge_and_token_url():
     assert dict(query)["scope"] == "repository:me/m:pull,push" and dict(query)["ts"] == "1700000000"
     assert len(base64.urlsafe_b64decode(dict(query)["nonce"] + "==")) == 16
     assert credentials.token_url(challenge) != credentials.token_url(challenge)  # a fresh nonce each time
+    # A realm's own query joins the others, all sorted as Go sorts them.
+    keys = [k for k, _ in parse_qsl(urlsplit(credentials.token_url(
+        credentials.Challenge("https://h/token?z=1&account=me", "s", "a b"))).query)]
+    assert keys == ["account", "nonce", "scope", "scope", "service", "ts", "z"]
 
 
 def test_only_ollamas_registry_gets_signed_requests():

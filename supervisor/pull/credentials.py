@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 import msgspec
@@ -69,11 +69,12 @@ def token_url(challenge: Challenge, now: float | None = None) -> str:
     """The realm with the challenge's service and scopes, a timestamp and a nonce, its query in
     Go's `url.Values.Encode` order (sorted keys), so that what is signed is what is sent."""
     base, _, query = challenge.realm.partition("?")
-    params = [("service", challenge.service), *(("scope", s) for s in challenge.scope.split(" ")),
+    params = [*parse_qsl(query, keep_blank_values=True),
+              ("service", challenge.service), *(("scope", s) for s in challenge.scope.split(" ")),
               ("ts", str(int(time.time() if now is None else now))),
               ("nonce", base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("="))]
-    params.sort(key=lambda kv: kv[0])  # stable: scopes keep their order
-    return f"{base}?{query + '&' if query else ''}{urlencode(params)}"
+    params.sort(key=lambda kv: kv[0])  # stable: the values of one key keep their order
+    return f"{base}?{urlencode(params)}"
 
 
 def sign(path: Path, data: bytes) -> str:
