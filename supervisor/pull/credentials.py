@@ -85,13 +85,13 @@ def sign(path: Path, data: bytes) -> str:
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise LlamagateError(403, f"{DENIED}: the registry wants a request signed with {path}, and there is "
-                                  f"no such key: create one with `ssh-keygen -t ed25519 -N '' -f {path}` "
-                                  f"and add {path}.pub at https://ollama.com/settings/keys") from None
+        raise LlamagateError(403, f"the registry wants a request signed with {path}, and there is no such "
+                                  f"key: create one with `ssh-keygen -t ed25519 -N '' -f {path}` and add "
+                                  f"{path}.pub at https://ollama.com/settings/keys") from None
     except (OSError, ValueError, TypeError) as e:
-        raise LlamagateError(403, f"{DENIED}: cannot read the key {path}: {e}") from e
+        raise LlamagateError(403, f"cannot read the key {path} to sign the token request with: {e}") from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise LlamagateError(403, f"{DENIED}: {path} is not an ed25519 key")
+        raise LlamagateError(403, f"{path} is not an ed25519 key: it cannot sign the token request")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return f"{public.split()[1].decode()}:{base64.b64encode(key.sign(data)).decode()}"
 
@@ -130,11 +130,11 @@ class Credentials:
         url = token_url(challenge)
         asked, realm = urlsplit(str(response.request.url)), urlsplit(url)
         if realm.netloc != asked.netloc and realm.hostname not in _TRUSTED_REALMS.get(asked.hostname or "", ()):
-            raise LlamagateError(403, f"{DENIED}: the registry {asked.netloc} sends for a token to another "
-                                      f"host ({realm.netloc}); refused")
+            raise LlamagateError(502, f"the registry {asked.netloc} sends for a token to another host "
+                                      f"({realm.netloc}): refused")
         if realm.scheme != "https" and asked.scheme == "https":
-            raise LlamagateError(403, f"{DENIED}: the token would be fetched over plain HTTP ({url}); "
-                                      "refused")
+            raise LlamagateError(502, f"the registry {asked.netloc} sends for a token over plain HTTP "
+                                      f"({realm.scheme}://{realm.netloc}): refused")
         headers = {}
         if signs_for(self.host):
             headers["Authorization"] = sign(key_path(), f"GET,{url},{_EMPTY_BODY}".encode())
