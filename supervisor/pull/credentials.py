@@ -79,6 +79,7 @@ def token_url(challenge: Challenge, now: float | None = None) -> str:
 
 def sign(path: Path, data: bytes) -> str:
     """`<public key>:<signature>` over `data` with the OpenSSH ed25519 key at `path`."""
+    # Imported at the first signature: most pulls never need one, and the server starts faster.
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
