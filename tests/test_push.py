@@ -9,6 +9,7 @@ import asyncio
 import base64
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -177,42 +178,19 @@ def test_push_then_pull_into_an_empty_store_and_chat(pusher, registry, cdn, home
     registry.private.add("me")  # the pull below needs the signed token too
     client = ollama.Client(host=pusher.url)
     local = (pusher.models / "manifests/registry.ollama.ai/me/smollm2/135m").read_bytes()
-    manifest = json.loads(local)
-    digests = [la["digest"] for la in manifest["layers"]] + [manifest["config"]["digest"]]
-    gguf = manifest["layers"][0]
-    assert gguf["size"] == smollm2.stat().st_size > 64 * MB
+    assert json.loads(local)["layers"][0]["size"] == smollm2.stat().st_size > 64 * MB  # in parts, then
 
-    registry.drop_patch_at = 10 * MB  # the first part's connection drops after 10 MB
-
-    events = list(client.push("me/smollm2:135m", stream=True))
-
-    statuses = [e.status for e in events]
-    assert statuses[0] == "retrieving manifest" and statuses[-2:] == ["pushing manifest", "success"]
-    check_layer_progress(events, digests, "pushing", falls=1)
-    assert len({e.completed for e in events if e.digest == gguf["digest"]}) >= 3  # it moved while it went
-
-    assert registry.manifests[("me", "smollm2", "135m")] == local  # byte for byte: the digest stays
-    requests = [(m, urlsplit(p).path) for m, p, _ in registry.requests]
-    gguf_uploads = [h for m, p, h in registry.requests if m == "PATCH"]
-    # The GGUF in 64 MB parts and an empty closing PUT, the dropped part sent again from where the
-    # registry's upload status said it stopped; each small blob in one PUT.
-    assert [h["Content-Range"] for h in gguf_uploads] == [
-        f"0-{64 * MB - 1}", f"{10 * MB}-{74 * MB - 1}", f"{74 * MB}-{gguf['size'] - 1}"]
-    assert [m for m, p in requests if "/blobs/uploads/" in p].count("GET") == 1
-    puts = [(p, h["Content-Length"]) for m, p, h in registry.requests if m == "PUT" and "/blobs/uploads/" in p]
-    assert sorted(length for _, length in puts) == sorted(
-        ["0", *(str(la["size"]) for la in [*manifest["layers"][1:], manifest["config"]])])
-    assert requests.count(("PUT", "/v2/me/smollm2/manifests/135m")) == 1
-    # Tokens came from signed requests, whose URLs the registry checked against the signatures: one
-    # to pull (the first HEAD, of a private model), then one to push (the first upload).
-    scopes = [dict(parse_qsl(urlsplit(p).query))["scope"] for p, _ in registry.token_requests]
-    assert scopes == ["repository:me/smollm2:pull", "repository:me/smollm2:pull,push"]
-    assert all(":" in h["Authorization"] for _, h in registry.token_requests)
-
-    # A second server with an empty store pulls the private model, and it answers.
+    registry.drop_patch_at = 60 * MB  # the first part's connection drops after 60 MB
     mirror = {"LLAMAGATE_REGISTRY_MIRRORS": f"registry.ollama.ai={registry.url}"}
-    puller = Server(tmp_path, env={"HOME": str(home), **mirror})
+    with ThreadPoolExecutor(1) as starting:  # the second server starts while the push goes
+        second = starting.submit(Server, tmp_path, env={"HOME": str(home), **mirror})
+        try:
+            events = list(client.push("me/smollm2:135m", stream=True))
+        finally:
+            puller = second.result()
     try:
+        check_pushed(registry, events, local)
+        # The second server, its store empty, pulls the private model, and it answers.
         other = ollama.Client(host=puller.url)
         assert other.pull("me/smollm2:135m").status == "success"
         listed = {m.model: m for m in other.list().models}
@@ -226,6 +204,35 @@ def test_push_then_pull_into_an_empty_store_and_chat(pusher, registry, cdn, home
     assert all("Authorization" not in h for _, _, h in cdn.requests)
     manifest_gets = [h for m, p, h in registry.requests if m == "GET" and p.endswith("/manifests/135m")]
     assert manifest_gets[-1]["Authorization"].startswith("Bearer ")
+
+
+def check_pushed(registry: OllamaRegistry, events: list, local: bytes) -> None:
+    """The first push of me/smollm2:135m: Ollama's progress lines, the parts, the tokens."""
+    manifest = json.loads(local)
+    digests = [la["digest"] for la in manifest["layers"]] + [manifest["config"]["digest"]]
+    gguf = manifest["layers"][0]
+
+    statuses = [e.status for e in events]
+    assert statuses[0] == "retrieving manifest" and statuses[-2:] == ["pushing manifest", "success"]
+    check_layer_progress(events, digests, "pushing", falls=1)
+    assert len({e.completed for e in events if e.digest == gguf["digest"]}) >= 3  # it moved while it went
+
+    assert registry.manifests[("me", "smollm2", "135m")] == local  # byte for byte: the digest stays
+    requests = [(m, urlsplit(p).path) for m, p, _ in registry.requests]
+    gguf_uploads = [h for m, p, h in registry.requests if m == "PATCH"]
+    # The GGUF in 64 MB parts and an empty closing PUT, the dropped part sent again from where the
+    # registry's upload status said it stopped; each small blob in one PUT.
+    assert [h["Content-Range"] for h in gguf_uploads] == [f"0-{64 * MB - 1}", f"{60 * MB}-{gguf['size'] - 1}"]
+    assert [m for m, p in requests if "/blobs/uploads/" in p].count("GET") == 1
+    puts = [(p, h["Content-Length"]) for m, p, h in registry.requests if m == "PUT" and "/blobs/uploads/" in p]
+    assert sorted(length for _, length in puts) == sorted(
+        ["0", *(str(la["size"]) for la in [*manifest["layers"][1:], manifest["config"]])])
+    assert requests.count(("PUT", "/v2/me/smollm2/manifests/135m")) == 1
+    # Tokens came from signed requests, whose URLs the registry checked against the signatures: one
+    # to pull (the first HEAD, of a private model), then one to push (the first upload).
+    scopes = [dict(parse_qsl(urlsplit(p).query))["scope"] for p, _ in registry.token_requests]
+    assert scopes == ["repository:me/smollm2:pull", "repository:me/smollm2:pull,push"]
+    assert all(":" in h["Authorization"] for _, h in registry.token_requests)
 
 
 def test_a_second_push_sends_nothing_and_a_copy_is_mounted(pusher, registry):
