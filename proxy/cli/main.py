@@ -226,27 +226,55 @@ class _Terminal:
                 break
 
 
+def _transfer_options(command: Any) -> Any:
+    """`pull`'s and `push`'s arguments."""
+    command = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")(command)
+    command = click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")(command)
+    return click.argument("name")(command)
+
+
 @main.command()
-@click.argument("name")
-@click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")
+@_transfer_options
 def pull(name: str, insecure: bool, quiet: bool) -> None:
     """Pull a model from a registry (registry.ollama.ai, hf.co/<user>/<repo>[:<quant>], ...)."""
+    _transfer("/api/pull", "pulling", name, insecure, quiet)
+
+
+def _transfer(path: str, verb: str, name: str, insecure: bool, quiet: bool) -> None:
+    """A pull's or push's progress drawn on standard error; its error, as `ollama` words it."""
     from proxy.cli.progress import PullDisplay
 
-    display = PullDisplay()
+    display = PullDisplay(verb=verb)
     terminal = _Terminal(display)
     try:
-        for event in Client().stream("/api/pull", {"model": name, "insecure": insecure}):
+        for event in Client().stream(path, {"model": name, "insecure": insecure}):
             display.update(event)
             if not quiet:
                 terminal.show()
     except ClientError as e:
         if not quiet:
             terminal.show(final=True)
-        _fail(str(e))
+        message = str(e)
+        if path == "/api/push" and ("access denied" in message.lower() or "unauthorized" in message.lower()):
+            message = "you are not authorized to push to this namespace, create the model under a namespace you own"
+        _fail(message)
     if not quiet:
         terminal.show(final=True)
+
+
+@main.command()
+@_transfer_options
+def push(name: str, insecure: bool, quiet: bool) -> None:
+    """Push a model to a registry (a name with your namespace: NAMESPACE/MODEL[:TAG], HOST/NAMESPACE/MODEL)."""
+    _transfer("/api/push", "pushing", name, insecure, quiet)
+    if quiet:
+        return
+    from supervisor.names import DEFAULT_HOST, ModelName
+
+    pushed = ModelName.parse(name)
+    where = (f"https://ollama.com/{pushed.display.removesuffix(':latest')}" if pushed.host.lower() == DEFAULT_HOST
+             else f"{pushed.host}/{pushed.namespace}/{pushed.model}:{pushed.tag}")
+    click.echo(f"\nYou can find your model at:\n\n\t{where}")
 
 
 def _chat(client: Client, model: str, messages: list[dict[str, str]]) -> str:
