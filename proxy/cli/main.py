@@ -48,7 +48,7 @@ def _table(rows: list[list[str]]) -> None:
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from proxy.cli.entry import version_lines
+    from proxy.cli.version import version_lines
 
     click.echo("\n".join(version_lines()))
     ctx.exit()
