@@ -263,45 +263,54 @@ def pull(name: str, insecure: bool, quiet: bool) -> None:
         terminal.show(final=True)
 
 
-def _chat(client: Client, model: str, messages: list[dict[str, str]]) -> str:
-    """Stream one answer to the terminal; return its text for the conversation."""
-    parts = []
-    for chunk in client.stream("/api/chat", {"model": model, "messages": messages}):
-        text = chunk.get("message", {}).get("content", "")
-        parts.append(text)
-        click.echo(text, nl=False)
-    click.echo()
-    return "".join(parts)
+class _RunCommand(click.Command):
+    """`--think` alone means true and never takes the next word, which is the prompt (as pflag's
+    optional values in `ollama run`); a level goes after `=`: `--think=high`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, ["--think=true" if a == "--think" else a for a in args])
 
 
-@main.command()
+@main.command(cls=_RunCommand)
 @click.argument("model")
 @click.argument("prompt", nargs=-1)
-def run(model: str, prompt: tuple[str, ...]) -> None:
+@click.option("--format", "format_", metavar="json|SCHEMA", help="Response format: json, or a JSON schema.")
+@click.option("--think", type=click.Choice(["true", "false", "high", "medium", "low", "max"]),
+              help="Thinking for models that can: --think, --think=false, or a level (--think=high).")
+@click.option("--hidethinking", is_flag=True, help="Hide the model's thinking (it still thinks).")
+@click.option("--keepalive", metavar="DURATION", help="How long the model stays loaded after this (e.g. 5m).")
+@click.option("--verbose", is_flag=True, help="Show timings after each answer.")
+def run(model: str, prompt: tuple[str, ...], format_: str | None, think: str | None, hidethinking: bool,
+        keepalive: str | None, verbose: bool) -> None:
     """Answer PROMPT with MODEL, or chat with it until /bye when no prompt is given."""
-    client = Client()
-    text = " ".join(prompt)
-    if not text and not sys.stdin.isatty():
-        text = sys.stdin.read()
+    from proxy.cli import answer
+    from proxy.cli.images import ImageError
+    from supervisor.durations import parse_go_duration
+
+    opts = answer.RunOptions(model, hide_thinking=hidethinking, keep_alive=keepalive, verbose=verbose,
+                             think={"true": True, "false": False}.get(think or "", think))
     try:
-        if text:
-            _chat(client, model, [{"role": "user", "content": text}])
+        if keepalive is not None:
+            parse_go_duration(keepalive)
+        opts.format = format_ if format_ in (None, "json") else json.loads(format_)
+    except LlamagateError as e:
+        _fail(e.message)
+    except ValueError:
+        _fail(f"--format {format_}: neither json nor a JSON schema")
+    words = list(prompt)
+    if not sys.stdin.isatty():
+        words[:0] = [piped] if (piped := sys.stdin.read()) else []
+    text = " ".join(words)
+    client = Client()
+    try:
+        info = answer.prepare(client, opts, think is not None)
+        if words or not (sys.stdin.isatty() and sys.stdout.isatty()):
+            answer.generate_once(client, opts, text)
             return
-        client.stream("/api/chat", {"model": model, "messages": []}).__next__()
-        messages: list[dict[str, str]] = []
-        while True:
-            try:
-                line = input(">>> ")
-            except EOFError:
-                click.echo()
-                return
-            if line.strip() in ("/bye", "/exit"):
-                return
-            if not line.strip():
-                continue
-            messages.append({"role": "user", "content": line})
-            messages.append({"role": "assistant", "content": _chat(client, model, messages)})
-    except ClientError as e:
+        from proxy.cli.interactive import chat
+
+        chat(client, opts, info, think is not None)
+    except (ClientError, ImageError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         click.echo()
@@ -374,6 +383,11 @@ def show(model: str, part: str | None, verbose: bool) -> None:
     if part:
         click.echo(info.get(part, ""))
         return
+    print_info(info, verbose)
+
+
+def print_info(info: dict[str, Any], verbose: bool) -> None:
+    """`show`'s sections (`/show info` in a `run` session too)."""
     mi, d = info["model_info"], info["details"]
     arch = mi.get("general.architecture", "")
     rows = [("architecture", arch), ("parameters", d.get("parameter_size", ""))]
