@@ -32,7 +32,8 @@ def test_run_reads_a_piped_prompt(server):
 
 def test_run_unknown_model_is_a_clear_error(server):
     r = server.cli("run", "nosuch", "hi", check=False)
-    assert r.returncode == 1 and "model 'nosuch' not found" in r.stderr
+    # `run` asks /api/show first, as `ollama run` does; it names the model with its tag.
+    assert r.returncode == 1 and "model 'nosuch:latest' not found" in r.stderr
 
 
 def _read_until(fd: int, marker: bytes, timeout: float = 60) -> bytes:

@@ -195,6 +195,11 @@ def test_thinking_is_shown_hidden_or_off(fake):
     assert "Thinking" not in child.before
     assert _last_chat(fake)["chat_template_kwargs"] == {"enable_thinking": False}
     _say(child, "/set think high", "Set 'think' mode to 'high'.", ">>> ")
+    # Ctrl+C stops an answer (the fake takes a second a piece), not the session.
+    _say(child, "SLOW:1 take your time", "Thinking...")
+    child.sendintr()
+    child.expect_exact(">>> ", timeout=5)
+    assert "done thinking" not in child.before
     _say(child, "/bye")
     child.expect(pexpect.EOF)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from proxy.cli.client import Client
+from proxy.cli.client import Client, ClientError
 from proxy.cli.images import extract
 from supervisor.durations import format_go_duration
 
@@ -175,12 +175,16 @@ def stream(client: Client, path: str, body: dict[str, Any], hide_thinking: bool)
 
 def prepare(client: Client, opts: RunOptions, think_given: bool) -> dict[str, Any]:
     """Fill the session from the model's /api/show (capabilities, MESSAGEs) and return it; a model
-    that can think thinks unless --think said otherwise, as Ollama's `run` decides."""
+    that can think thinks unless --think said otherwise, as Ollama's `run` decides, and one that
+    can't is refused a --think."""
     info = client.request("POST", "/api/show", json={"model": opts.model}).json()
     opts.capabilities = info.get("capabilities") or []
     opts.loaded_messages = [{"role": m["role"], "content": m["content"]} for m in info.get("messages") or []]
     if not think_given:
         opts.think = True if "thinking" in opts.capabilities else None
+    elif opts.think and "thinking" not in opts.capabilities:
+        # Before the session starts (the load itself would not refuse it), as Ollama's load does.
+        raise ClientError(f'"{opts.model}" does not support thinking')
     return info
 
 
