@@ -280,7 +280,7 @@ class Session:
             return
         what = args[0]
         if what == "info":
-            from proxy.cli.main import print_info
+            from proxy.cli.modelinfo import print_info
 
             print_info(info, verbose=False)
         elif what == "license":
