@@ -86,6 +86,16 @@ def test_a_session_with_its_commands(short):
     child.expect(r"eval rate:\s+[\d.]+ tokens/s")
     child.expect_exact(">>> ")
     _say(child, "/set quiet", "Set 'quiet' mode.", ">>> ")
+    _say(child, "/set format yaml", "Invalid or missing format. For 'json' mode use '/set format json'", ">>> ")
+    _say(child, "/set format json", "Set format to 'json' mode.", ">>> ")
+    _say(child, "Describe a cat.")
+    child.expect_exact(">>> ")
+    assert _shown(child.before).split("Describe a cat.", 1)[1].strip().startswith("{")
+    _say(child, "/set noformat", "Disabled format.", ">>> ")
+    # Ctrl+C at the prompt doesn't end the session.
+    child.sendintr()
+    child.expect_exact("Use Ctrl + d or /bye to exit.")
+    child.expect_exact(">>> ")
     _say(child, "/save", "Usage:", "/save <modelname>", ">>> ")
     _say(child, "/save smollm2-saved", "Created new model 'smollm2-saved'", ">>> ")
     _say(child, "/save Bad:Name:Here", "error: ", ">>> ")
@@ -113,23 +123,6 @@ def test_a_session_with_its_commands(short):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
-
-
-def test_format_json_in_a_session(short):
-    child = _spawn(short, "smollm2-short")
-    child.expect_exact(">>> ")
-    _say(child, "/set format yaml", "Invalid or missing format. For 'json' mode use '/set format json'", ">>> ")
-    _say(child, "/set format json", "Set format to 'json' mode.", ">>> ")
-    _say(child, "Describe a cat.")
-    child.expect_exact(">>> ")
-    assert _shown(child.before).split("Describe a cat.", 1)[1].strip().startswith("{")
-    _say(child, "/set noformat", "Disabled format.", ">>> ")
-    # Ctrl+C at the prompt doesn't end the session; Ctrl+D does.
-    child.sendintr()
-    child.expect_exact("Use Ctrl + d or /bye to exit.")
-    child.expect_exact(">>> ")
-    child.sendcontrol("d")
-    child.expect(pexpect.EOF)
 
 
 def test_one_shot_flags(short):
@@ -195,6 +188,8 @@ def test_thinking_is_shown_hidden_or_off(fake):
     assert "Thinking" not in child.before
     assert _last_chat(fake)["chat_template_kwargs"] == {"enable_thinking": False}
     _say(child, "/set think high", "Set 'think' mode to 'high'.", ">>> ")
+    # A model that can't see takes a line that starts with an image's path for a command.
+    _say(child, "/tmp/a\\ cat.png describe it", "Unknown command '/tmp/a\\'. Type /? for help", ">>> ")
     # Ctrl+C stops an answer (the fake takes a second a piece), not the session.
     _say(child, "SLOW:1 take your time", "Thinking...")
     child.sendintr()
@@ -224,12 +219,6 @@ def test_image_paths_in_a_prompt(fake, tmp_path):
     assert _last_chat(fake)["messages"][-1]["content"][0] == {"type": "text", "text": "describe it"}
     _say(child, f"{tmp_path}/notes.png what is it", "Couldn't process image: invalid image type", ">>> ")
     _say(child, "/missing/file.png hello", "Hi there", ">>> ")  # no such file: the text is sent as it is
-    _say(child, "/bye")
-    child.expect(pexpect.EOF)
-    # A model that can't see treats the same line as an unknown command.
-    child = _spawn(fake, "thinker", "--hidethinking")
-    child.expect_exact(">>> ")
-    _say(child, f"{tmp_path}/a\\ cat.png describe it", "Unknown command", ">>> ")
     _say(child, "/bye")
     child.expect(pexpect.EOF)
 
