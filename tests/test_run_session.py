@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.server
 import json
 import re
+import socket
+import threading
 from datetime import datetime, timezone
 
 import httpx
@@ -16,6 +19,7 @@ import pytest
 from conftest import fake_upstream_server, llamagate_cmd
 from test_ollama_fake_upstream import THINKING_TEMPLATE, _metadata_gguf
 
+from proxy.cli.client import Client, ClientError
 from proxy.cli.images import ImageError, extract
 from proxy.cli.modelfile import ModelfileError, parameter
 from supervisor.durations import format_go_duration
@@ -250,3 +254,26 @@ def test_image_paths_are_found_unescaped_and_removed(tmp_path):
     with pytest.raises(ImageError, match="invalid image type"):
         extract(f"{tmp_path}/fake.jpg")
     assert json.dumps(extract("no paths here")) == '["no paths here", []]'
+
+
+def test_a_server_lost_mid_answer_is_an_error_not_a_traceback():
+    class Cut(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            line = b'{"message": {"role": "assistant", "content": "Hel"}, "done": false}\n'
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Cut)
+    threading.Thread(target=httpd.handle_request, daemon=True).start()
+    chunks = Client(f"http://127.0.0.1:{httpd.server_address[1]}").stream("/api/chat", {"model": "m"})
+    assert next(chunks)["message"]["content"] == "Hel"
+    with pytest.raises(ClientError, match="lost the connection to the server"):
+        next(chunks)
+    httpd.server_close()

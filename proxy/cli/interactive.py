@@ -106,7 +106,6 @@ class Session:
         self.client = client
         self.opts = opts
         self.think_set = think_set  # by --think or /set: then /load doesn't decide it from the model
-        self.history = True
         self.multiline: str | None = None  # "prompt", "system" or "template" while inside """
         self.buffer: list[str] = []
 
@@ -142,7 +141,7 @@ class Session:
                 self.set_system(text)
             elif kind == "template":
                 self.set_template(text)
-            else:
+            elif text:
                 self.send(text)
             return None
         if line.startswith(QUOTES):
