@@ -4,6 +4,7 @@ streams, and with --verbose the timings after it."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ import click
 
 from proxy.cli.client import Client, ClientError
 from proxy.cli.images import extract
-from supervisor.durations import format_go_duration
+from supervisor.durations import format_go_duration, parse_go_duration
+from supervisor.errors import LlamagateError
 
 # Ollama's colours for the thinking block (readline's ColorGrey, ColorBold, ColorDefault).
 GREY, BOLD, DEFAULT = "\x1b[38;5;245m", "\x1b[1m", "\x1b[0m"
@@ -37,6 +39,23 @@ class RunOptions:
     capabilities: list[str] = field(default_factory=list)
     # The model's own MESSAGEs (the server puts them before each chat): /save keeps them.
     loaded_messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_flags(cls, model: str, format_: str | None, think: str | None, hide_thinking: bool,
+                   keep_alive: str | None, verbose: bool) -> RunOptions:
+        """The session `run`'s flags start; a --keepalive or --format that can't be sent is a
+        ValueError saying so, before anything is."""
+        if keep_alive is not None:
+            try:
+                parse_go_duration(keep_alive)
+            except LlamagateError as e:
+                raise ValueError(e.message) from None
+        try:
+            response_format = format_ if format_ in (None, "json") else json.loads(format_)
+        except ValueError:
+            raise ValueError(f"--format {format_}: neither json nor a JSON schema") from None
+        return cls(model, response_format, {"true": True, "false": False}.get(think or "", think), hide_thinking,
+                   keep_alive, verbose)
 
     @property
     def vision(self) -> bool:

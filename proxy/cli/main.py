@@ -285,18 +285,11 @@ def run(model: str, prompt: tuple[str, ...], format_: str | None, think: str | N
     """Answer PROMPT with MODEL, or chat with it until /bye when no prompt is given."""
     from proxy.cli import answer
     from proxy.cli.images import ImageError
-    from supervisor.durations import parse_go_duration
 
-    opts = answer.RunOptions(model, hide_thinking=hidethinking, keep_alive=keepalive, verbose=verbose,
-                             think={"true": True, "false": False}.get(think or "", think))
     try:
-        if keepalive is not None:
-            parse_go_duration(keepalive)
-        opts.format = format_ if format_ in (None, "json") else json.loads(format_)
-    except LlamagateError as e:
-        _fail(e.message)
-    except ValueError:
-        _fail(f"--format {format_}: neither json nor a JSON schema")
+        opts = answer.RunOptions.from_flags(model, format_, think, hidethinking, keepalive, verbose)
+    except ValueError as e:
+        _fail(str(e))
     words = list(prompt)
     if not sys.stdin.isatty():
         words[:0] = [piped] if (piped := sys.stdin.read()) else []
