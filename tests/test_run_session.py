@@ -38,8 +38,8 @@ def short(server, tmp_path_factory):
 
 def _spawn(srv, *args: str, cwd=None) -> pexpect.spawn:
     cmd = [*llamagate_cmd(), "run", *args]
-    return pexpect.spawn(cmd[0], cmd[1:], env=srv.env, encoding="utf-8", timeout=60, cwd=cwd,
-                         dimensions=(40, 200))
+    return pexpect.spawn(cmd[0], cmd[1:], env={**srv.env, "TERM": "xterm"}, encoding="utf-8", timeout=60,
+                         cwd=cwd, dimensions=(40, 200))
 
 
 def _shown(output: str) -> str:
@@ -77,6 +77,16 @@ def test_a_session_with_its_commands(short):
     _say(child, '{{ .Prompt }}"""', "Set prompt template.", ">>> ")
     _say(child, "/show template", "{{ .System }}\r\n{{ .Prompt }}", ">>> ")
     _say(child, "/show license", "No license was specified for this model.", ">>> ")
+    _say(child, "/? shortcuts", "Ctrl + d            Exit llamagate (/bye)", ">>> ")
+    # Line editing and history are readline's: Up brings the last line back...
+    _say(child, "\x1b[A\x1b[A", "No license was specified for this model.", ">>> ")
+    # ...until /set nohistory: then Up finds that command, which prints nothing.
+    _say(child, "/set nohistory", ">>> ")
+    _say(child, "/show license", "No license was specified for this model.", ">>> ")
+    _say(child, "\x1b[A")
+    child.expect_exact(">>> ")
+    assert "No license" not in child.before
+    _say(child, "/set history", ">>> ")
     _say(child, "/show info", "Model", "architecture", "llama", ">>> ")
     _say(child, "/show modelfile", "FROM ", "PARAMETER num_predict 6", ">>> ")
     _say(child, "/set verbose", "Set 'verbose' mode.", ">>> ")
@@ -122,7 +132,8 @@ def test_a_session_with_its_commands(short):
     child = _spawn(short, "smollm2-saved")
     child.expect_exact(">>> Name a colour\r\nof the sky\r\nin one word.")
     child.expect_exact(roles[2][1].strip().splitlines()[0])
-    child.expect_exact(">>> ")
+    child.expect_exact(">>> Describe a cat.")
+    child.expect_exact(">>> ")  # the prompt, after the last saved answer
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     child.close()
