@@ -277,45 +277,47 @@ def push(name: str, insecure: bool, quiet: bool) -> None:
     click.echo(f"\nYou can find your model at:\n\n\t{where}")
 
 
-def _chat(client: Client, model: str, messages: list[dict[str, str]]) -> str:
-    """Stream one answer to the terminal; return its text for the conversation."""
-    parts = []
-    for chunk in client.stream("/api/chat", {"model": model, "messages": messages}):
-        text = chunk.get("message", {}).get("content", "")
-        parts.append(text)
-        click.echo(text, nl=False)
-    click.echo()
-    return "".join(parts)
+class _RunCommand(click.Command):
+    """`--think` alone means true and never takes the next word, which is the prompt (as pflag's
+    optional values in `ollama run`); a level goes after `=`: `--think=high`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, ["--think=true" if a == "--think" else a for a in args])
 
 
-@main.command()
+@main.command(cls=_RunCommand)
 @click.argument("model")
 @click.argument("prompt", nargs=-1)
-def run(model: str, prompt: tuple[str, ...]) -> None:
+@click.option("--format", "format_", metavar="json|SCHEMA", help="Response format: json, or a JSON schema.")
+@click.option("--think", type=click.Choice(["true", "false", "high", "medium", "low", "max"]),
+              help="Thinking for models that can: --think, --think=false, or a level (--think=high).")
+@click.option("--hidethinking", is_flag=True, help="Hide the model's thinking (it still thinks).")
+@click.option("--keepalive", metavar="DURATION", help="How long the model stays loaded after this (e.g. 5m).")
+@click.option("--verbose", is_flag=True, help="Show timings after each answer.")
+def run(model: str, prompt: tuple[str, ...], format_: str | None, think: str | None, hidethinking: bool,
+        keepalive: str | None, verbose: bool) -> None:
     """Answer PROMPT with MODEL, or chat with it until /bye when no prompt is given."""
-    client = Client()
-    text = " ".join(prompt)
-    if not text and not sys.stdin.isatty():
-        text = sys.stdin.read()
+    from proxy.cli import answer
+    from proxy.cli.images import ImageError
+
     try:
-        if text:
-            _chat(client, model, [{"role": "user", "content": text}])
+        opts = answer.RunOptions.from_flags(model, format_, think, hidethinking, keepalive, verbose)
+    except ValueError as e:
+        _fail(str(e))
+    words = list(prompt)
+    if not sys.stdin.isatty():
+        words[:0] = [piped] if (piped := sys.stdin.read()) else []
+    text = " ".join(words)
+    client = Client()
+    try:
+        info = answer.prepare(client, opts, think is not None)
+        if words or not (sys.stdin.isatty() and sys.stdout.isatty()):
+            answer.generate_once(client, opts, text)
             return
-        client.stream("/api/chat", {"model": model, "messages": []}).__next__()
-        messages: list[dict[str, str]] = []
-        while True:
-            try:
-                line = input(">>> ")
-            except EOFError:
-                click.echo()
-                return
-            if line.strip() in ("/bye", "/exit"):
-                return
-            if not line.strip():
-                continue
-            messages.append({"role": "user", "content": line})
-            messages.append({"role": "assistant", "content": _chat(client, model, messages)})
-    except ClientError as e:
+        from proxy.cli.interactive import chat
+
+        chat(client, opts, info, think is not None)
+    except (ClientError, ImageError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         click.echo()
@@ -363,14 +365,6 @@ def ps() -> None:
     _table(rows)
 
 
-def _section(title: str, rows: list[tuple[str, str]]) -> None:
-    click.echo(f"  {title}")
-    width = max((len(k) for k, _ in rows), default=0)
-    for key, value in rows:
-        click.echo(f"    {key.ljust(width)}    {value.strip()}".rstrip())
-    click.echo()
-
-
 @main.command()
 @click.argument("model")
 @click.option("--license", "part", flag_value="license", help="Show the license.")
@@ -388,25 +382,9 @@ def show(model: str, part: str | None, verbose: bool) -> None:
     if part:
         click.echo(info.get(part, ""))
         return
-    mi, d = info["model_info"], info["details"]
-    arch = mi.get("general.architecture", "")
-    rows = [("architecture", arch), ("parameters", d.get("parameter_size", ""))]
-    for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
-        if f"{arch}.{key}" in mi:
-            rows.append((label, str(mi[f"{arch}.{key}"])))
-    rows.append(("quantization", d.get("quantization_level", "")))
-    _section("Model", rows)
-    if info.get("capabilities"):
-        _section("Capabilities", [(c, "") for c in info["capabilities"]])
-    if info.get("parameters"):
-        _section("Parameters", [(key, value) for key, _, value in
-                                (line.partition(" ") for line in info["parameters"].splitlines())])
-    if info.get("system"):
-        _section("System", [(line, "") for line in info["system"].splitlines()[:2]])
-    if info.get("license"):
-        _section("License", [(line, "") for line in info["license"].splitlines()[:2]])
-    if verbose:
-        _section("Metadata", [(k, json.dumps(v)) for k, v in mi.items()])
+    from proxy.cli.modelinfo import print_info
+
+    print_info(info, verbose)
 
 
 @main.command()
