@@ -69,9 +69,11 @@ def write_tiny_model(
     chat_template: str = CHAT_TEMPLATE,
     extra_tokens: tuple[str, ...] = (),
     favour: str | None = None,
+    f16: bool = False,
 ) -> pathlib.Path:
     """`extra_tokens` are added to the vocabulary; `favour` (one of them) is made the greedy
-    choice wherever it is allowed, so a test can steer the model into, say, a tool call."""
+    choice wherever it is allowed, so a test can steer the model into, say, a tool call. `f16`
+    stores the matrices as F16 (norms stay F32, as converters write them): a model to quantize."""
     path = pathlib.Path(path)
     tokens, token_types = _vocab(extra_tokens)
     n_vocab = len(tokens)
@@ -117,7 +119,7 @@ def write_tiny_model(
 
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_name("llamagate-tiny")
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
     writer.add_context_length(context_length)
     writer.add_embedding_length(N_EMBD)
     writer.add_block_count(N_LAYER)
@@ -142,7 +144,7 @@ def write_tiny_model(
     writer.add_chat_template(chat_template)
 
     for name, data in tensors.items():
-        writer.add_tensor(name, data)
+        writer.add_tensor(name, data.astype(np.float16) if f16 and data.ndim == 2 else data)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

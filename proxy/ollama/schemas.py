@@ -172,7 +172,8 @@ class CreateRequest(msgspec.Struct):
     parameters: dict[str, Any] | None = None
     messages: list[Message] | None = None
     license: str | list[str] | None = None
-    quantize: str | None = None
+    quantize: str = ""
+    quantization: str = ""  # its older name, still read by Ollama
     stream: bool | None = None
 
 
