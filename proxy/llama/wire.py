@@ -127,6 +127,24 @@ class EmbeddingsResponse(msgspec.Struct):
     usage: EmbeddingsUsage = msgspec.field(default_factory=EmbeddingsUsage)
 
 
+class RerankRequest(msgspec.Struct, omit_defaults=True):
+    query: str
+    documents: list[str]
+    top_n: int | None = None
+
+
+class RerankResult(msgspec.Struct):
+    index: int
+    relevance_score: float
+
+
+class RerankResponse(msgspec.Struct):
+    """Results best first, `top_n` of them when asked."""
+
+    results: list[RerankResult]
+    usage: EmbeddingsUsage = msgspec.field(default_factory=EmbeddingsUsage)
+
+
 class Timings(msgspec.Struct):
     cache_n: int = 0
     prompt_n: int = 0

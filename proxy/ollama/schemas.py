@@ -286,3 +286,29 @@ class ProgressResponse(msgspec.Struct, omit_defaults=True):
     digest: str = ""
     total: int = 0
     completed: int = 0
+
+
+class RerankRequest(msgspec.Struct):
+    """Ours: Ollama has no rerank route (ollama/ollama#3368); the fields are those of the proposals
+    there and of /v1/rerank."""
+
+    model: str = ""
+    query: str = ""
+    documents: list[str] | None = None
+    top_n: int | None = None
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+
+
+class RerankResult(msgspec.Struct):
+    index: int
+    document: str
+    relevance_score: float
+
+
+class RerankResponse(msgspec.Struct):
+    model: str
+    results: list[RerankResult]
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0

@@ -148,6 +148,22 @@ class EmbeddingRequest(_Extensions, kw_only=True):
     user: str | None = None
 
 
+class RerankDocument(msgspec.Struct):
+    text: str
+
+
+class RerankRequest(_Extensions, kw_only=True):
+    """Jina's and Cohere's rerank request, which llama-server's /v1/rerank takes too; a document
+    is a string or Jina's `{"text": ...}`."""
+
+    model: str = ""
+    query: str = ""
+    documents: list[str | RerankDocument] | None = None
+    top_n: int | None = None
+    return_documents: bool = False
+    user: str | None = None
+
+
 class Routed(_Extensions, kw_only=True):
     """What llamagate reads of a request it passes on whole (Responses, Anthropic Messages)."""
 
@@ -260,6 +276,20 @@ class EmbeddingList(msgspec.Struct, kw_only=True):
     object: str = "list"
     data: list[Embedding]
     model: str
+    usage: EmbeddingUsage
+
+
+class RerankResult(msgspec.Struct, omit_defaults=True):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None  # with return_documents
+
+
+class RerankList(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "list"
+    model: str
+    results: list[RerankResult]
     usage: EmbeddingUsage
 
 

@@ -145,11 +145,17 @@ def cached_info(path: Path) -> GGUFInfo:
     return read_gguf(path)
 
 
+def pooling(info: GGUFInfo) -> str:
+    """The pooling type the GGUF names ("none" when it names none, as chat models don't)."""
+    return POOLING_TYPES.get(info.metadata.get(f"{info.architecture}.pooling_type"), "none")
+
+
 def embedding_pooling(path: Path) -> str:
     """The `--pooling` for an embedding runner: "" when the GGUF names its own (embedding
-    models do), else mean pooling, since a chat model's default ("none") gives no sentence vector."""
-    info = cached_info(path)
-    return "" if POOLING_TYPES.get(info.metadata.get(f"{info.architecture}.pooling_type"), "none") != "none" else "mean"
+    models do), "rank" for a reranker (its runner is started with --reranking), else mean
+    pooling, since a chat model's default ("none") gives no sentence vector."""
+    kind = pooling(cached_info(path))
+    return kind if kind == "rank" else "" if kind != "none" else "mean"
 
 
 def human_number(n: int) -> str:
