@@ -96,6 +96,14 @@ class TokenizeResponse(msgspec.Struct):
     tokens: list[int]
 
 
+class DetokenizeRequest(msgspec.Struct):
+    tokens: list[int]
+
+
+class DetokenizeResponse(msgspec.Struct):
+    content: str
+
+
 class ApplyTemplateRequest(msgspec.Struct, omit_defaults=True):
     messages: list[ChatMessage]
     chat_template_kwargs: dict[str, Any] | None = None

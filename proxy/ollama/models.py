@@ -1,5 +1,5 @@
-"""Ollama's model-management routes: tags, show, ps, create (quantizing too), blobs, copy, delete
-(pull is in pull.py)."""
+"""Ollama's model-management routes: tags, show, ps, create (quantizing too), blobs, copy, delete,
+version and status (pull is in pull.py)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,13 @@ async def tags(request: Request) -> Response[bytes]:
 @route("/api/version", http_method=[HttpMethod.GET, HttpMethod.HEAD])
 async def version() -> Response[bytes]:
     return json_response(schemas.VersionResponse(OLLAMA_VERSION))
+
+
+@get("/api/status")
+async def status() -> Response[bytes]:
+    """Ollama's cloud switch (`ollama launch` asks): llamagate has no cloud, so it is off, as a
+    config file turns it off."""
+    return json_response(schemas.StatusResponse(schemas.CloudStatus(disabled=True, source="config")))
 
 
 @route("/", http_method=[HttpMethod.GET, HttpMethod.HEAD])
@@ -314,6 +321,8 @@ async def show(request: Request) -> Response[bytes]:
         messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,
         projector_info=translate.model_info(cached_info(target.projector).metadata, 0, req.verbose)
         if target.projector else None,
+        thinking=translate.thinking(info.chat_template, model.capabilities),
+        tensors=translate.tensors(info.tensors) if req.verbose else None,
     ))
 
 

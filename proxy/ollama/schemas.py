@@ -51,6 +51,8 @@ class ChatRequest(msgspec.Struct):
     # shift its context while generating instead of stopping at the limit.
     truncate: bool | None = None
     shift: bool | None = None
+    # The prompt the model's template makes of the request, answered instead of running it.
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
 class GenerateRequest(msgspec.Struct):
@@ -72,6 +74,7 @@ class GenerateRequest(msgspec.Struct):
     # As on ChatRequest; a prompt too long for num_ctx keeps its first num_keep tokens and its end.
     truncate: bool | None = None
     shift: bool | None = None
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
 class TopLogprob(msgspec.Struct):
@@ -99,6 +102,13 @@ class OutMessage(msgspec.Struct, omit_defaults=True):
     tool_calls: list[OutToolCall] | None = None
 
 
+class DebugInfo(msgspec.Struct, omit_defaults=True):
+    """`_debug_render_only`'s answer: the rendered prompt, and how many images go with it."""
+
+    rendered_template: str
+    image_count: int = 0
+
+
 class ChatChunk(msgspec.Struct, omit_defaults=True):
     model: str
     created_at: str
@@ -112,6 +122,7 @@ class ChatChunk(msgspec.Struct, omit_defaults=True):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
 
 
 class GenerateChunk(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -129,6 +140,7 @@ class GenerateChunk(msgspec.Struct, omit_defaults=True, kw_only=True):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
 
 
 class ModelDetails(msgspec.Struct, omit_defaults=True):
@@ -159,6 +171,15 @@ class TagsResponse(msgspec.Struct):
 
 class VersionResponse(msgspec.Struct):
     version: str
+
+
+class CloudStatus(msgspec.Struct):
+    disabled: bool
+    source: str  # none (enabled), env, config or both: where it was turned off
+
+
+class StatusResponse(msgspec.Struct):
+    cloud: CloudStatus
 
 
 class CreateRequest(msgspec.Struct):
@@ -221,6 +242,20 @@ class ShowMessage(msgspec.Struct):
     content: str
 
 
+class Thinking(msgspec.Struct):
+    """What `think` may be for the model (booleans, or level names) and what it is when absent
+    (Ollama #18473; Codex reads it to offer reasoning levels)."""
+
+    values: list[bool | str]
+    default: bool | str
+
+
+class Tensor(msgspec.Struct):
+    name: str
+    type: str
+    shape: list[int]
+
+
 class ShowResponse(msgspec.Struct, omit_defaults=True):
     """`model_info`, `capabilities` and the strings clients parse are always sent."""
 
@@ -235,6 +270,8 @@ class ShowResponse(msgspec.Struct, omit_defaults=True):
     system: str = ""
     messages: list[ShowMessage] | None = None
     projector_info: dict[str, Any] | None = None
+    thinking: Thinking | None = None
+    tensors: list[Tensor] | None = None  # with verbose
 
 
 class RunningModel(msgspec.Struct, omit_defaults=True):
