@@ -1,6 +1,7 @@
 """`/api/create` with `quantize`: an F16 GGUF written with the `gguf` package, quantized by the real
-llama-quantize of the llama-server build in use, its progress streamed while it works; bad types and
-sources refused as Ollama refuses them; a failed or abandoned quantize leaves nothing in the store."""
+llama-quantize of the llama-server build in use (behind a wrapper that can hold it, to watch the
+progress stream while it works and a client leave); bad types and sources refused as Ollama refuses
+them; a failed or abandoned quantize leaves nothing in the store."""
 
 from __future__ import annotations
 
@@ -22,13 +23,6 @@ from tinymodel import write_tiny_model
 @pytest.fixture(scope="module")
 def f16_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("f16") / "tiny-f16.gguf", f16=True)
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, llama_server_binary: Path) -> Iterator[Server]:
-    server = Server(tmp_path_factory.mktemp("quantize"))
-    yield server
-    server.stop()
 
 
 def _files(srv: Server) -> set[str]:
@@ -109,39 +103,49 @@ def test_a_failed_quantize_leaves_nothing(srv: Server, f16_gguf: Path, tmp_path:
     assert "broken:latest" not in {m["name"] for m in httpx.get(f"{srv.url}/api/tags").json()["models"]}
 
 
-# A llama-quantize that reports its first tensor, then waits for the test (or to be killed).
-_SLOW_QUANTIZE = """#!{python}
+# The llama-quantize beside the server's llama-server: the real one, unless the test holds it (no
+# `go` file): then it reports a first tensor and waits for `go` (or to be killed) before running.
+_HELD_QUANTIZE = """#!{python}
 import os, sys, time
 open({pidfile!r}, "w").write(str(os.getpid()))
-print("[   1/   2] first.weight - converting", flush=True)
-while not os.path.exists({go!r}):
-    time.sleep(0.05)
+if not os.path.exists({go!r}):
+    print("[   1/   2] first.weight - converting", flush=True)
+    while not os.path.exists({go!r}):
+        time.sleep(0.05)
 os.execv({real!r}, [{real!r}, *sys.argv[1:]])
 """
 
 
 @pytest.fixture(scope="module")
-def slow_server(tmp_path_factory: pytest.TempPathFactory, llama_server_binary: Path) -> Iterator[tuple[Server, Path]]:
-    """A server whose llama-server has the slow llama-quantize above beside it."""
-    tmp_path = tmp_path_factory.mktemp("slow")
-    bin_dir = tmp_path / "bin"
+def held(tmp_path_factory: pytest.TempPathFactory, llama_server_binary: Path) -> Iterator[tuple[Server, Path]]:
+    """A server whose llama-server (the real one, linked) has the llama-quantize above beside it."""
+    tmp = tmp_path_factory.mktemp("quantize")
+    bin_dir = tmp / "bin"
     bin_dir.mkdir()
     (bin_dir / "llama-server").symlink_to(llama_server_binary)
     tool = bin_dir / "llama-quantize"
-    tool.write_text(_SLOW_QUANTIZE.format(python=sys.executable, pidfile=str(tmp_path / "pid"),
-                                          go=str(tmp_path / "go"), real=str(llama_server_binary.parent / "llama-quantize")))
+    tool.write_text(_HELD_QUANTIZE.format(python=sys.executable, pidfile=str(tmp / "pid"), go=str(tmp / "go"),
+                                          real=str(llama_server_binary.parent / "llama-quantize")))
     tool.chmod(0o755)
-    (tmp_path / "srv").mkdir()
-    server = Server(tmp_path / "srv", "--llama-server", str(bin_dir / "llama-server"))
-    yield server, tmp_path
+    (tmp / "srv").mkdir()
+    server = Server(tmp / "srv", "--llama-server", str(bin_dir / "llama-server"))
+    yield server, tmp
     server.stop()
 
 
 @pytest.fixture
-def slow(slow_server: tuple[Server, Path]) -> tuple[Server, Path]:
+def srv(held: tuple[Server, Path]) -> Server:
+    """The server, its llama-quantize let run at once."""
+    (held[1] / "go").touch()
+    return held[0]
+
+
+@pytest.fixture
+def slow(held: tuple[Server, Path]) -> tuple[Server, Path]:
+    """The server, its llama-quantize held until the test creates `go`."""
     for name in ("pid", "go"):
-        (slow_server[1] / name).unlink(missing_ok=True)
-    return slow_server
+        (held[1] / name).unlink(missing_ok=True)
+    return held
 
 
 def _alive(pid: int) -> bool:
@@ -164,7 +168,7 @@ def test_progress_streams_while_llama_quantize_works(slow, f16_gguf: Path):
         # The first tensor's line arrives while llama-quantize still runs and nothing is written.
         assert first["completed"] == first["total"] // 2
         assert _alive(int((tmp / "pid").read_text()))
-        assert not (srv.models / "manifests").exists()
+        assert "slow-q8:latest" not in {m["name"] for m in httpx.get(f"{srv.url}/api/tags").json()["models"]}
         (tmp / "go").touch()
         rest = [json.loads(line) for line in lines]
     assert rest[-1] == {"status": "success"}
