@@ -230,7 +230,8 @@ async def _run(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct]:
 async def create(request: Request) -> Response[Any]:
     req = await decode_body(request, schemas.CreateRequest)
     gate = gate_of(request)
-    lines = _run(gate, _plan(gate, req))
+    # In a thread: the checks read GGUF headers, which must not stall every other stream.
+    lines = _run(gate, await asyncio.to_thread(_plan, gate, req))
     if req.stream is False:  # one object: the last, or the failure with its status
         async with aclosing(lines):
             async for line in lines:
@@ -298,7 +299,8 @@ async def show(request: Request) -> Response[bytes]:
     if model is None:
         raise not_found(f"model '{name.display}' not found")
     target = model.target
-    info = target.info(verbose=True) if req.verbose else model.info
+    # Verbose reads the whole header (the vocabulary, every tensor): in a thread, not on the loop.
+    info = await asyncio.to_thread(target.info, verbose=True) if req.verbose else model.info
     system = req.system if req.system is not None else model.system
     params = dict(model.params)
     if "num_ctx" in params:  # shown as the context the server will really use (clients read it)
