@@ -101,8 +101,19 @@ def test_debug_render_only_generate(server: Server):
     assert render(prompt="verbatim <|im_start|>", raw=True).json()["_debug_info"]["rendered_template"] == (
         "verbatim <|im_start|>")
     # A `context` from an earlier answer is shown as text, before the new turn.
-    context = httpx.post(f"{server.url}/api/generate", json={"model": "tiny", "prompt": "hi", "stream": False,
-                                                             "options": {"num_predict": 2}}, timeout=60).json()["context"]
+    first = {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+    context = httpx.post(f"{server.url}/api/generate", json=first, timeout=60).json()["context"]
     rendered = render(prompt="again", context=context).json()["_debug_info"]["rendered_template"]
     assert rendered.startswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert rendered.endswith("<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_debug_render_only_v1(thinkers: Server):
+    """Ollama's /v1/chat/completions takes it too: a completion with an empty message and `_debug_info`."""
+    r = httpx.post(f"{thinkers.url}/v1/chat/completions", json={
+        "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "_debug_render_only": True}, timeout=60)
+    body = r.json()
+    assert r.status_code == 200 and body["object"] == "chat.completion" and body["usage"]["completion_tokens"] == 0
+    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": ""}, "logprobs": None,
+                                "finish_reason": None}]
+    assert body["_debug_info"] == {"rendered_template": "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"}

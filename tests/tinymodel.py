@@ -156,7 +156,8 @@ def write_tiny_model(
 # A WordPiece vocabulary as llama.cpp's BERT tokenizer reads it: a word's first piece starts with
 # "▁" (U+2581), continuations are bare (the converter's spelling of "##").
 _RERANK_WORDS = ["the", "cat", "dog", "sat", "mat", "paris", "france", "capital", "of", "is", "what"]
-_RERANK_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + ["\u2581" + c for c in "abcdefghijklmnopqrstuvwxyz?.,"]
+_RERANK_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                 + ["\u2581" + c for c in "abcdefghijklmnopqrstuvwxyz?.,"]
                  + list("abcdefghijklmnopqrstuvwxyz") + ["\u2581" + w for w in _RERANK_WORDS])
 
 
@@ -180,7 +181,8 @@ def write_tiny_reranker(path: pathlib.Path, *, context_length: int = 512) -> pat
     for i in range(N_LAYER):
         blk = f"blk.{i}"
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            tensors[f"{blk}.{name}.weight"], tensors[f"{blk}.{name}.bias"] = rand(N_EMBD, N_EMBD, std=0.3), zeros(N_EMBD)
+            tensors[f"{blk}.{name}.weight"] = rand(N_EMBD, N_EMBD, std=0.3)
+            tensors[f"{blk}.{name}.bias"] = zeros(N_EMBD)
         for name in ("attn_output_norm", "layer_output_norm"):
             tensors[f"{blk}.{name}.weight"], tensors[f"{blk}.{name}.bias"] = ones(N_EMBD), zeros(N_EMBD)
         tensors[f"{blk}.ffn_up.weight"], tensors[f"{blk}.ffn_up.bias"] = rand(N_FF, N_EMBD), zeros(N_FF)

@@ -12,6 +12,7 @@ import msgspec
 from litestar import Request, Response, post
 
 from proxy import tools, truncation
+from proxy.rendering import DebugInfo, rendered
 from proxy.llama import wire
 from proxy.body import INFERENCE_BODY_LIMIT, decode_body
 from proxy.gateway import Gateway, gate_of
@@ -197,33 +198,6 @@ async def _merge_chat(chunks: AsyncIterator[schemas.ChatChunk]) -> schemas.ChatC
     return c
 
 
-# `_debug_render_only` ---------------------------------------------------------------------------
-
-
-async def _rendered(gate: Gateway, model: Model, load: LoadOptions, body: Body, context: list[int] | None = None) -> str:
-    """The prompt the request would run, as llama-server renders it with the model's template
-    (the model is loaded for that, as in Ollama); token ids (a generate `context`) as their text."""
-    if isinstance(body, wire.InfillRequest):
-        raise bad_request("_debug_render_only does not render fill-in-the-middle (suffix) prompts: llama-server "
-                          "builds them from the model's FIM tokens")
-    async with gate.inference.lease(model, load) as lease:
-        if isinstance(body, wire.ChatRequest):
-            request = wire.ApplyTemplateRequest(body.messages, body.chat_template_kwargs, body.tools)
-            parts = [*(context or []), (await lease.post("/apply-template", request, wire.ApplyTemplateResponse)).prompt]
-        else:
-            parts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        text, ids = [], []
-        for part in [*parts, ""]:
-            if isinstance(part, int):
-                ids.append(part)
-                continue
-            if ids:
-                text.append((await lease.post("/detokenize", wire.DetokenizeRequest(ids), wire.DetokenizeResponse)).content)
-                ids = []
-            text.append(part)
-        return "".join(text)
-
-
 async def _load_or_unload(gate: Gateway, model: Model, load: LoadOptions, done: Callable[[str], Any]) -> Response[Any]:
     """An empty prompt loads the model with the request's load options, as a real request with
     them would (so that the next one finds it ready); with keep_alive 0 it unloads it (Ollama's
@@ -251,8 +225,9 @@ async def chat(request: Request) -> Response[Any]:
         )
     body = translate.chat_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
     if req.debug_render_only:  # Ollama's answer: a chunk with no message of its own
-        info = schemas.DebugInfo(await _rendered(gate, model, load, body), sum(len(m.images or []) for m in req.messages))
-        return json_response(schemas.ChatChunk(req.model, now_rfc3339(), schemas.OutMessage("", ""), False, debug_info=info))
+        info = DebugInfo(await rendered(gate, model, load, body), sum(len(m.images or []) for m in req.messages))
+        empty = schemas.OutMessage("", "")
+        return json_response(schemas.ChatChunk(req.model, now_rfc3339(), empty, False, debug_info=info))
     chunks = _chat_chunks(gate, req.model, model, load, body, req.truncate is not False)
     prompted = translate.prompted_tools(req, model.capabilities)
     if prompted is not None:
@@ -340,7 +315,7 @@ async def generate(request: Request) -> Response[Any]:
         )
     body = translate.generate_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
     if req.debug_render_only:
-        info = schemas.DebugInfo(await _rendered(gate, model, load, body, req.context), len(req.images or []))
+        info = DebugInfo(await rendered(gate, model, load, body, req.context), len(req.images or []))
         return json_response(schemas.GenerateChunk(model=req.model, created_at=now_rfc3339(), response="", done=False,
                                                    debug_info=info))
     chunks = _generate_chunks(gate, req, model, load, body)

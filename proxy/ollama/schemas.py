@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from proxy.rendering import DebugInfo
 from proxy.semantics import KeepAlive, Options, Think
 
 Format = str | dict[str, Any] | None
@@ -100,13 +101,6 @@ class OutMessage(msgspec.Struct, omit_defaults=True):
     content: str  # no default: always sent, "" included, as clients require
     thinking: str = ""
     tool_calls: list[OutToolCall] | None = None
-
-
-class DebugInfo(msgspec.Struct, omit_defaults=True):
-    """`_debug_render_only`'s answer: the rendered prompt, and how many images go with it."""
-
-    rendered_template: str
-    image_count: int = 0
 
 
 class ChatChunk(msgspec.Struct, omit_defaults=True):

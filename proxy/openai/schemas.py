@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from proxy.rendering import DebugInfo
 from proxy.semantics import KeepAlive, Options
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=128)]
@@ -129,6 +130,8 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     # How hard a thinking model thinks, as Ollama's `think` (see translate.reasoning_think).
     reasoning_effort: str | None = None
     reasoning: Reasoning | None = None
+    # The prompt the model's template makes of the request, answered instead of running it.
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
 class CompletionRequest(_Sampling, kw_only=True):
@@ -227,6 +230,15 @@ class ChatCompletion(_Answer, kw_only=True):
     object: str = "chat.completion"
     choices: list[ChatChoice]
     usage: Usage
+
+
+class RenderedChat(_Answer, kw_only=True):
+    """`_debug_render_only`'s answer, as Ollama's /v1 gives it: a completion with an empty message."""
+
+    object: str = "chat.completion"
+    choices: list[ChatChoice]
+    usage: Usage
+    debug_info: DebugInfo = msgspec.field(name="_debug_info")
 
 
 class ChunkChoice(msgspec.Struct):

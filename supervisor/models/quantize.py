@@ -50,7 +50,9 @@ def tool_beside(llama_server: Path) -> Path:
     return tool
 
 
-async def quantize(tool: Path, source: Path, target: Path, type_name: str, threads: int) -> AsyncIterator[tuple[int, int]]:
+async def quantize(
+    tool: Path, source: Path, target: Path, type_name: str, threads: int,
+) -> AsyncIterator[tuple[int, int]]:
     """Write `source` quantized to `target`, yielding (tensors done, tensors in all) as
     llama-quantize reports each tensor. A failure is a 500 with llama-quantize's last words; a
     consumer that stops early (a client gone) kills the process."""
