@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "contrib"))
 
 import default_model  # noqa: E402
 
+from registries import Cdn, OllamaRegistry  # noqa: E402
 from supervisor.runtime.binary import find_llama_server  # noqa: E402
 from tinymodel import write_tiny_model  # noqa: E402
 
@@ -224,3 +225,21 @@ def _children(srv: Server) -> list[int]:
         except OSError:
             pass
     return found
+
+
+@pytest.fixture(scope="module")
+def cdn() -> Iterator[Cdn]:
+    """The loopback CDN of tests/registries.py, for the pull and push tests."""
+    server = Cdn()
+    yield server
+    for blob in server.blobs.values():
+        blob.resume.set()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def registry(cdn: Cdn) -> Iterator[OllamaRegistry]:
+    """The loopback registry.ollama.ai of tests/registries.py, its blobs on `cdn`."""
+    server = OllamaRegistry(cdn)
+    yield server
+    server.close()

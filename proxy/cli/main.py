@@ -19,8 +19,8 @@ from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.runtime.layout import BACKENDS, DEFAULT_TAG
 
-# What only some commands need (msgspec schemas, httpx, the installer) is imported inside them:
-# `llamagate --version` must answer in well under 150 ms (tests/test_onefile.py checks the imports).
+# What only some commands need (msgspec schemas, httpx, the installer) is imported inside them, so
+# that the client commands start fast (`--version` alone is answered before this module: entry.py).
 if TYPE_CHECKING:
     from proxy.cli.progress import PullDisplay
 
@@ -47,25 +47,11 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    """Ours, the Ollama release whose API we answer as, and the llama-server `serve` would run."""
     if not value or ctx.resilient_parsing:
         return
-    from supervisor.runtime.binary import find_llama_server
-    from supervisor.runtime.build_tag import build_tag
-    from supervisor.version import OLLAMA_VERSION, VERSION
+    from proxy.cli.entry import version_lines
 
-    click.echo(f"llamagate {VERSION} (Ollama API {OLLAMA_VERSION})")
-    try:
-        config = Config.load()
-        binary = find_llama_server(config.llama_server, config.runtime_dir)
-    except (ValueError, LlamagateError) as e:
-        if isinstance(e, LlamagateError) and not config.llama_server:
-            click.echo(f"llama-server: none found (the first model load downloads llama.cpp {DEFAULT_TAG}; "
-                       "`llamagate runtime install` does it now)")
-        else:
-            click.echo(f"llama-server: {e.message if isinstance(e, LlamagateError) else e}")
-        ctx.exit()
-    click.echo(f"llama-server {build_tag(binary.path, config.runtime_dir)} at {binary.path} (from {binary.source})")
+    click.echo("\n".join(version_lines()))
     ctx.exit()
 
 
@@ -262,27 +248,55 @@ class _Terminal:
                 break
 
 
+def _transfer_options(command: Any) -> Any:
+    """`pull`'s and `push`'s arguments."""
+    command = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")(command)
+    command = click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")(command)
+    return click.argument("name")(command)
+
+
 @main.command()
-@click.argument("name")
-@click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")
+@_transfer_options
 def pull(name: str, insecure: bool, quiet: bool) -> None:
     """Pull a model from a registry (registry.ollama.ai, hf.co/<user>/<repo>[:<quant>], ...)."""
+    _transfer("/api/pull", "pulling", name, insecure, quiet)
+
+
+def _transfer(path: str, verb: str, name: str, insecure: bool, quiet: bool) -> None:
+    """A pull's or push's progress drawn on standard error; its error, as `ollama` words it."""
     from proxy.cli.progress import PullDisplay
 
-    display = PullDisplay()
+    display = PullDisplay(verb=verb)
     terminal = _Terminal(display)
     try:
-        for event in Client().stream("/api/pull", {"model": name, "insecure": insecure}):
+        for event in Client().stream(path, {"model": name, "insecure": insecure}):
             display.update(event)
             if not quiet:
                 terminal.show()
     except ClientError as e:
         if not quiet:
             terminal.show(final=True)
-        _fail(str(e))
+        message = str(e)
+        if path == "/api/push" and ("access denied" in message.lower() or "unauthorized" in message.lower()):
+            message = "you are not authorized to push to this namespace, create the model under a namespace you own"
+        _fail(message)
     if not quiet:
         terminal.show(final=True)
+
+
+@main.command()
+@_transfer_options
+def push(name: str, insecure: bool, quiet: bool) -> None:
+    """Push a model to a registry (a name with your namespace: NAMESPACE/MODEL[:TAG], HOST/NAMESPACE/MODEL)."""
+    _transfer("/api/push", "pushing", name, insecure, quiet)
+    if quiet:
+        return
+    from supervisor.names import DEFAULT_HOST, ModelName
+
+    pushed = ModelName.parse(name)
+    where = (f"https://ollama.com/{pushed.display.removesuffix(':latest')}" if pushed.host.lower() == DEFAULT_HOST
+             else f"{pushed.host}/{pushed.namespace}/{pushed.model}:{pushed.tag}")
+    click.echo(f"\nYou can find your model at:\n\n\t{where}")
 
 
 def _chat(client: Client, model: str, messages: list[dict[str, str]]) -> str:

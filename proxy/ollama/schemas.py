@@ -310,8 +310,12 @@ class PullRequest(msgspec.Struct):
     stream: bool | None = None
 
 
+class PushRequest(PullRequest):
+    """/api/push's body: the fields of a pull's."""
+
+
 class ProgressResponse(msgspec.Struct, omit_defaults=True):
-    """A pull's progress line; `digest`, `total` and `completed` are omitted when empty."""
+    """A pull's or push's progress line; `digest`, `total` and `completed` are omitted when empty."""
 
     status: str
     digest: str = ""
