@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,7 +159,9 @@ def _sha256(path: Path) -> str:
 @click.argument("name")
 @click.option("-f", "--file", "modelfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default="Modelfile", show_default=True, help="The Modelfile to build from.")
-def create(name: str, modelfile: Path) -> None:
+@click.option("-q", "--quantize", default="", metavar="TYPE",
+              help="Quantize an F16/BF16/F32 model to TYPE (q4_K_M, q8_0, ...) with llama-quantize.")
+def create(name: str, modelfile: Path, quantize: str) -> None:
     """Create a model from a Modelfile (FROM a local .gguf file or an existing model)."""
     from proxy.cli.modelfile import ModelfileError, parse
 
@@ -173,6 +176,8 @@ def create(name: str, modelfile: Path) -> None:
             body[key] = value
     if mf.license:
         body["license"] = mf.license
+    if quantize:
+        body["quantize"] = quantize
     source = (modelfile.parent / Path(mf.from_).expanduser()).resolve()
     try:
         if source.is_file():
@@ -187,10 +192,27 @@ def create(name: str, modelfile: Path) -> None:
             _fail(f"FROM {mf.from_}: file not found")
         else:
             body["from"] = mf.from_
-        for status in client.stream("/api/create", body):
-            click.echo(status["status"])
+        _create_progress(client.stream("/api/create", body))
     except ClientError as e:
         _fail(str(e))
+
+
+def _create_progress(lines: Iterator[dict[str, Any]]) -> None:
+    """Each status once; a step with a total (quantizing) as a percentage, redrawn in place on a
+    terminal, printed once at its end elsewhere."""
+    terminal = sys.stdout.isatty()
+    shown = ""
+    for line in lines:
+        status, total = line["status"], line.get("total", 0)
+        if total:
+            done = line.get("completed", 0)
+            if terminal:
+                click.echo(f"\r{status} {100 * done // total}%", nl=done == total)
+            elif done == total:
+                click.echo(f"{status} 100%")
+        elif status != shown:
+            click.echo(status)
+        shown = status
 
 
 class _Terminal:

@@ -52,8 +52,8 @@ class LocalFiles:
         return self.projector is not None
 
     def info(self, *, verbose: bool = False) -> GGUFInfo:
-        # Verbose reads every array (the vocabulary): too big to keep, so never cached.
-        return read_gguf(self.model, max_array=1 << 62) if verbose else cached_info(self.model)
+        # Verbose reads every array (the vocabulary) and the tensors: too big to keep, so never cached.
+        return read_gguf(self.model, max_array=1 << 62, tensors=True) if verbose else cached_info(self.model)
 
 
 @dataclass(frozen=True, eq=False)
