@@ -36,6 +36,14 @@ def llamagate_cmd() -> list[str]:
     return [sys.executable, "-c", "from proxy.cli.main import main; main()"]
 
 
+def hermetic_home(home: Path) -> dict[str, str]:
+    """A home of the test's own: the developer's runtime cache (which would win the llama-server
+    search), config file (its upstreams and settings) and ~/.ollama stay out of every test server,
+    as do the OLLAMA_* and LLAMAGATE_* variables of the shell that runs the tests."""
+    return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local" / "share")}
+
+
 class Server:
     """A `llamagate serve` subprocess on a free port with its own model store."""
 
@@ -45,7 +53,8 @@ class Server:
         self.models = tmp / "models"
         self.log_path = tmp / "serve.log"
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "LLAMAGATE_"))},
+            **hermetic_home(tmp / "home"),
             "OLLAMA_HOST": f"{bind}:{self.port}",
             "OLLAMA_MODELS": str(self.models),
             "LLAMAGATE_THREADS": "1",
