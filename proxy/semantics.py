@@ -56,9 +56,19 @@ class Options(msgspec.Struct, omit_defaults=True):
             value = getattr(self, name)
             if isinstance(value, float):
                 setattr(self, name, int(value))
+        for name, (low, high) in _LOAD_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
 
 
 _INT_OPTIONS = tuple(name for name, kind in Options.__annotations__.items() if kind == "Int")
+# The load-time options as llama-server's flags take them: a C int each, at most ggml's 512
+# threads (GGML_MAX_N_THREADS), a batch of a token at least. Beyond them it dies while loading,
+# and the crash backoff that follows would refuse every other client of the model too.
+_INT32 = 2**31 - 1
+_LOAD_BOUNDS = {"num_ctx": (-_INT32, _INT32), "num_batch": (1, _INT32), "num_gpu": (-_INT32, _INT32),
+                "num_thread": (-_INT32, 512), "main_gpu": (-_INT32, _INT32)}
 
 
 # Ollama's option defaults, sent explicitly because llama-server's differ (top_p 0.95, min_p 0.05).

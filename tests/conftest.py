@@ -128,6 +128,24 @@ def fake_upstream_server(tmp: Path, env: dict[str, str] | None = None) -> Server
     return srv
 
 
+# The hang watchdog's timeout of the shared fake server (seconds), short for the fault tests.
+FAKE_HANG_TIMEOUT = 2
+
+
+@pytest.fixture(scope="session")
+def fake_server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
+    """One shared `llamagate serve` in front of tests/fake_llama_server.py, with tiny:latest, for
+    the fault, corpus and fuzz tests; a name that parses is pulled from a dead registry."""
+    tmp = tmp_path_factory.mktemp("fake")
+    srv = fake_upstream_server(tmp, env={"LLAMAGATE_HANG_TIMEOUT": f"{FAKE_HANG_TIMEOUT}s",
+                                         "LLAMAGATE_REGISTRY_MIRRORS": "registry.ollama.ai=http://127.0.0.1:9"})
+    try:
+        srv.create("tiny", tiny_gguf)
+        yield srv
+    finally:
+        srv.stop()
+
+
 def runner_of(srv: Server) -> tuple[str, dict[str, str]]:
     """The URL of the one llama-server running, and its key (read from its environment)."""
     (pid,) = srv.runner_pids()

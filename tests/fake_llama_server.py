@@ -209,6 +209,11 @@ class Handler(BaseHTTPRequestHandler):
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
             self._json({"data": [{"index": i, "embedding": [0.6, 0.8]} for i in range(len(inputs))],
                         "usage": {"prompt_tokens": 7}})
+        elif self.path == "/v1/messages":
+            self._json({"type": "message", "role": "assistant", "model": "fake", "content": [
+                {"type": "text", "text": "Hi there"}], "stop_reason": "end_turn"})
+        elif self.path == "/v1/messages/count_tokens":
+            self._json({"input_tokens": 7})
         elif self.path == "/v1/responses":
             self._json({"object": "response", "model": "fake", "status": "completed", "output": []})
         elif self.path == "/completion" and self._too_long(_prompt_tokens(body["prompt"])):

@@ -7,23 +7,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-
 import httpx
 import pytest
-from conftest import Server, fake_upstream_server
+from conftest import FAKE_HANG_TIMEOUT as HANG_TIMEOUT
+from conftest import Server
 
-HANG_TIMEOUT = 2  # LLAMAGATE_HANG_TIMEOUT, seconds
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory, tiny_gguf) -> Iterator[Server]:
-    srv = fake_upstream_server(tmp_path_factory.mktemp("faults"), env={"LLAMAGATE_HANG_TIMEOUT": f"{HANG_TIMEOUT}s"})
-    try:
-        srv.create("tiny", tiny_gguf)
-        yield srv
-    finally:
-        srv.stop()
+@pytest.fixture
+def fake(fake_server) -> Server:
+    return fake_server
 
 
 def _body(path: str, text: str, stream: bool) -> dict:
