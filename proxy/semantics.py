@@ -70,7 +70,8 @@ class Options(msgspec.Struct, omit_defaults=True):
                 setattr(self, name, int(value))
 
 
-_INT_OPTIONS = tuple(name for name, kind in Options.__annotations__.items() if kind in ("Int", "CInt", "Batch", "Threads"))
+_INT_OPTIONS = tuple(name for name, kind in Options.__annotations__.items()
+                     if kind in ("Int", "CInt", "Batch", "Threads"))
 
 
 # Ollama's option defaults, sent explicitly because llama-server's differ (top_p 0.95, min_p 0.05).
