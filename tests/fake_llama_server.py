@@ -231,9 +231,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (llamagate cancelling a generation) is no error: print nothing,
+        as llama-server prints nothing, so a traceback in llamagate's log is always llamagate's."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def main() -> None:
     _record({"argv": sys.argv[1:]})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _Server(("127.0.0.1", 0), Handler)
     print(f"main: server is listening on http://127.0.0.1:{server.server_address[1]} - starting the main loop",
           flush=True)
     server.serve_forever()
