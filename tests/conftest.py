@@ -36,6 +36,14 @@ def llamagate_cmd() -> list[str]:
     return [sys.executable, "-c", "from proxy.cli.main import main; main()"]
 
 
+def hermetic_home(home: Path) -> dict[str, str]:
+    """A home of the test's own: the developer's runtime cache (which would win the llama-server
+    search), config file (its upstreams and settings) and ~/.ollama stay out of every test server,
+    as do the OLLAMA_* and LLAMAGATE_* variables of the shell that runs the tests."""
+    return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local" / "share")}
+
+
 class Server:
     """A `llamagate serve` subprocess on a free port with its own model store."""
 
@@ -45,7 +53,8 @@ class Server:
         self.models = tmp / "models"
         self.log_path = tmp / "serve.log"
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "LLAMAGATE_"))},
+            **hermetic_home(tmp / "home"),
             "OLLAMA_HOST": f"{bind}:{self.port}",
             "OLLAMA_MODELS": str(self.models),
             "LLAMAGATE_THREADS": "1",
@@ -117,6 +126,24 @@ def fake_upstream_server(tmp: Path, env: dict[str, str] | None = None) -> Server
     srv = Server(tmp, "--llama-server", str(wrapper), env={"FAKE_LLAMA_LOG": str(log), **(env or {})})
     srv.requests = lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return srv
+
+
+# The hang watchdog's timeout of the shared fake server (seconds), short for the fault tests.
+FAKE_HANG_TIMEOUT = 2
+
+
+@pytest.fixture(scope="session")
+def fake_server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
+    """One shared `llamagate serve` in front of tests/fake_llama_server.py, with tiny:latest, for
+    the fault, corpus and fuzz tests; a name that parses is pulled from a dead registry."""
+    tmp = tmp_path_factory.mktemp("fake")
+    srv = fake_upstream_server(tmp, env={"LLAMAGATE_HANG_TIMEOUT": f"{FAKE_HANG_TIMEOUT}s",
+                                         "LLAMAGATE_REGISTRY_MIRRORS": "registry.ollama.ai=http://127.0.0.1:9"})
+    try:
+        srv.create("tiny", tiny_gguf)
+        yield srv
+    finally:
+        srv.stop()
 
 
 def runner_of(srv: Server) -> tuple[str, dict[str, str]]:
