@@ -33,7 +33,7 @@ def test_the_server_publishes_this_document(fake_server) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=6, deadline=None, derandomize=True, database=None,
+@settings(max_examples=4, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
 def test_fuzz(case, fake_server) -> None:
     # Half the bodies name the model the server has, to reach past the lookup into translation,
