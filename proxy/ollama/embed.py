@@ -19,10 +19,11 @@ from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions
 
 
-def _embedding_model(gate: Gateway, text: str) -> Model:
+async def _embedding_model(gate: Gateway, text: str) -> Model:
     model = gate.catalog.get(ModelName.parse(text))
     if model is None:
         raise not_found(f'model "{text}" not found, try pulling it first')
+    await model.read_info()
     return model
 
 
@@ -61,7 +62,7 @@ async def embed(request: Request) -> Response[bytes]:
     if not req.model:
         raise not_found("model '' not found")
     gate = gate_of(request)
-    model = _embedding_model(gate, req.model)
+    model = await _embedding_model(gate, req.model)
     inputs = [req.input] if isinstance(req.input, str) else (req.input or [])
     if inputs == [""]:
         inputs = []  # an empty input only loads the model, as in Ollama
@@ -82,7 +83,7 @@ async def embeddings(request: Request) -> Response[bytes]:
     if not req.model:
         raise bad_request("model is required")
     gate = gate_of(request)
-    model = _embedding_model(gate, req.model)
+    model = await _embedding_model(gate, req.model)
     inputs = [req.prompt] if req.prompt else []
     vectors, _ = await _embed(gate, model, inputs, req.options, request_keep_alive(req.keep_alive), True, Timer())
     return json_response(schemas.EmbeddingsResponse(translate.normalize(vectors[0]) if vectors else []))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from proxy.semantics import Options
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.models.model import Model
-from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
+from supervisor.models.store import ADAPTER, DISK_FULL, MODEL, PROJECTOR, Layer, Message, StoredModel, disk_error
 from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
 from supervisor.version import OLLAMA_VERSION
@@ -54,7 +55,9 @@ def _listed(m: Model) -> schemas.ListedModel:
 
 @route("/api/tags", http_method=[HttpMethod.GET, HttpMethod.HEAD])
 async def tags(request: Request) -> Response[bytes]:
-    return json_response(schemas.TagsResponse([_listed(m) for m in gate_of(request).catalog.list()]))
+    catalog = gate_of(request).catalog
+    # In a thread: a model listed for the first time has its GGUF's header read.
+    return json_response(schemas.TagsResponse(await asyncio.to_thread(lambda: [_listed(m) for m in catalog.list()])))
 
 
 @route("/api/version", http_method=[HttpMethod.GET, HttpMethod.HEAD])
@@ -159,7 +162,12 @@ def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLin
 @post("/api/create")
 async def create(request: Request) -> Response[Any]:
     req = await decode_body(request, schemas.CreateRequest)
-    lines = _create(gate_of(request), req)
+    gate = gate_of(request)
+    try:
+        # A change of the store: its GGUF reads and fsyncs in a thread, no delete in between.
+        lines = await gate.store.change(lambda: _create(gate, req))
+    except OSError as e:
+        raise disk_error(f"create {req.model or req.name}", e) if e.errno in DISK_FULL else e
     if req.stream is False:
         return json_response(lines[-1])
     return ndjson_stream(encode(line) + b"\n" for line in lines)
@@ -183,7 +191,7 @@ async def copy(request: Request) -> Response[None]:
     source = gate.catalog.stored(source_name)
     if source is None:
         raise not_found(f'model "{req.source}" not found')
-    gate.store.copy(source, destination)
+    await gate.store.change(lambda: gate.store.copy(source, destination))
     return Response(None, status_code=200)
 
 
@@ -204,7 +212,7 @@ async def delete(request: Request) -> Response[None]:
     model_layer = model.model_path.name.replace("sha256-", "sha256:")
     if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
         await gate.scheduler.unload(gate.catalog.require(text))
-    pruned = gate.store.delete(model)
+    pruned = await gate.store.delete(model)
     log.info("deleted %s; pruned %d blob(s)", model.name.display, len(pruned))
     return Response(None, status_code=200)
 
@@ -224,7 +232,9 @@ async def show(request: Request) -> Response[bytes]:
     if model is None:
         raise not_found(f"model '{name.display}' not found")
     target = model.target
-    info = target.info(verbose=True) if req.verbose else model.info
+    # Off the loop: a first read of the header, and a verbose one every time (it is not kept).
+    info = await (asyncio.to_thread(target.info, verbose=True) if req.verbose else model.read_info())
+    projector = await asyncio.to_thread(cached_info, target.projector) if target.projector else None
     system = req.system if req.system is not None else model.system
     params = dict(model.params)
     if "num_ctx" in params:  # shown as the context the server will really use (clients read it)
@@ -245,8 +255,7 @@ async def show(request: Request) -> Response[bytes]:
         modified_at=model.modified_at.isoformat(),
         system=system,
         messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,
-        projector_info=translate.model_info(cached_info(target.projector).metadata, 0, req.verbose)
-        if target.projector else None,
+        projector_info=translate.model_info(projector.metadata, 0, req.verbose) if projector else None,
     ))
 
 

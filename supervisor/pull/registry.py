@@ -131,26 +131,30 @@ class Puller:
         manifest = check_manifest(raw)
         yield Progress("pulling manifest")
         blob_base = f"{base}/v2/{name.namespace}/{name.model}/blobs/"
-        async with AsyncExitStack() as waiting:
-            fresh = []
-            for layer in _layers(manifest):
-                status = f"pulling {digest_hex(layer.digest)[:12]}"
-                if self.store.has_blob(layer.digest):
-                    self.downloads.clean_leftovers(layer.digest)
-                    yield Progress(status, layer.digest, layer.size, layer.size)
-                    continue
-                download = waiting.enter_context(
-                    self.downloads.join(layer.digest, layer.size, blob_base + layer.digest, insecure)
-                )
-                async for completed in download.progress():
-                    yield Progress(status, layer.digest, layer.size, completed)
-                fresh.append(download)
-            yield Progress("verifying sha256 digest")
-            for download in fresh:
-                await download.wait()
-        yield Progress("writing manifest")
-        try:
-            self.store.write_manifest(name, manifest, raw)
-        except OSError as e:
-            raise LlamagateError(507, f"writing the manifest of {name.display}: {e.strerror or e}") from e
+        layers = _layers(manifest)
+        # Pinned from before the first is looked for until the manifest names them: a delete
+        # of a model sharing one meanwhile leaves it.
+        async with self.store.pinned(self.store.blob_path(layer.digest) for layer in layers):
+            async with AsyncExitStack() as waiting:
+                fresh = []
+                for layer in layers:
+                    status = f"pulling {digest_hex(layer.digest)[:12]}"
+                    if self.store.has_blob(layer.digest):
+                        self.downloads.clean_leftovers(layer.digest)
+                        yield Progress(status, layer.digest, layer.size, layer.size)
+                        continue
+                    download = waiting.enter_context(
+                        self.downloads.join(layer.digest, layer.size, blob_base + layer.digest, insecure)
+                    )
+                    async for completed in download.progress():
+                        yield Progress(status, layer.digest, layer.size, completed)
+                    fresh.append(download)
+                yield Progress("verifying sha256 digest")
+                for download in fresh:
+                    await download.wait()
+            yield Progress("writing manifest")
+            try:
+                await self.store.change(lambda: self.store.write_manifest(name, manifest, raw))
+            except OSError as e:
+                raise LlamagateError(507, f"writing the manifest of {name.display}: {e.strerror or e}") from e
         yield Progress("success")
