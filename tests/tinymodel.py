@@ -69,9 +69,12 @@ def write_tiny_model(
     chat_template: str = CHAT_TEMPLATE,
     extra_tokens: tuple[str, ...] = (),
     favour: str | None = None,
+    padding: int = 0,
 ) -> pathlib.Path:
     """`extra_tokens` are added to the vocabulary; `favour` (one of them) is made the greedy
-    choice wherever it is allowed, so a test can steer the model into, say, a tool call."""
+    choice wherever it is allowed, so a test can steer the model into, say, a tool call.
+    `padding` strings in an extra metadata array make the header as slow to read as a big
+    vocabulary's, without the big vocabulary's slow load."""
     path = pathlib.Path(path)
     tokens, token_types = _vocab(extra_tokens)
     n_vocab = len(tokens)
@@ -140,6 +143,8 @@ def write_tiny_model(
     # ChatML prompts carry their own markers; a BOS in front would just be noise.
     writer.add_add_bos_token(False)
     writer.add_chat_template(chat_template)
+    if padding:
+        writer.add_array("llamagate.test.padding", [f"pad{i}" for i in range(padding)])
 
     for name, data in tensors.items():
         writer.add_tensor(name, data)

@@ -240,8 +240,7 @@ class BlobDownload:
                 for path in self._saved_parts():
                     path.unlink()
                 parts = [Part(0, 0, self.total)]
-            for part in parts:
-                self._save(part)
+            await asyncio.to_thread(lambda: [self._save(part) for part in parts])
             self.completed = sum(p.Completed for p in parts)
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -338,7 +337,7 @@ class BlobDownload:
                     if part.Completed >= part.Size:
                         return
                     if time.monotonic() - last_save > SAVE_EVERY:
-                        self._save(part)
+                        await asyncio.to_thread(self._save, msgspec.structs.replace(part))
                         last_save = time.monotonic()
             except httpx.TransportError:
                 await self._write(part, fd, pending)  # what came before the cut is good
