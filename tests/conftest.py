@@ -22,7 +22,13 @@ sys.path.insert(0, str(ROOT / "contrib"))
 import default_model  # noqa: E402
 
 from supervisor.runtime.binary import find_llama_server  # noqa: E402
+from registries import Cdn, OllamaRegistry  # noqa: E402
 from tinymodel import write_tiny_model  # noqa: E402
+
+
+# The long suites (the soak, the SIGKILL sequence) run only when asked: contrib/soak.sh, or
+# LLAMAGATE_LONG=1 contrib/test.sh tests/long.
+collect_ignore = [] if os.environ.get("LLAMAGATE_LONG") else ["long"]
 
 
 def free_port() -> int:
@@ -149,6 +155,31 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="module")
+def cdn() -> Iterator[Cdn]:
+    """A loopback CDN (tests/registries.py); paused blobs are let go at the end."""
+    server = Cdn()
+    yield server
+    for blob in server.blobs.values():
+        blob.resume.set()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def registry(cdn: Cdn) -> Iterator[OllamaRegistry]:
+    """A loopback registry.ollama.ai, its blobs on `cdn`."""
+    server = OllamaRegistry(cdn)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def padded_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a header as slow to read as a big vocabulary's: 150k strings take
+    0.4-0.5 s to read, about twice that verbose."""
+    return write_tiny_model(tmp_path_factory.mktemp("padded") / "padded.gguf", padding=150_000)
 
 
 @pytest.fixture(scope="session")

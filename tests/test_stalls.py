@@ -19,9 +19,8 @@ import httpx
 import pytest
 
 from conftest import Server
-from registries import Cdn, OllamaRegistry
+from registries import OllamaRegistry
 from supervisor.models.store import MODEL
-from tinymodel import write_tiny_model
 
 # A stall shows as a gap of the work's whole duration (each is made to take 0.4 s or more
 # unloaded); the stream's own gaps stay well under this. On a crowded machine every gap
@@ -74,21 +73,6 @@ class Stream:
         self._proc.kill()
         self._proc.wait()
         self._thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def padded_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 150k strings: 0.4-0.5 s to read the header, about twice that verbose.
-    return write_tiny_model(tmp_path_factory.mktemp("padded") / "padded.gguf", padding=150_000)
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[OllamaRegistry]:
-    cdn = Cdn()
-    server = OllamaRegistry(cdn)
-    yield server
-    server.close()
-    cdn.close()
 
 
 @pytest.fixture(scope="module")

@@ -471,7 +471,11 @@ class Store:
                 raise bad_request(f'digest mismatch, expected "sha256:{want}", got "sha256:{h.hexdigest()}"')
             await asyncio.to_thread(self._commit_blob, tmp, want)
         except OSError as e:
-            raise disk_error(f"store blob {digest}", e) if e.errno in DISK_FULL else e
+            if e.errno not in DISK_FULL:
+                raise
+            async for _ in chunks:  # read to the end, so that the client hears why, not a reset
+                pass
+            raise disk_error(f"store blob {digest}", e) from e
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
