@@ -124,9 +124,12 @@ def test_a_delete_during_a_runner_start_loses_nothing(tmp_path, tiny_gguf, padde
     srv = Server(tmp_path)
     try:
         srv.create("keep", tiny_gguf)
-        outcomes = []
-        for delay in (0.0, 0.05, 0.2):
-            srv.create("doomed", padded_gguf)
+        data = padded_gguf.read_bytes()
+        for delay in (0.0, 0.1):
+            files = {"doomed.gguf": upload(srv.url, data)}
+            r = httpx.post(f"{srv.url}/api/create", json={"model": "doomed", "files": files, "stream": False},
+                           timeout=60)
+            assert r.status_code == 200, r.text
             result: list[httpx.Response] = []
             body = {"model": "doomed", "prompt": "hi", "stream": False, "options": {"num_predict": 3}}
             asker = threading.Thread(target=lambda: result.append(
@@ -135,7 +138,6 @@ def test_a_delete_during_a_runner_start_loses_nothing(tmp_path, tiny_gguf, padde
             time.sleep(delay)
             assert delete(srv.url, "doomed").status_code == 200
             asker.join(60)
-            outcomes.append(result[0].status_code)
             assert result[0].status_code in (200, 404), result[0].text
             # The GGUF goes once the request's pin does.
             assert wait_until(lambda: unnamed_blobs(srv.models) == [], timeout=10), unnamed_blobs(srv.models)
@@ -175,11 +177,11 @@ def test_the_startup_prune_spares_what_is_young_or_named(tmp_path, tiny_gguf):
 
 @pytest.fixture
 def small_disk(tmp_path) -> Iterator[Path]:
-    """A 24 MB tmpfs for the store, mounted by the test (CI runs as root; without root there is
+    """A 12 MB tmpfs for the store, mounted by the test (CI runs as root; without root there is
     no honest way to fill a disk, and the test fails saying so)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True)
     assert done.returncode == 0, f"a disk-full test mounts a tmpfs, which needs root: {done.stderr.decode()}"
     try:
         yield mount
@@ -192,20 +194,20 @@ def test_a_full_disk_during_an_upload_and_a_pull_is_a_clear_error(small_disk, re
     srv = Server(small_disk.parent, env=env)
     try:
         # An upload bigger than the disk: 507, and no temporary file left.
-        data = os.urandom(30 * MB)
+        data = os.urandom(16 * MB)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         r = httpx.post(f"{srv.url}/api/blobs/{digest}", content=data, timeout=120)
         assert r.status_code == 507, r.text
         assert "not enough disk space" in r.json()["error"] and "No space left on device" in r.json()["error"]
         assert list((small_disk / "models" / "blobs").iterdir()) == []
         # A pull that fits when it starts, until something else fills the disk.
-        layer = os.urandom(16 * MB)
-        registry.publish("library/toolarge:latest", [(MODEL, layer)], pause_after=4 * MB)
+        layer = os.urandom(8 * MB)
+        registry.publish("library/toolarge:latest", [(MODEL, layer)], pause_after=2 * MB)
         result: list[httpx.Response] = []
         puller = threading.Thread(target=lambda: result.append(pull(srv.url, "toolarge")))
         puller.start()
-        assert wait_until(lambda: cdn.blobs[sha256(layer)].sent >= 4 * MB, timeout=20)
-        (small_disk / "filler").write_bytes(b"\0" * (16 * MB))  # another program takes the room
+        assert wait_until(lambda: cdn.blobs[sha256(layer)].sent >= 2 * MB, timeout=20)
+        (small_disk / "filler").write_bytes(b"\0" * (8 * MB))  # another program takes the room
         cdn.blobs[sha256(layer)].pause_after = None
         cdn.blobs[sha256(layer)].resume.set()
         puller.join(60)
