@@ -47,6 +47,7 @@ class Figures:
     by_kind: dict[str, int] = field(default_factory=dict)
     busy_503: int = 0  # intended: OLLAMA_MAX_QUEUE's "server busy"
     errors: list[str] = field(default_factory=list)
+    log_problems: list[str] = field(default_factory=list)  # the server's WARNING and ERROR lines
     samples: list[Sample] = field(default_factory=list)
     baseline_at: float = 0.0
 
@@ -66,6 +67,7 @@ class Figures:
         data["growth"] = self.growth()
         data["bounds"] = {"fds": FD_BOUND, "threads": THREAD_BOUND, "rss": RSS_BOUND}
         data["errors"] = self.errors[:50]
+        data["log_problems"] = self.log_problems[:100]
         data["error_count"] = len(self.errors)
         data["flat"] = self.flat()
         path.write_text(json.dumps(data, indent=2) + "\n")
@@ -168,3 +170,7 @@ def soak_server(tmp: Path, smollm2: Path, tiny_gguf: Path) -> Iterator[tuple[Ser
         srv.stop()
         registry.close()
         cdn.close()
+
+
+def log_problems(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line or "Traceback" in line]

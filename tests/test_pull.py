@@ -48,20 +48,7 @@ MB = 1_000_000
 # Loopback registries and a server that uses them ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cdn():
-    server = Cdn()
-    yield server
-    for blob in server.blobs.values():
-        blob.resume.set()
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def registry(cdn):
-    server = OllamaRegistry(cdn)
-    yield server
-    server.close()
+# `cdn` and `registry` come from conftest.
 
 
 @pytest.fixture(scope="module")

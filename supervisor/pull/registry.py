@@ -95,22 +95,30 @@ class Puller:
     async def _manifest(self, base: str, name: ModelName, insecure: bool) -> bytes:
         url = f"{base}/v2/{name.namespace}/{name.model}/manifests/{name.tag}"
         try:
-            async with follow(self.client, url, {"Accept": MANIFEST_TYPE}, insecure) as r:
-                if r.status_code == 404:
-                    raise not_found("pull model manifest: file does not exist")
-                body = b""
-                async for chunk in r.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_MANIFEST:
-                        raise LlamagateError(502, "pull model manifest: the manifest is too large")
-                if r.status_code >= 400:
-                    text = body.decode(errors="replace").strip()[:500]
-                    raise LlamagateError(502, f"pull model manifest: {r.status_code}: {text}")
-                return body
+            try:
+                return await self._get_manifest(url, insecure)
+            except httpx.RemoteProtocolError:
+                # A pooled connection the registry closed while it sat idle (the soak met it):
+                # a GET is safe to send again, on a new connection.
+                return await self._get_manifest(url, insecure)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             raise _Unreachable(f"{url}: {e}") from e
         except httpx.TransportError as e:
             raise LlamagateError(502, f"pull model manifest: {e or type(e).__name__}") from e
+
+    async def _get_manifest(self, url: str, insecure: bool) -> bytes:
+        async with follow(self.client, url, {"Accept": MANIFEST_TYPE}, insecure) as r:
+            if r.status_code == 404:
+                raise not_found("pull model manifest: file does not exist")
+            body = b""
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_MANIFEST:
+                    raise LlamagateError(502, "pull model manifest: the manifest is too large")
+            if r.status_code >= 400:
+                text = body.decode(errors="replace").strip()[:500]
+                raise LlamagateError(502, f"pull model manifest: {r.status_code}: {text}")
+            return body
 
     async def pull(self, text: str, insecure: bool) -> AsyncIterator[Progress]:
         """Pull a model, reporting each step; the first step comes once the manifest is in,

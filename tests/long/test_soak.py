@@ -19,6 +19,7 @@ def test_soak(tmp_path, smollm2, tiny_gguf, llama_server_binary):
     with soak.soak_server(tmp_path, smollm2, tiny_gguf) as (srv, cached):
         figures = asyncio.run(soak.run(srv.url, srv.proc.pid, SECONDS, CLIENTS, "smollm2:135m", cached,
                                        baseline_at=min(120.0, SECONDS / 5)))
+        figures.log_problems = soak.log_problems(srv.log())
     figures.write(OUT)
     assert figures.errors == [], figures.errors[:10]
     assert set(figures.by_kind) == set(soak.KINDS), figures.by_kind
