@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import logging
 import os
 import re
 import tempfile
@@ -26,7 +25,6 @@ from supervisor.errors import LlamagateError, bad_request
 from supervisor.models.gguf import human_number, read_gguf
 from supervisor.names import ModelName
 
-log = logging.getLogger("llamagate.store")
 
 T = TypeVar("T")
 
