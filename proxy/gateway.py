@@ -24,6 +24,7 @@ from supervisor.models.model import LocalFiles
 from supervisor.models.remote import Upstreams
 from supervisor.models.store import Store
 from supervisor.pull.inflight import Pulls
+from supervisor.pull.push import Pusher
 from supervisor.pull.registry import Puller
 from supervisor.runners.scheduler import LoadOptions, Scheduler
 
@@ -46,6 +47,7 @@ class Gateway:
         self.inference = Inference(self.scheduler, self.hop)
         self.puller = Puller(self.store, config.registry_mirrors)
         self.pulls = Pulls(self.puller)
+        self.pusher = Pusher(self.store, config.registry_mirrors, self.puller.client)
         self._preloading: asyncio.Task[None] | None = None
 
     def _gguf(self, name: str) -> Path:

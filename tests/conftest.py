@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT / "contrib"))
 
 import default_model  # noqa: E402
 
-from supervisor.runtime.binary import find_llama_server  # noqa: E402
 from registries import Cdn, OllamaRegistry  # noqa: E402
+from supervisor.runtime.binary import find_llama_server  # noqa: E402
 from tinymodel import write_tiny_model  # noqa: E402
 
 
@@ -157,24 +157,6 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
 
 
-@pytest.fixture(scope="module")
-def cdn() -> Iterator[Cdn]:
-    """A loopback CDN (tests/registries.py); paused blobs are let go at the end."""
-    server = Cdn()
-    yield server
-    for blob in server.blobs.values():
-        blob.resume.set()
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def registry(cdn: Cdn) -> Iterator[OllamaRegistry]:
-    """A loopback registry.ollama.ai, its blobs on `cdn`."""
-    server = OllamaRegistry(cdn)
-    yield server
-    server.close()
-
-
 @pytest.fixture(scope="session")
 def padded_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with a header as slow to read as a big vocabulary's: 150k strings take
@@ -255,3 +237,21 @@ def _children(srv: Server) -> list[int]:
         except OSError:
             pass
     return found
+
+
+@pytest.fixture(scope="module")
+def cdn() -> Iterator[Cdn]:
+    """The loopback CDN of tests/registries.py, for the pull and push tests."""
+    server = Cdn()
+    yield server
+    for blob in server.blobs.values():
+        blob.resume.set()
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def registry(cdn: Cdn) -> Iterator[OllamaRegistry]:
+    """The loopback registry.ollama.ai of tests/registries.py, its blobs on `cdn`."""
+    server = OllamaRegistry(cdn)
+    yield server
+    server.close()

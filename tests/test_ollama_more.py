@@ -307,7 +307,7 @@ def test_create_from_an_uploaded_blob(own, tiny_gguf):
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ({"model": "x", "from": "tiny", "quantize": "q4_K_M"}, "quantize is not supported"),
+        ({"model": "x", "from": "tiny", "quantize": "q4_K_X"}, "unsupported quantization type q4_K_X"),
         ({"model": "x"}, "neither 'from' or 'files' was specified"),
         ({"model": "x", "files": {"../evil.gguf": "sha256:" + "0" * 64}}, "file path must be relative"),
         ({"model": "x", "files": {"m.gguf": "sha256:" + "0" * 64}}, "not found"),

@@ -58,8 +58,8 @@ class LocalFiles:
         return (self.model, *((self.projector,) if self.projector else ()), *self.adapters)
 
     def info(self, *, verbose: bool = False) -> GGUFInfo:
-        # Verbose reads every array (the vocabulary): too big to keep, so never cached.
-        return read_gguf(self.model, max_array=1 << 62) if verbose else cached_info(self.model)
+        # Verbose reads every array (the vocabulary) and the tensors: too big to keep, so never cached.
+        return read_gguf(self.model, max_array=1 << 62, tensors=True) if verbose else cached_info(self.model)
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -407,6 +407,30 @@ class Store:
         os.replace(tmp, final)
         fsync_dir(self.blobs)
         return final
+
+    @contextmanager
+    def pending_blob(self) -> Iterator[Path]:
+        """A temporary file in `blobs/` for a blob being written by someone else (llama-quantize):
+        `commit_blob_file` makes it a blob; whatever is left of it on leaving is removed, so a
+        failed or cancelled write never leaves a half-written file in the store."""
+        fd, tmp = self._new_blob_tmp()
+        os.close(fd)
+        try:
+            yield Path(tmp)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def commit_blob_file(self, tmp: Path, media_type: str) -> Layer:
+        """A finished pending blob, hashed and renamed into place under its digest."""
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+            os.fsync(f.fileno())
+        size = tmp.stat().st_size
+        self._commit_blob(str(tmp), h.hexdigest())
+        return Layer(media_type, "sha256:" + h.hexdigest(), size)
 
     def add_blob_bytes(self, data: bytes, media_type: str) -> Layer:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import msgspec
@@ -95,7 +95,8 @@ async def follow(
     client: httpx.AsyncClient, url: str, headers: dict[str, str], insecure: bool
 ) -> AsyncIterator[httpx.Response]:
     """GET `url`, following up to 10 redirects by hand so that none downgrades HTTPS to HTTP
-    unless `insecure`; yields the final response with its body unread."""
+    unless `insecure`, and the registry's token never goes on to another host (a CDN); yields
+    the final response with its body unread."""
     for _ in range(11):
         async with client.stream("GET", url, headers=headers) as response:
             if not response.is_redirect:
@@ -104,6 +105,8 @@ async def follow(
             target = urljoin(url, response.headers["location"])
         if url.startswith("https:") and not target.startswith("https:") and not insecure:
             raise LlamagateError(502, f"refusing a redirect from {url} to insecure {target}")
+        if urlsplit(target).netloc != urlsplit(url).netloc:
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         url = target
     raise LlamagateError(502, f"too many redirects from {url}")
 
@@ -119,7 +122,8 @@ def _sha256(path: Path) -> str:
 class BlobDownload:
     """One blob on its way into the store, shared by every pull that needs it."""
 
-    def __init__(self, owner: Downloads, digest: str, size: int, url: str, insecure: bool) -> None:
+    def __init__(self, owner: Downloads, digest: str, size: int, url: str, insecure: bool,
+                 auth: dict[str, str]) -> None:
         self.owner = owner
         self.digest = digest
         self.hex = digest_hex(digest)
@@ -127,6 +131,7 @@ class BlobDownload:
         self.completed = 0
         self.url = url
         self.insecure = insecure
+        self.auth = auth  # the registry's token (`follow` keeps it from the CDN)
         self.final = owner.store.blob_path(digest)
         self.partial = self.final.with_name(self.final.name + "-partial")
         self.downloaded = asyncio.Event()
@@ -267,7 +272,8 @@ class BlobDownload:
             failures = 0
             while self._direct is None:
                 try:
-                    async with follow(self.owner.client, self.url, {"Range": "bytes=0-0"}, self.insecure) as r:
+                    async with follow(self.owner.client, self.url, {"Range": "bytes=0-0", **self.auth},
+                                      self.insecure) as r:
                         self._check_probe(r)
                         self._direct, self._ranged = str(r.url), r.status_code == 206
                 except (httpx.TransportError, _Transient) as e:
@@ -310,6 +316,8 @@ class BlobDownload:
     async def _stream_part(self, part: Part, fd: int) -> None:
         url = await self._direct_url()
         headers = {"Range": f"bytes={part.start}-{part.end - 1}", "Accept-Encoding": "identity"}
+        if urlsplit(url).netloc == urlsplit(self.url).netloc:
+            headers.update(self.auth)  # the registry serves the bytes itself: it wants the token
         async with self.owner.client.stream("GET", url, headers=headers) as r:
             if r.status_code in (401, 403, 410):
                 self._direct = None  # a signed CDN link expired: ask the registry again
@@ -385,13 +393,14 @@ class Downloads:
         self._active: dict[str, BlobDownload] = {}
 
     @contextmanager
-    def join(self, digest: str, size: int, url: str, insecure: bool) -> Iterator[BlobDownload]:
+    def join(self, digest: str, size: int, url: str, insecure: bool,
+             auth: dict[str, str] | None = None) -> Iterator[BlobDownload]:
         """The download of `digest`, started unless one is running; when the last pull waiting
         on it leaves (its client went away), the download stops and its files stay for resume."""
         key = digest_hex(digest)
         download = self._active.get(key)
         if download is None:
-            download = self._active[key] = BlobDownload(self, digest, size, url, insecure)
+            download = self._active[key] = BlobDownload(self, digest, size, url, insecure, auth or {})
         download.refs += 1
         try:
             yield download

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.runners import memory
-from supervisor.runtime.binary import ensure_llama_server
+from supervisor.runtime.install import ensure_llama_server
 from supervisor.config import Config
 from supervisor.errors import LlamagateError, not_found
 from supervisor.models.gguf import embedding_pooling
