@@ -61,7 +61,8 @@ def unnamed_blobs(models: Path) -> list[str]:
         if path.is_file() and not path.name.startswith("."):
             manifest = json.loads(path.read_bytes())
             named |= {la["digest"].replace(":", "-") for la in [manifest["config"], *manifest["layers"]]}
-    return sorted(p.name for p in (models / "blobs").glob("sha256-*") if "partial" not in p.name and p.name not in named)
+    blobs = (models / "blobs").glob("sha256-*")
+    return sorted(p.name for p in blobs if "partial" not in p.name and p.name not in named)
 
 
 def age(models: Path, seconds: float = 2 * HOUR) -> None:
@@ -157,8 +158,9 @@ def test_the_startup_prune_spares_what_is_young_or_named(tmp_path, tiny_gguf):
     layer = store.add_blob_file(tiny_gguf, MODEL)
     store.create(ModelName.parse("kept"), layer)
     orphan = store.add_blob_bytes(b"no manifest names me", MODEL)
-    junk = [tmp_path / "blobs" / f"sha256-{'a' * 64}-partial", tmp_path / "blobs" / f"sha256-{'a' * 64}-partial-0",
-            tmp_path / "blobs" / ".upload-x.tmp", tmp_path / "manifests" / "registry.ollama.ai" / "library" / ".t.x.tmp"]
+    blobs, library = tmp_path / "blobs", tmp_path / "manifests" / "registry.ollama.ai" / "library"
+    junk = [blobs / f"sha256-{'a' * 64}-partial", blobs / f"sha256-{'a' * 64}-partial-0", blobs / ".upload-x.tmp",
+            library / ".t.x.tmp"]
     for path in junk:
         path.write_bytes(b"x")
     empty = tmp_path / "manifests" / "registry.ollama.ai" / "gone" / "model"
