@@ -5,6 +5,7 @@ SIGKILL sequence and the create race are in tests/long/test_store_kill.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import pytest
 
 from conftest import Server, wait_until
 from registries import OllamaRegistry, sha256
+from supervisor.errors import LlamagateError
 from supervisor.models.store import MODEL, Store
 from supervisor.names import ModelName
 
@@ -224,3 +226,16 @@ def test_a_full_disk_during_an_upload_and_a_pull_is_a_clear_error(small_disk, re
         assert verified(small_disk / "models") == ["registry.ollama.ai/library/toolarge/latest"]
     finally:
         srv.stop()
+
+
+def test_two_deletes_of_one_model_at_once_are_one_200_and_one_404(tmp_path, tiny_gguf):
+    store = Store(tmp_path)
+    model = store.create(ModelName.parse("once"), store.add_blob_file(tiny_gguf, MODEL))
+
+    async def both() -> list[object]:
+        return await asyncio.gather(store.delete(model), store.delete(model), return_exceptions=True)
+
+    first, second = asyncio.run(both())
+    assert isinstance(first, list) and len(first) == 2  # the GGUF and the config blob
+    assert isinstance(second, LlamagateError) and second.status == 404
+    assert list((tmp_path / "blobs").iterdir()) == [] and not any((tmp_path / "manifests").rglob("*"))

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from supervisor.errors import LlamagateError, bad_request
+from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import human_number, read_gguf
 from supervisor.names import ModelName
 
@@ -356,7 +356,10 @@ class Store:
 
     def _delete(self, model: StoredModel, pinned: set[Path]) -> tuple[list[str], set[Path]]:
         self.generation += 1
-        model.manifest_path.unlink()
+        try:
+            model.manifest_path.unlink()
+        except FileNotFoundError:  # a delete of the same model just before this one
+            raise not_found(f"model '{model.name.display}' not found") from None
         self._remove_empty_dirs(model.manifest_path.parent)
         layers = {self.blob_path(layer.digest) for layer in [model.manifest.config, *model.manifest.layers]}
         return self._prune(layers - pinned), layers & pinned
