@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -221,7 +222,9 @@ class BlobDownload:
 
     def _save(self, part: Part) -> None:
         path = self._part_path(part.N)
-        tmp = path.with_name(f".{path.name}.tmp")
+        # A name of its own: a periodic save in a thread may still be writing when the part's
+        # last save runs (a cancelled download); whichever lands last is never more than is in.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         tmp.write_bytes(msgspec.json.encode(part))
         os.replace(tmp, path)
 
