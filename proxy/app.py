@@ -80,6 +80,7 @@ def create_app(config: Config, notifier: Notifier | None = None) -> Litestar:
                         "only to models whose table sets flash_attention = true")
         for name, urls in config.upstreams.items():
             log.info("upstream %s: %s", name, ", ".join(urls))
+        await gate.prune()
         gate.start()
         try:
             yield

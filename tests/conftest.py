@@ -26,6 +26,11 @@ from supervisor.runtime.binary import find_llama_server  # noqa: E402
 from tinymodel import write_tiny_model  # noqa: E402
 
 
+# The long suites (the soak, the SIGKILL sequence) run only when asked: contrib/soak.sh, or
+# LLAMAGATE_LONG=1 contrib/test.sh tests/long.
+collect_ignore = [] if os.environ.get("LLAMAGATE_LONG") else ["long"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -177,6 +182,13 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def padded_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a header as slow to read as a big vocabulary's: 150k strings take
+    0.4-0.5 s to read, about twice that verbose."""
+    return write_tiny_model(tmp_path_factory.mktemp("padded") / "padded.gguf", padding=150_000)
 
 
 @pytest.fixture(scope="session")
