@@ -1,7 +1,7 @@
 """The store stays consistent: a delete racing a pull that shares a blob, or racing a runner's
 start, loses nothing; the startup prune removes what Ollama's does, and only when it is old; a
 full disk during a pull or an upload is a clear 507 with nothing half-written visible. The
-SIGKILL sequence and the create race are in tests/long/test_store_kill.py."""
+SIGKILL sequence and the create race are in tests/test_store_kill.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Long store tests (LLAMAGATE_LONG=1 contrib/test.sh tests/long): llamagate SIGKILLed during a
-pull, a create, a blob upload and a delete leaves a store whose every manifest's blobs exist and
+"""llamagate SIGKILLed during a pull, a create, a blob upload and a delete leaves a store whose every manifest's blobs exist and
 verify, and the leftovers are pruned at a later start as Ollama prunes them (unless
 OLLAMA_NOPRUNE); a delete racing a create that shares its blob loses nothing."""
 
