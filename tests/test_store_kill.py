@@ -1,6 +1,6 @@
-"""llamagate SIGKILLed during a pull, a create, a blob upload and a delete leaves a store whose every manifest's blobs exist and
-verify, and the leftovers are pruned at a later start as Ollama prunes them (unless
-OLLAMA_NOPRUNE); a delete racing a create that shares its blob loses nothing."""
+"""llamagate SIGKILLed during a pull, a create, a blob upload and a delete leaves a store whose
+every manifest's blobs exist and verify, and the leftovers are pruned at a later start as Ollama
+prunes them (unless OLLAMA_NOPRUNE); a delete racing a create that shares its blob loses nothing."""
 
 from __future__ import annotations
 
