@@ -22,6 +22,7 @@ import httpx
 from supervisor.errors import LlamagateError
 from supervisor.httpclient import async_client
 from supervisor.runners.launch import LaunchSpec, child_env
+from supervisor.runners.placement import LoadLog
 
 # The runner's logger: a process's lines are part of its runner's story in the log.
 log = logging.getLogger("llamagate.runner")
@@ -71,6 +72,8 @@ class Process:
         self._kill_reason = ""
         self._stopping = False
         self._ready = False
+        # Its buffers per device and offloaded layers, from the load's log lines.
+        self.load_log = LoadLog()
 
     @property
     def base_url(self) -> str:
@@ -140,6 +143,8 @@ class Process:
                 if not line:
                     continue
                 self._output.append(line)
+                if not self._ready:
+                    self.load_log.feed(line)
                 log.log(self._level(line), "[%s] %s", self.name, line)
                 if not self._port_found.done() and (m := _LISTENING.search(line)):
                     self._port_found.set_result(int(m.group(1)))
