@@ -30,7 +30,8 @@ from supervisor.runtime.devices import GIB, MIB, Device, default_context_length,
 
 # What llama.cpp's common/arg.cpp prints for `--list-devices` (the first from this machine's real build).
 NO_GPU = "Available devices:\n  (none)\n"
-ONE_GPU = "ggml_cuda_init: found 1 CUDA devices:\nAvailable devices:\n  CUDA0: NVIDIA GeForce RTX 4090 (24564 MiB, 23012 MiB free)\n"
+ONE_GPU = ("ggml_cuda_init: found 1 CUDA devices:\nAvailable devices:\n"
+           "  CUDA0: NVIDIA GeForce RTX 4090 (24564 MiB, 23012 MiB free)\n")
 TWO_GPUS = ("Available devices:\n  CUDA0: NVIDIA GeForce RTX 4090 (24564 MiB, 23012 MiB free)\n"
             "  CUDA1: NVIDIA RTX A6000 (48670 MiB, 48000 MiB free)\n  BLAS: OpenBLAS (0 MiB, 0 MiB free)\n")
 
