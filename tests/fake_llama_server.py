@@ -223,10 +223,10 @@ def _log_load() -> None:
 
 
 def main() -> None:
-    _record({"argv": sys.argv[1:]})
-    if "--list-devices" in sys.argv:
+    if "--list-devices" in sys.argv:  # not a start: not recorded
         _list_devices()
         return
+    _record({"argv": sys.argv[1:]})
     _log_load()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(f"main: server is listening on http://127.0.0.1:{server.server_address[1]} - starting the main loop",

@@ -18,7 +18,7 @@ import pytest
 from conftest import Server, fake_upstream_server, wait_until
 from tinymodel import write_tiny_model
 
-from supervisor.config import Config
+from supervisor.config import Config, SettingError
 from supervisor.runners import memory
 from supervisor.runners.memory import FIT_MARGIN, Estimate
 from supervisor.runners.launch import LaunchSpec
@@ -167,6 +167,19 @@ def test_max_loaded_models_zero_is_three_per_gpu():
     assert scheduler.max_loaded() == 2
 
 
+def test_gpu_settings(monkeypatch):
+    assert (Config.load().gpu_overhead, Config.load().sched_spread, Config.load().context_length) == (0, False, 0)
+    monkeypatch.setenv("OLLAMA_GPU_OVERHEAD", "1GiB")
+    monkeypatch.setenv("OLLAMA_SCHED_SPREAD", "1")
+    assert (Config.load().gpu_overhead, Config.load().sched_spread) == (GIB, True)
+    for name, bad, says in (("OLLAMA_GPU_OVERHEAD", "lots", "not a size"), ("OLLAMA_SCHED_SPREAD", "maybe",
+                                                                               "not a boolean")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(SettingError, match=f'{name}="{bad}" \\(environment\\): {says}'):
+            Config.load()
+        monkeypatch.delenv(name)
+
+
 # End to end: a real `llamagate serve` in front of the fake llama-server, on machines of 0, 1 and 2 GPUs.
 
 RTX = "NVIDIA GeForce RTX 4090:24564:23012"
@@ -186,7 +199,7 @@ def _create(srv: Server, name: str, gguf: Path) -> None:
 
 
 def _argv(srv: Server) -> list[str]:
-    return [r["argv"] for r in srv.requests() if "argv" in r and "--list-devices" not in r["argv"]][-1]
+    return [r["argv"] for r in srv.requests() if "argv" in r][-1]
 
 
 def _ps_row(srv: Server, name: str) -> str:
