@@ -31,6 +31,9 @@ _LISTENING = re.compile(r"listening on https?://[^\s:]+:(\d+)")
 # llama-server's lines start with the time since start and a level letter: "0.00.944.017 I srv ...".
 _MARKED = re.compile(r"[\d.]+ ([DIWE]) ")
 _LEVELS = {"D": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR}
+# What --log-verbosity 4 (runners/launch.py) adds to a load that is no news at INFO: the GGUF's
+# metadata, key by key (`llamagate show -v` prints it), half of a load's lines.
+_DUMP = re.compile(r"[\d.]+ [DI] (llama_model_loader: - |print_info: )")
 _PR_SET_PDEATHSIG = 1
 OUTPUT_LINES = 100
 _TAIL_LINES = 20
@@ -123,7 +126,9 @@ class Process:
 
     def _level(self, line: str) -> int:
         """Warnings and errors always show; the rest at INFO while loading (people watch loads),
-        then at DEBUG: a dozen lines a request is no news."""
+        but for the metadata dump, then at DEBUG: a dozen lines a request is no news."""
+        if _DUMP.match(line):
+            return logging.DEBUG
         marked = _MARKED.match(line)
         if marked and marked.group(1) in _LEVELS:
             return _LEVELS[marked.group(1)]
