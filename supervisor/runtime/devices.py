@@ -12,7 +12,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.runtime import host
 from supervisor.runtime.environment import clean_env
 
 log = logging.getLogger("llamagate.devices")
@@ -116,6 +115,8 @@ def _first_listing(binary: Path) -> list[Device]:
     """A build's first listing, logged (at startup, or at the first load): what it can use. Where
     it lists no GPU, `nvidia-smi` and the PCI bus cross-check: a GPU there means a CPU build, or a
     GPU build that can't load its backend, which is worth a warning."""
+    from supervisor.runtime import host  # runs nvidia-smi: only where no GPU was listed
+
     devices = list_devices(binary)
     if devices:
         log.info("GPUs found by %s: %s", binary, "; ".join(d.describe() for d in devices))
