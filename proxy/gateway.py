@@ -27,6 +27,7 @@ from supervisor.pull.inflight import Pulls
 from supervisor.pull.push import Pusher
 from supervisor.pull.registry import Puller
 from supervisor.runners.scheduler import LoadOptions, Scheduler
+from supervisor.runtime.binary import find_llama_server
 
 log = logging.getLogger("llamagate")
 
@@ -78,9 +79,20 @@ class Gateway:
         self.upstreams.start()
         self._preloading = asyncio.create_task(self._preload())
 
+    async def _discover(self) -> None:
+        """The GPUs of the llama-server found now, listed (and logged) at startup, so that the
+        default num_ctx and /api/ps know them before the first load. With none found, the first
+        load downloads one and lists them then."""
+        try:
+            binary = find_llama_server(self.config.llama_server, self.config.runtime_dir)
+        except LlamagateError:
+            return
+        await self.scheduler.devices.of(binary.path)
+
     async def _preload(self) -> None:
-        """Load each model whose table says `preload`, one after another, in the background: the
-        server answers meanwhile, and a model that fails to load is logged, not fatal."""
+        """In the background, the server answering meanwhile: the GPUs listed, then each model
+        whose table says `preload` loaded, one after another (a failure is logged, not fatal)."""
+        await self._discover()
         for name, table in self.tables.items():
             if not table.preload:
                 continue

@@ -284,14 +284,17 @@ SETTINGS = (
     _Setting("llama_server", "LLAMAGATE_LLAMA_SERVER", str, _const("")),
     _Setting("releases_url", "LLAMAGATE_RELEASES_URL", lambda t: t.rstrip("/"), _const(LLAMA_CPP_RELEASES)),
     _Setting("threads", "LLAMAGATE_THREADS", _int(1), lambda: str(default_threads())),
-    _Setting("context_length", "OLLAMA_CONTEXT_LENGTH", _int(0, zero=4096), _const("4096")),
+    # 0: by the VRAM found, as Ollama picks it (runtime/devices.py).
+    _Setting("context_length", "OLLAMA_CONTEXT_LENGTH", _int(0), _const("0")),
     _Setting("num_parallel", "OLLAMA_NUM_PARALLEL", _int(0, zero=1), _const("1")),
     _Setting("keep_alive", "OLLAMA_KEEP_ALIVE", _keep_alive, _const("5m")),
     _Setting("load_timeout", "OLLAMA_LOAD_TIMEOUT", _seconds, _const("5m")),
     _Setting("flash_attention", "OLLAMA_FLASH_ATTENTION", _optional_bool, _const("")),
     _Setting("kv_cache_type", "OLLAMA_KV_CACHE_TYPE", _kv_cache_type, _const("")),
-    # Ollama's 0 means "3 per GPU, or 3 on CPU"; llamagate counts no GPUs, so 3.
-    _Setting("max_loaded_models", "OLLAMA_MAX_LOADED_MODELS", _int(0, zero=3), _const("3")),
+    # Ollama's 0: 3 per GPU, or 3 without one (Scheduler.max_loaded).
+    _Setting("max_loaded_models", "OLLAMA_MAX_LOADED_MODELS", _int(0), _const("0")),
+    _Setting("gpu_overhead", "OLLAMA_GPU_OVERHEAD", _size, _const("0")),
+    _Setting("sched_spread", "OLLAMA_SCHED_SPREAD", _bool, _const("false")),
     _Setting("max_queue", "OLLAMA_MAX_QUEUE", _int(1), _const("512")),
     _Setting("max_memory", "LLAMAGATE_MAX_MEMORY", _size, _const("0")),
     _Setting("hang_timeout", "LLAMAGATE_HANG_TIMEOUT", _seconds, _const("5m")),
@@ -389,7 +392,7 @@ class Config:
     llama_server: str = ""
     releases_url: str = LLAMA_CPP_RELEASES
     threads: int = field(default_factory=default_threads)
-    context_length: int = 4096
+    context_length: int = 0
     num_parallel: int = 1
     keep_alive: float = 300.0
     load_timeout: float = 300.0
@@ -398,7 +401,9 @@ class Config:
     flash_attention: bool | None = None
     kv_cache_type: str = ""
     # Scheduling (README, Configuration).
-    max_loaded_models: int = 3
+    max_loaded_models: int = 0
+    gpu_overhead: int = 0
+    sched_spread: bool = False
     max_queue: int = 512
     max_memory: int = 0
     hang_timeout: float = 300.0

@@ -221,7 +221,10 @@ def fresh_server(tmp_path: Path, smollm2: Path, tiny_gguf: Path, llama_server_bi
 
 
 _STUCK = """#!{python}
-import http.server, threading, time
+import http.server, sys, threading, time
+if "--list-devices" in sys.argv:  # as llama-server answers it on a machine without a GPU
+    print("Available devices:\\n  (none)")
+    sys.exit()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(503)

@@ -123,13 +123,28 @@ def serve(verbose: bool, log_level: str | None, log_format: str, drain_timeout: 
 @_settings_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: name → {value, source}.")
 def config_(as_json: bool, **flags: Any) -> None:
-    """Print the settings `serve` would run with, and where each comes from."""
-    rows = _settings(**flags).describe()
+    """Print the settings `serve` would run with, and where each comes from, then the GPUs it would use."""
+    settings = _settings(**flags)
+    rows = [*settings.describe(), _gpus_row(settings)]
     if as_json:
         click.echo(json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2))
         return
     for name, value, source in rows:
         click.echo(f"{name} = {value}  ({source})")
+
+
+def _gpus_row(settings: Config) -> tuple[str, str, str]:
+    """The GPUs of the llama-server `serve` would run, as a row of `llamagate config`."""
+    from supervisor.errors import LlamagateError
+    from supervisor.runtime.binary import find_llama_server
+    from supervisor.runtime.devices import list_devices
+
+    try:
+        binary = find_llama_server(settings.llama_server, settings.runtime_dir).path
+    except LlamagateError:
+        return "gpus", "(unknown)", "no llama-server found yet: listed at its first load"
+    devices = list_devices(binary)
+    return "gpus", "; ".join(d.describe() for d in devices) or "none", f"{binary} --list-devices"
 
 
 @main.command("list")
@@ -366,6 +381,7 @@ def _human_until(expires: datetime) -> str:
 def ps() -> None:
     """List the models loaded in memory."""
     from proxy.cli.progress import human_bytes
+    from supervisor.runtime.devices import processor
 
     try:
         models = Client().request("GET", "/api/ps").json()["models"]
@@ -373,20 +389,14 @@ def ps() -> None:
         _fail(str(e))
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in models:
-        size, vram = m["size"], m.get("size_vram", 0)
-        if vram == 0:
-            processor = "100% CPU"
-        elif vram >= size:
-            processor = "100% GPU"
-        else:
-            cpu = round(100 * (size - vram) / size)
-            processor = f"{cpu}%/{100 - cpu}% CPU/GPU"
+        size = m["size"]
         until = _human_until(datetime.fromisoformat(m["expires_at"]))
         if m.get("loading"):
             until = f"Loading ({round(m.get('load_seconds') or 0)}s)"
         if m.get("queued"):
             until += f", {m['queued']} queued"
-        rows.append([m["name"], m["digest"][:12], human_bytes(size), processor, str(m.get("context_length", "")), until])
+        rows.append([m["name"], m["digest"][:12], human_bytes(size), processor(size, m.get("size_vram", 0)),
+                     str(m.get("context_length", "")), until])
     _table(rows)
 
 

@@ -359,6 +359,16 @@ def _expires(runner: Runner, now: datetime) -> datetime:
     return datetime.fromtimestamp(runner.expires_at).astimezone()
 
 
+def _sizes(runner: Runner, model: Model) -> tuple[int, int]:
+    """(size, size_vram) of one runner: where its load log put its buffers, or, loading, where
+    the scheduler predicts it will on the GPUs; on the CPU with neither, what its process holds
+    or the file, whichever is more."""
+    footprint = runner.footprint
+    if footprint is not None and (runner.placement or footprint.vram):
+        return footprint.size, footprint.vram_total
+    return max(runner.resident_bytes, model.size), 0
+
+
 @get("/api/ps")
 async def ps(request: Request) -> Response[bytes]:
     """One entry per model, however many runners serve it (chat and embeddings are two): its
@@ -369,14 +379,15 @@ async def ps(request: Request) -> Response[bytes]:
     for model, runners in scheduler.loaded():
         spec = next((r.spec for r in runners if r.spec), None)
         since = min((r.loading_since for r in runners if r.loading_since is not None), default=None)
+        sizes = [_sizes(r, model) for r in runners]
         models.append(schemas.RunningModel(
             name=model.name.display,
             model=model.name.display,
-            size=sum(max(r.resident_bytes, model.size) for r in runners),
+            size=sum(size for size, _ in sizes),
             digest=model.digest,
             details=details(model),
             expires_at=max(_expires(r, now) for r in runners).isoformat(),
-            size_vram=0,  # CPU only
+            size_vram=sum(vram for _, vram in sizes),
             context_length=spec.num_ctx if spec else 0,
             queued=sum(scheduler.queued(r) for r in runners),
             loading=since is not None,
