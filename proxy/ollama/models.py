@@ -19,6 +19,7 @@ from proxy.semantics import Options
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.models.model import Model
+from supervisor.models.remote import Pool
 from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
 from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
@@ -49,6 +50,11 @@ def _listed(m: Model) -> schemas.ListedModel:
         # A blob that isn't a readable GGUF fails the model's own requests; the list still
         # shows it, without what only the GGUF can tell.
         log.warning("listing %s without its GGUF's details: %s", m.name.display, e.message)
+    if isinstance(m.target, Pool) and m.target.ollama:
+        # As Ollama lists a remote model; of several servers, the first (README, Many machines).
+        listed.remote_model, listed.remote_host = m.target.name, m.target.endpoints[0].base_url
+        if m.target.listed and m.target.listed.capabilities:
+            listed.capabilities = m.target.listed.capabilities
     return listed
 
 
@@ -223,6 +229,8 @@ async def show(request: Request) -> Response[bytes]:
     model = gate.catalog.get(name)
     if model is None:
         raise not_found(f"model '{name.display}' not found")
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     target = model.target
     info = target.info(verbose=True) if req.verbose else model.info
     system = req.system if req.system is not None else model.system

@@ -151,6 +151,9 @@ class ListedModel(msgspec.Struct, omit_defaults=True):
     digest: str
     details: ModelDetails
     capabilities: list[str] | None = None
+    # A model another Ollama-API server serves: its name there, and that server.
+    remote_model: str = ""
+    remote_host: str = ""
 
 
 class TagsResponse(msgspec.Struct):
