@@ -42,8 +42,8 @@ class Forwarder:
         if x := exchange.current():
             x.model = model.name.display
         path = request.url.path
-        # Its name there is its name here ([upstreams] names the model the servers serve).
-        body = _renamed(await request.body(), pool.name)
+        # Its name there: the same ([upstreams]), or the one `remote_host`'s create gave.
+        body, asked = _renamed(await request.body(), pool.name)
         lease = PoolLease(pool, pool.pick())
         try:
             response = await self._send(lease, path, body, x.request_id if x else "")
@@ -60,9 +60,9 @@ class Forwarder:
                 await response.aclose()
                 lease.release()
             if response.status_code == 200 and not path.startswith("/v1"):
-                content = _annotated(content, lease, model.name.display)
+                content = _annotated(content, lease, asked)
             return Response(content, status_code=response.status_code, headers=_headers(response))
-        return Stream(self._relay(lease, response, path, model.name.display), status_code=200,
+        return Stream(self._relay(lease, response, path, asked), status_code=200,
                       headers=_headers(response))
 
     async def _send(self, lease: PoolLease, path: str, body: bytes, request_id: str) -> httpx.Response:
@@ -113,24 +113,25 @@ class Forwarder:
         await self._client.aclose()
 
 
-def _renamed(body: bytes, name: str) -> bytes:
+def _renamed(body: bytes, name: str) -> tuple[bytes, str]:
     """The request with the model's name as the server there knows it (`model`, or `name` on
-    older /api/show clients)."""
+    older /api/show clients), and the name the client asked for."""
     try:
         obj = msgspec.json.decode(body)
     except msgspec.DecodeError as e:
         raise LlamagateError(400, f"invalid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise LlamagateError(400, "the request body must be a JSON object")
+    asked = str(obj.get("model") or obj.get("name") or "")
     for key in ("model", "name"):
         if obj.get(key):
             obj[key] = name
-    return msgspec.json.encode(obj)
+    return msgspec.json.encode(obj), asked
 
 
 def _annotated(line: bytes, lease: PoolLease, name: str) -> bytes:
     """One Ollama answer (or line of one) as Ollama answers for a remote model: in the name the
-    client asked for, with the server and its name for the model; an error line as it is."""
+    client asked for, with the server and its name there; an error line as it is."""
     try:
         obj = msgspec.json.decode(line)
     except msgspec.DecodeError:

@@ -6,6 +6,7 @@ back end that stopped and probes it back in. Driven with the `ollama` and `opena
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,8 @@ def backs(tmp_path_factory, store) -> Iterator[list[Server]]:
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory, backs) -> Iterator[Server]:
-    srv = Server(tmp_path_factory.mktemp("front"), "--upstream", f"{NAME}={','.join(b.url for b in backs)}")
+    srv = Server(tmp_path_factory.mktemp("front"), "--upstream", f"{NAME}={','.join(b.url for b in backs)}",
+                 env={"OLLAMA_REMOTES": "127.0.0.1"})
     try:
         yield srv
     finally:
@@ -99,6 +101,25 @@ def test_openai_client_through_the_front(front):
         client.chat.completions.create(model="absent", messages=[{"role": "user", "content": "Hi"}])
 
 
+def test_created_with_remote_host(front, backs):
+    client = ollama.Client(host=front.url)
+    # Ollama's allowlist: a host OLLAMA_REMOTES doesn't name is refused, and nothing is written.
+    refused = httpx.post(f"{front.url}/api/create", json={"model": "elsewhere", "from": NAME,
+                                                          "remote_host": "10.9.9.9"}, timeout=30)
+    assert refused.status_code == 400 and "10.9.9.9 is not in OLLAMA_REMOTES" in refused.json()["error"]
+    httpx.post(f"{front.url}/api/create", json={"model": "far", "from": NAME, "remote_host": backs[1].url},
+               timeout=30).raise_for_status()
+    listed = {m["name"]: m for m in httpx.get(f"{front.url}/api/tags").json()["models"]}
+    assert "elsewhere:latest" not in listed
+    assert listed["far:latest"]["remote_host"] == backs[1].url and listed["far:latest"]["remote_model"] == NAME
+    before = served(backs[1], "/api/chat")
+    r = httpx.post(f"{front.url}/api/chat", json={"model": "far", "messages": [{"role": "user", "content": "Hi"}],
+                                                  "stream": False, "options": {"num_predict": 2}}, timeout=60).json()
+    assert r["done"] and r["model"] == "far" and r["remote_model"] == NAME
+    assert wait_until(lambda: served(backs[1], "/api/chat") == before + 1, timeout=5)
+    assert client.delete("far").status == "success"
+
+
 def test_requests_share_the_load(front, backs):
     before = [served(b, "/api/generate") for b in backs]
     client = ollama.Client(host=front.url)
@@ -118,7 +139,7 @@ def test_requests_share_the_load(front, backs):
 def test_a_stopped_back_end_is_routed_around_and_probed_back(front, backs, store, tmp_path):
     client = ollama.Client(host=front.url)
     dead = backs[0]
-    dead.stop()
+    dead.stop(signal.SIGKILL)  # a host that went away (its runner follows it: parent-death signal)
     for _ in range(3):
         r = client.chat(model=NAME, messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 2})
         assert r.done and r.message.content
@@ -136,7 +157,7 @@ def test_every_back_end_down_is_a_503_naming_them(tmp_path, backs):
     srv = Server(tmp_path, "--upstream", f"lone={back.url}")
     try:
         assert wait_until(lambda: "remote_host" in httpx.get(f"{srv.url}/api/tags").text, timeout=10)
-        back.stop()
+        back.stop(signal.SIGKILL)
         started = time.monotonic()
         r = httpx.post(f"{srv.url}/api/chat", json={"model": "lone", "messages": [{"role": "user", "content": "x"}]},
                        timeout=30)

@@ -19,8 +19,8 @@ from proxy.semantics import Options
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.models.model import Model
-from supervisor.models.remote import Pool
-from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
+from supervisor.models.remote import Pool, remote_config
+from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel
 from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
 from supervisor.version import OLLAMA_VERSION
@@ -110,6 +110,8 @@ def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLin
     lines = []
     base: StoredModel | None = None
     extra: list[Layer] = []
+    layer: Layer | None
+    remote: ModelConfig | None = None
     if req.files:
         lines.append(schemas.StatusLine("parsing GGUF"))
         layers = [_gguf_layer(gate, digest, filename, MODEL) for filename, digest in req.files.items()]
@@ -119,6 +121,8 @@ def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLin
                               "plus at most a vision projector")
         layer = models[0]
         extra = [la for la in layers if la.mediaType == PROJECTOR]
+    elif req.from_ and req.remote_host:
+        layer, remote = None, remote_config(gate.config.remotes, req.remote_host, req.from_)
     elif req.from_:
         base = gate.catalog.stored(ModelName.parse(req.from_))
         if base is None:
@@ -151,6 +155,7 @@ def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLin
     gate.store.create(
         name,
         layer,
+        remote=remote,
         template=req.template if req.template is not None else (base.template if base else ""),
         system=req.system if req.system is not None else (base.system if base else ""),
         params=params,

@@ -177,6 +177,7 @@ class CreateRequest(msgspec.Struct):
     license: str | list[str] | None = None
     quantize: str | None = None
     stream: bool | None = None
+    remote_host: str = ""  # with `from`: the model of that name served by that Ollama-API server
 
 
 class StatusLine(msgspec.Struct, omit_defaults=True):

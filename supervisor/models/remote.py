@@ -323,8 +323,31 @@ class Pool:
                 await asyncio.gather(*(self._probe(client, e) for e in self.endpoints if e.down or not self.described))
 
 
+def remote_config(allowed: list[str], host: str, model: str) -> ModelConfig:
+    """The config of a model that `host`, an Ollama-API server, serves as `model` (/api/create
+    with `remote_host`): its URL normalized as Ollama does (http and port 11434 unless given),
+    and only for a host that OLLAMA_REMOTES allows, else any client could point this server at
+    any address."""
+    url = host.strip() if "://" in host else f"http://{host.strip()}"
+    if url == "http://ollama.com":
+        url = "https://ollama.com:443"
+    try:
+        parts = httpx.URL(url)
+    except httpx.InvalidURL:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.host:
+        raise LlamagateError(400, f"bad remote: {host}")
+    if parts.host.lower() not in allowed:
+        raise LlamagateError(400, f"this server cannot run this remote model: {parts.host} is not in OLLAMA_REMOTES "
+                                  f"({','.join(allowed) or 'empty'})")
+    port = parts.port or 11434
+    return ModelConfig(model_format="gguf", remote_host=f"{parts.scheme}://{parts.host}:{port}",
+                       remote_model=ModelName.parse(model).display)
+
+
 class Upstreams:
-    """Every `--upstream` pool by model name, and the probes that keep them current."""
+    """Every `--upstream` pool by model name, the pools of models made with `remote_host` (one
+    server each, by server and name there), and the probes that keep them current."""
 
     def __init__(self, config: dict[str, list[str]]) -> None:
         self.started = datetime.now().astimezone()
@@ -333,10 +356,21 @@ class Upstreams:
             name = ModelName.parse(text)
             self.pools[name.display.lower()] = (name, Pool.of(name.display, urls))
         self._tasks: list[asyncio.Task[None]] = []
+        self._hosted: dict[tuple[str, str], Pool] = {}
 
     def get(self, name: ModelName) -> Pool | None:
         entry = self.pools.get(name.display.lower())
         return entry[1] if entry else None
+
+    def hosted(self, config: ModelConfig) -> Pool:
+        """The pool of a stored remote model, its probes started with its first use."""
+        key = (config.remote_host, config.remote_model)
+        if (pool := self._hosted.get(key)) is None:
+            pool = self._hosted[key] = Pool(config.remote_model, [Endpoint(config.remote_model, config.remote_host,
+                                                                          ollama=True)])
+            with contextlib.suppress(RuntimeError):  # no event loop: a listing outside the server
+                self._tasks.append(asyncio.get_running_loop().create_task(pool.watch()))
+        return pool
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(pool.watch()) for _, pool in self.pools.values()]
