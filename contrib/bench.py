@@ -107,6 +107,15 @@ def _stream_times(client: httpx.Client, url: str, body: dict) -> tuple[float, fl
     return first, time.perf_counter() - t0, lines
 
 
+def _report(results: dict[str, list[tuple[float, float, int]]], one: dict[str, list[float]]) -> None:
+    """Medians of each path's 64-token runs (first token, total, rate) and of its 1-token requests."""
+    for name, rs in results.items():
+        ttft = statistics.median(r[0] for r in rs) * 1e3
+        total = statistics.median(r[1] for r in rs)
+        print(f"{name:22s} first token {ttft:7.1f} ms   64 tokens {total * 1e3:7.1f} ms   "
+              f"{64 / total:6.1f} tokens/s   1-token request {statistics.median(one[name]) * 1e3:6.1f} ms")
+
+
 def bench_proxy(runs: int = 10) -> None:
     gguf = default_model.fetch()
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,15 +141,11 @@ def bench_proxy(runs: int = 10) -> None:
                     results["llamagate /api/chat"].append(_stream_times(client, f"{srv.url}/api/chat", ours))
                 tiny = {**ours, "options": {"temperature": 0, "num_predict": 1}}
                 tiny_direct = {**direct, "max_tokens": 1}
-                one = {"llama-server direct": [], "llamagate /api/chat": []}
+                one: dict[str, list[float]] = {"llama-server direct": [], "llamagate /api/chat": []}
                 for _ in range(runs * 3):
                     one["llama-server direct"].append(_stream_times(client, direct_url, tiny_direct)[1])
                     one["llamagate /api/chat"].append(_stream_times(client, f"{srv.url}/api/chat", tiny)[1])
-            for name, rs in results.items():
-                ttft = statistics.median(r[0] for r in rs) * 1e3
-                total = statistics.median(r[1] for r in rs)
-                print(f"{name:22s} first token {ttft:7.1f} ms   64 tokens {total * 1e3:7.1f} ms   "
-                      f"{64 / total:6.1f} tokens/s   1-token request {statistics.median(one[name]) * 1e3:6.1f} ms")
+            _report(results, one)
         finally:
             srv.stop()
 
@@ -174,11 +179,7 @@ def bench_front(runs: int = 10) -> None:
                 for i in range(runs * 3):
                     for name, urls in paths.items():
                         one[name].append(_stream_times(client, urls[i % 2], tiny)[1])
-            for name, rs in results.items():
-                ttft = statistics.median(r[0] for r in rs) * 1e3
-                total = statistics.median(r[1] for r in rs)
-                print(f"{name:18s} first token {ttft:7.1f} ms   64 tokens {total * 1e3:7.1f} ms   "
-                      f"1-token request {statistics.median(one[name]) * 1e3:6.1f} ms")
+            _report(results, one)
         finally:
             for srv in [front, *backs]:
                 if srv:

@@ -117,7 +117,13 @@ def test_created_with_remote_host(front, backs):
                                                   "stream": False, "options": {"num_predict": 2}}, timeout=60).json()
     assert r["done"] and r["model"] == "far" and r["remote_model"] == NAME
     assert wait_until(lambda: served(backs[1], "/api/chat") == before + 1, timeout=5)
+    # Derived from (FROM far) and deleted like any stored model; the derived one still names the server.
+    httpx.post(f"{front.url}/api/create", json={"model": "nearer", "from": "far", "system": "Be brief."},
+               timeout=30).raise_for_status()
     assert client.delete("far").status == "success"
+    listed = {m["name"]: m for m in httpx.get(f"{front.url}/api/tags").json()["models"]}
+    assert "far:latest" not in listed and listed["nearer:latest"]["remote_host"] == backs[1].url
+    assert client.delete("nearer").status == "success"
 
 
 def test_requests_share_the_load(front, backs):

@@ -63,6 +63,15 @@ def split(tmp_path_factory, workers, server) -> Iterator[Server]:
         srv.stop()
 
 
+def test_rpc_worker_without_rpc_in_the_build_says_so(tmp_path):
+    lone = tmp_path / "llama-server"
+    lone.write_text("#!/bin/sh\n")
+    lone.chmod(0o755)
+    r = subprocess.run([*llamagate_cmd(), "rpc-worker"], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "LLAMAGATE_LLAMA_SERVER": str(lone)})
+    assert r.returncode == 1 and f"{tmp_path} has no rpc-server" in r.stderr and "-DGGML_RPC=ON" in r.stderr
+
+
 def test_rpc_worker_runs_the_builds_rpc_server(workers, llama_server_binary):
     exe = f"/proc/{workers[0].proc.pid}/exe"
     assert os.readlink(exe) == str(llama_server_binary.with_name("rpc-server"))

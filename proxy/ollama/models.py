@@ -127,7 +127,10 @@ def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLin
         base = gate.catalog.stored(ModelName.parse(req.from_))
         if base is None:
             raise not_found(f"model '{req.from_}' not found")
-        layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
+        if base.config.remote_host:  # derived from a remote model: served there too
+            layer, remote = None, base.config
+        else:
+            layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
         extra = [la for la in base.manifest.layers if la.mediaType in (PROJECTOR, ADAPTER)]
     else:
         raise bad_request("neither 'from' or 'files' was specified")
@@ -211,10 +214,11 @@ async def delete(request: Request) -> Response[None]:
     if model is None:
         raise not_found(f"model '{text}' not found")
     # Its runner is stopped first (after the requests in flight) unless another name (a copy)
-    # still uses the model file, so that no runner outlives its model.
-    model_layer = model.model_path.name.replace("sha256-", "sha256:")
-    if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
-        await gate.scheduler.unload(gate.catalog.require(text))
+    # still uses the model file, so that no runner outlives its model. A remote model has none.
+    if not model.config.remote_host:
+        model_layer = model.model_path.name.replace("sha256-", "sha256:")
+        if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
+            await gate.scheduler.unload(gate.catalog.require(text))
     pruned = gate.store.delete(model)
     log.info("deleted %s; pruned %d blob(s)", model.name.display, len(pruned))
     return Response(None, status_code=200)
