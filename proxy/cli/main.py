@@ -443,9 +443,10 @@ def stop(model: str) -> None:
 def rpc_worker(host: str, port: int, threads: int | None, cache: bool) -> None:
     """Lend this machine to a model split over llama.cpp RPC (`--rpc` on the serving host).
 
-    Runs the rpc-server of the llama.cpp build `serve` would use, in place of this command, so
-    that a worker machine needs only llamagate.
+    Runs the rpc-server (ggml-rpc-server in newer builds) of the llama.cpp build `serve` would
+    use, in place of this command, so that a worker machine needs only llamagate.
     """
+    from supervisor.runners.rpc import rpc_server_of
     from supervisor.runtime.binary import find_llama_server
     from supervisor.runtime.environment import clean_env
 
@@ -454,8 +455,8 @@ def rpc_worker(host: str, port: int, threads: int | None, cache: bool) -> None:
         llama_server = find_llama_server(config.llama_server, config.runtime_dir).path
     except LlamagateError as e:
         _fail(e.message)
-    binary = llama_server.with_name("rpc-server")
-    if not os.access(binary, os.X_OK):
+    binary = rpc_server_of(llama_server)
+    if binary is None:
         _fail(f"the llama.cpp build at {llama_server.parent} has no rpc-server: it was built without RPC "
               "(-DGGML_RPC=ON); install one that has it (contrib/setup.sh builds one)")
     args = [str(binary), "--host", host, "--port", str(port), *(["--threads", str(threads)] if threads else []),

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+from pathlib import Path
 
 from supervisor.errors import LlamagateError
+
+# The worker's name in llama.cpp builds: ggml-rpc-server from 2026 on, rpc-server before.
+RPC_SERVERS = ("ggml-rpc-server", "rpc-server")
 
 _TIMEOUT = 2.0  # a worker on a private network answers in milliseconds
 
@@ -32,3 +37,8 @@ async def check_workers(name: str, workers: tuple[str, ...]) -> None:
     if down:
         raise LlamagateError(503, f"RPC worker unreachable for {name}: {'; '.join(down)}; start it on its "
                                   "machine with `llamagate rpc-worker --host ADDRESS --port PORT`")
+
+
+def rpc_server_of(llama_server: Path) -> Path | None:
+    """The RPC worker binary of the build that `llama_server` belongs to; None without RPC."""
+    return next((p for n in RPC_SERVERS if os.access(p := llama_server.with_name(n), os.X_OK)), None)
