@@ -78,8 +78,8 @@ class Forwarder:
             try:
                 return await self._client.send(request, stream=True)
             except httpx.ConnectError as e:
-                if not lease.failover(e):
-                    raise await lease.failure(e) from e
+                if not lease.failover(e):  # every server refused: the 503 names them all
+                    raise lease.pool.unreachable() from e
             except httpx.HTTPError as e:
                 raise await lease.failure(e) from e
 
@@ -115,7 +115,8 @@ class Forwarder:
 
 def _renamed(body: bytes, name: str) -> tuple[bytes, str]:
     """The request with the model's name as the server there knows it (`model`, or `name` on
-    older /api/show clients), and the name the client asked for."""
+    older /api/show clients), and the name the client asked for. Decoded as a plain object, not
+    a Struct of ours: every field the client sent must reach the server, known to us or not."""
     try:
         obj = msgspec.json.decode(body)
     except msgspec.DecodeError as e:

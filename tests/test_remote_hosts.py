@@ -157,19 +157,14 @@ def test_a_stopped_back_end_is_routed_around_and_probed_back(front, backs, store
     assert served(revived, "/api/generate") >= 1
 
 
-def test_every_back_end_down_is_a_503_naming_them(tmp_path, backs):
-    # Known as an Ollama-API server once, then gone: the front names it and why.
-    back = backs[1]
-    srv = Server(tmp_path, "--upstream", f"lone={back.url}")
-    try:
-        assert wait_until(lambda: "remote_host" in httpx.get(f"{srv.url}/api/tags").text, timeout=10)
+def test_every_back_end_down_is_a_503_naming_them(front, backs):
+    for back in backs:
         back.stop(signal.SIGKILL)
-        started = time.monotonic()
-        r = httpx.post(f"{srv.url}/api/chat", json={"model": "lone", "messages": [{"role": "user", "content": "x"}]},
-                       timeout=30)
-        assert r.status_code in (502, 503) and back.url in r.json()["error"], r.text
-        assert "Ollama-API server" in r.json()["error"] and time.monotonic() - started < 5
-        v1 = httpx.post(f"{srv.url}/v1/chat/completions", json={"model": "lone", "messages": []}, timeout=30)
-        assert v1.status_code == 503 and back.url in v1.json()["error"]["message"]
-    finally:
-        srv.stop()
+    started = time.monotonic()
+    r = httpx.post(f"{front.url}/api/chat", json={"model": NAME, "messages": [{"role": "user", "content": "x"}]},
+                   timeout=30)
+    # Each refused the connection in turn; none is left, and the answer says who and why.
+    assert r.status_code == 503 and all(b.url in r.json()["error"] for b in backs), r.text
+    assert "Ollama-API server" in r.json()["error"] and time.monotonic() - started < 5
+    v1 = httpx.post(f"{front.url}/v1/chat/completions", json={"model": NAME, "messages": []}, timeout=30)
+    assert v1.status_code == 503 and backs[0].url in v1.json()["error"]["message"]

@@ -207,10 +207,14 @@ class Pool:
         sequential requests alternate); none in rotation is a 503 naming why."""
         up = [e for e in self.endpoints if not e.down]
         if not up:
-            reasons = "; ".join(f"{e.base_url}: {e.down}" for e in self.endpoints)
-            kind = "Ollama-API server" if self.ollama else "llama-server"
-            raise LlamagateError(503, f"no upstream {kind} for {self.name} is reachable ({reasons})")
+            raise self.unreachable()
         return min(up, key=lambda e: (e.active, e.served))
+
+    def unreachable(self) -> LlamagateError:
+        """The 503 of a pool with no server in rotation, naming each and why it is out."""
+        reasons = "; ".join(f"{e.base_url}: {e.down}" for e in self.endpoints)
+        kind = "Ollama-API server" if self.ollama else "llama-server"
+        return LlamagateError(503, f"no upstream {kind} for {self.name} is reachable ({reasons})")
 
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[PoolLease]:
