@@ -3,6 +3,8 @@
   python contrib/bench.py asgi   — uvicorn (uvloop, httptools) vs granian serving the same app
                                    (needs `pip install granian`, not a dependency of ours)
   python contrib/bench.py proxy  — llama-server direct vs through llamagate, same run, SmolLM2
+  python contrib/bench.py front  — a back-end llamagate direct vs through a front llamagate whose
+                                   --upstream names two back ends (three llamagates), SmolLM2
 
 Both start their own servers on free loopback ports with temporary stores.
 """
@@ -105,6 +107,15 @@ def _stream_times(client: httpx.Client, url: str, body: dict) -> tuple[float, fl
     return first, time.perf_counter() - t0, lines
 
 
+def _report(results: dict[str, list[tuple[float, float, int]]], one: dict[str, list[float]]) -> None:
+    """Medians of each path's 64-token runs (first token, total, rate) and of its 1-token requests."""
+    for name, rs in results.items():
+        ttft = statistics.median(r[0] for r in rs) * 1e3
+        total = statistics.median(r[1] for r in rs)
+        print(f"{name:22s} first token {ttft:7.1f} ms   64 tokens {total * 1e3:7.1f} ms   "
+              f"{64 / total:6.1f} tokens/s   1-token request {statistics.median(one[name]) * 1e3:6.1f} ms")
+
+
 def bench_proxy(runs: int = 10) -> None:
     gguf = default_model.fetch()
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,17 +141,49 @@ def bench_proxy(runs: int = 10) -> None:
                     results["llamagate /api/chat"].append(_stream_times(client, f"{srv.url}/api/chat", ours))
                 tiny = {**ours, "options": {"temperature": 0, "num_predict": 1}}
                 tiny_direct = {**direct, "max_tokens": 1}
-                one = {"llama-server direct": [], "llamagate /api/chat": []}
+                one: dict[str, list[float]] = {"llama-server direct": [], "llamagate /api/chat": []}
                 for _ in range(runs * 3):
                     one["llama-server direct"].append(_stream_times(client, direct_url, tiny_direct)[1])
                     one["llamagate /api/chat"].append(_stream_times(client, f"{srv.url}/api/chat", tiny)[1])
-            for name, rs in results.items():
-                ttft = statistics.median(r[0] for r in rs) * 1e3
-                total = statistics.median(r[1] for r in rs)
-                print(f"{name:22s} first token {ttft:7.1f} ms   64 tokens {total * 1e3:7.1f} ms   "
-                      f"{64 / total:6.1f} tokens/s   1-token request {statistics.median(one[name]) * 1e3:6.1f} ms")
+            _report(results, one)
         finally:
             srv.stop()
+
+
+def bench_front(runs: int = 10) -> None:
+    gguf = default_model.fetch()
+    with tempfile.TemporaryDirectory() as tmp:
+        backs: list[Server] = []
+        front = None
+        try:
+            # Two back ends on one store (the model imported once), a front naming both.
+            for part in ("b0", "b1", "front"):
+                (Path(tmp) / part).mkdir()
+            backs.append(Server(Path(tmp) / "b0"))
+            backs[0].create("smollm2", gguf)
+            backs.append(Server(Path(tmp) / "b1", env={"OLLAMA_MODELS": str(backs[0].models)}))
+            front = Server(Path(tmp) / "front", "--upstream", "smollm2=" + ",".join(b.url for b in backs))
+            prompt = [{"role": "user", "content": "Write a short poem about the sea."}]
+            body = {"model": "smollm2", "messages": prompt, "options": {"temperature": 0, "num_predict": 64}}
+            tiny = {**body, "options": {"temperature": 0, "num_predict": 1}}
+            paths = {"back end direct": [f"{b.url}/api/chat" for b in backs],
+                     "through the front": [f"{front.url}/api/chat"] * 2}
+            with httpx.Client(timeout=120) as client:
+                for b in backs:
+                    _stream_times(client, f"{b.url}/api/chat", body)  # loads each back end's runner
+                results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
+                one: dict[str, list[float]] = {name: [] for name in paths}
+                for i in range(runs):
+                    for name, urls in paths.items():
+                        results[name].append(_stream_times(client, urls[i % 2], body))
+                for i in range(runs * 3):
+                    for name, urls in paths.items():
+                        one[name].append(_stream_times(client, urls[i % 2], tiny)[1])
+            _report(results, one)
+        finally:
+            for srv in [front, *backs]:
+                if srv:
+                    srv.stop()
 
 
 def _listening_ports(pid: int) -> list[int]:
@@ -159,4 +202,4 @@ def _listening_ports(pid: int) -> list[int]:
 
 
 if __name__ == "__main__":
-    {"asgi": bench_asgi, "proxy": bench_proxy}[sys.argv[1]]()
+    {"asgi": bench_asgi, "proxy": bench_proxy, "front": bench_front}[sys.argv[1]]()

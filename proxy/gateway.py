@@ -15,6 +15,7 @@ from proxy.exchange import Exchange, log_line
 from proxy.llama.client import Hop
 from proxy.llama.lease import Inference
 from proxy.metrics import Metrics
+from proxy.remote import Forwarder
 from supervisor.config import Config
 from supervisor.errors import LlamagateError, bad_request
 from supervisor.httpclient import tls_context
@@ -46,6 +47,7 @@ class Gateway:
         self.activity = Activity()
         self.hop = Hop()
         self.inference = Inference(self.scheduler, self.hop)
+        self.remote = Forwarder()
         self.puller = Puller(self.store, config.registry_mirrors)
         self.pulls = Pulls(self.puller)
         self.pusher = Pusher(self.store, config.registry_mirrors, self.puller.client)
@@ -125,6 +127,7 @@ class Gateway:
         await self.upstreams.aclose()
         await self.scheduler.shutdown()
         await self.hop.aclose()
+        await self.remote.aclose()
         await self.pulls.aclose()
         await self.puller.aclose()
 

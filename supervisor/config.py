@@ -123,6 +123,12 @@ _ORIGIN_SCHEMES = ("http://", "https://", "chrome-extension://", "safari-extensi
                    "moz-extension://", "ms-browser-extension://")
 
 
+def parse_remotes(text: str) -> list[str]:
+    """OLLAMA_REMOTES: the hosts a model made with `remote_host` may be served by (Ollama's
+    allowlist, so that /api/create can't point this server at any address a client names)."""
+    return [h.strip().lower() for h in text.split(",") if h.strip()]
+
+
 def parse_origins(text: str) -> list[str]:
     """The origins a browser page may call from, as Ollama builds them: `OLLAMA_ORIGINS`
     (comma-separated, each kept as written), then localhost, 127.0.0.1 and 0.0.0.0 on any port
@@ -304,6 +310,7 @@ SETTINGS = (
     _Setting("noprune", "OLLAMA_NOPRUNE", _bool, _const("false")),
     _Setting("registry_mirrors", "LLAMAGATE_REGISTRY_MIRRORS", _message_only(parse_mirrors), _const("")),
     _Setting("origins", "OLLAMA_ORIGINS", _message_only(parse_origins), _const("")),
+    _Setting("remotes", "OLLAMA_REMOTES", parse_remotes, _const("ollama.com")),
     _Setting("api_keys", "LLAMAGATE_API_KEYS", parse_keys, _const("")),
     _Setting("api_keys_file", "LLAMAGATE_API_KEYS_FILE", _path, _const("")),
     _Setting("admin_keys", "LLAMAGATE_ADMIN_KEYS", parse_keys, _const("")),
@@ -421,6 +428,8 @@ class Config:
     noprune: bool = False
     # Browser origins allowed to call the API (proxy/cors.py).
     origins: list[str] = field(default_factory=lambda: parse_origins(""))
+    # The hosts that models made with `remote_host` may name (Ollama's OLLAMA_REMOTES).
+    remotes: list[str] = field(default_factory=lambda: ["ollama.com"])
     # Who may call the API (proxy/auth.py), and what one connection may send and hold.
     keys: KeySettings = field(default_factory=KeySettings)
     max_connections: int = 1024

@@ -52,8 +52,9 @@ def hermetic_home(home: Path) -> dict[str, str]:
 class Server:
     """A `llamagate serve` subprocess on a free port with its own model store."""
 
-    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None, bind: str = "127.0.0.1") -> None:
-        self.port = free_port()
+    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None, bind: str = "127.0.0.1",
+                 port: int | None = None) -> None:
+        self.port = port or free_port()  # a given one: a server started again where it was
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = tmp / "models"
         self.log_path = tmp / "serve.log"

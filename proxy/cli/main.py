@@ -461,6 +461,36 @@ def stop(model: str) -> None:
         _fail(str(e))
 
 
+@main.command("rpc-worker")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on: a private network's only, since RPC has no authentication.")
+@click.option("--port", default=50052, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("-t", "--threads", type=click.IntRange(1), help="CPU threads (default: rpc-server's own).")
+@click.option("-c", "--cache", is_flag=True, help="Keep the tensors sent here in a local cache, for faster reloads.")
+def rpc_worker(host: str, port: int, threads: int | None, cache: bool) -> None:
+    """Lend this machine to a model split over llama.cpp RPC (`--rpc` on the serving host).
+
+    Runs the rpc-server (ggml-rpc-server in newer builds) of the llama.cpp build `serve` would
+    use, in place of this command, so that a worker machine needs only llamagate.
+    """
+    from supervisor.runners.rpc import rpc_server_of
+    from supervisor.runtime.binary import find_llama_server
+    from supervisor.runtime.environment import clean_env
+
+    config = _settings()
+    try:
+        llama_server = find_llama_server(config.llama_server, config.runtime_dir).path
+    except LlamagateError as e:
+        _fail(e.message)
+    binary = rpc_server_of(llama_server)
+    if binary is None:
+        _fail(f"the llama.cpp build at {llama_server.parent} has no rpc-server: it was built without RPC "
+              "(-DGGML_RPC=ON); install one that has it (contrib/setup.sh builds one)")
+    args = [str(binary), "--host", host, "--port", str(port), *(["--threads", str(threads)] if threads else []),
+            *(["--cache"] if cache else [])]
+    os.execve(binary, args, clean_env())
+
+
 @main.group()
 def runtime() -> None:
     """Prebuilt llama-server builds from llama.cpp's releases, kept in llamagate's cache.

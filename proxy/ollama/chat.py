@@ -216,6 +216,8 @@ async def chat(request: Request) -> Response[Any]:
         raise bad_request("model is required")
     gate = gate_of(request)
     model = await gate.catalog.resolve(req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.messages:
@@ -306,6 +308,8 @@ async def generate(request: Request) -> Response[Any]:
         raise not_found("model '' not found")
     gate = gate_of(request)
     model = await gate.catalog.resolve(req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.prompt and not req.suffix:

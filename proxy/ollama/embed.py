@@ -71,6 +71,8 @@ async def embed(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbedRequest)
     gate = gate_of(request)
     model = await embedding_model(gate, req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     inputs = [req.input] if isinstance(req.input, str) else (req.input or [])
     if inputs == [""]:
         inputs = []  # an empty input only loads the model, as in Ollama
@@ -92,6 +94,8 @@ async def embeddings(request: Request) -> Response[bytes]:
         raise bad_request("model is required")
     gate = gate_of(request)
     model = await embedding_model(gate, req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     inputs = [req.prompt] if req.prompt else []
     vectors, _ = await _embed(gate, model, inputs, req.options, req.keep_alive, True, Timer())
     return json_response(schemas.EmbeddingsResponse(translate.normalize(vectors[0]) if vectors else []))

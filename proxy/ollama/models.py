@@ -25,7 +25,10 @@ from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.models import quantize
 from supervisor.models.model import Model
-from supervisor.models.store import ADAPTER, DISK_FULL, MODEL, PROJECTOR, Layer, Message, StoredModel, disk_error
+from supervisor.models.remote import Pool, remote_config
+from supervisor.models.store import (
+    ADAPTER, DISK_FULL, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel, disk_error,
+)
 from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
 from supervisor.runtime.binary import find_llama_server
@@ -56,6 +59,11 @@ def _listed(m: Model) -> schemas.ListedModel:
         # A blob that isn't a readable GGUF fails the model's own requests; the list still
         # shows it, without what only the GGUF can tell.
         log.warning("listing %s without its GGUF's details: %s", m.name.display, e.message)
+    if isinstance(m.target, Pool) and m.target.ollama:
+        # As Ollama lists a remote model; of several servers, the first (README, Many machines).
+        listed.remote_model, listed.remote_host = m.target.name, m.target.endpoints[0].base_url
+        if m.target.listed and m.target.listed.capabilities:
+            listed.capabilities = m.target.listed.capabilities
     return listed
 
 
@@ -113,7 +121,8 @@ class _Creation:
     """A create request checked and resolved, before anything is written."""
 
     name: ModelName
-    layer: Layer  # the model's GGUF, before quantizing
+    layer: Layer | None  # the model's GGUF, before quantizing; None for a remote model
+    remote: ModelConfig | None  # a remote model's config, naming the server that serves it
     extra: list[Layer]  # projector, adapters
     template: str
     system: str
@@ -135,6 +144,8 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
     quantize_to = quantize.parse_type(req.quantize or req.quantization) if (req.quantize or req.quantization) else ""
     base: StoredModel | None = None
     extra: list[Layer] = []
+    layer: Layer | None
+    remote: ModelConfig | None = None
     if req.files:
         layers = [_gguf_layer(gate, digest, filename, MODEL) for filename, digest in req.files.items()]
         models = [la for la in layers if la.mediaType == MODEL]
@@ -143,11 +154,16 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
                               "plus at most a vision projector")
         layer = models[0]
         extra = [la for la in layers if la.mediaType == PROJECTOR]
+    elif req.from_ and req.remote_host:
+        layer, remote = None, remote_config(gate.config.remotes, req.remote_host, req.from_)
     elif req.from_:
         base = gate.catalog.stored(ModelName.parse(req.from_))
         if base is None:
             raise not_found(f"model '{req.from_}' not found")
-        layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
+        if base.config.remote_host:  # derived from a remote model: served there too
+            layer, remote = None, base.config
+        else:
+            layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
         extra = [la for la in base.manifest.layers if la.mediaType in (PROJECTOR, ADAPTER)]
     else:
         raise bad_request("neither 'from' or 'files' was specified")
@@ -156,7 +172,9 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
         if adapter.mediaType != ADAPTER or read_gguf(gate.store.blob_path(digest)).metadata.get("general.type") != "adapter":
             raise bad_request(f"{filename}: not a LoRA adapter GGUF")
         extra.append(adapter)
-    source_type = cached_info(gate.store.blob_path(layer.digest)).file_type
+    if layer is None and quantize_to:
+        raise bad_request("quantize needs a GGUF in this store; a remote model is served as its host has it")
+    source_type = cached_info(gate.store.blob_path(layer.digest)).file_type if layer else ""
     if quantize_to:
         quantize.check_source(source_type)
         if quantize_to == source_type:
@@ -176,7 +194,7 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
     else:
         licenses = base.licenses if base else []
     return _Creation(
-        name=name, layer=layer, extra=extra, params=params, messages=messages, licenses=licenses,
+        name=name, layer=layer, remote=remote, extra=extra, params=params, messages=messages, licenses=licenses,
         template=req.template if req.template is not None else (base.template if base else ""),
         system=req.system if req.system is not None else (base.system if base else ""),
         parsed=bool(req.files), quantize=quantize_to, source_type=source_type,
@@ -211,7 +229,7 @@ async def _run(gate: Gateway, req: schemas.CreateRequest) -> AsyncIterator[msgsp
     named = [gate.store.blob_path(d) for d in [*(req.files or {}).values(), *(req.adapters or {}).values()]]
     async with gate.store.pinned(named):
         plan = await asyncio.to_thread(_plan, gate, req)
-        used = [plan.layer, *plan.extra]
+        used = [*([plan.layer] if plan.layer else []), *plan.extra]
         async with gate.store.pinned(gate.store.blob_path(la.digest) for la in used):
             if gone := [la.digest for la in used if not gate.store.has_blob(la.digest)]:
                 raise bad_request(f"blob {gone[0]} was deleted while the create began")
@@ -235,7 +253,7 @@ async def _steps(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct
     try:
         # A change of the store: under its lock, so that no delete's prune runs in between.
         await gate.store.change(lambda: gate.store.create(
-            plan.name, plan.layer, template=plan.template, system=plan.system, params=plan.params,
+            plan.name, plan.layer, remote=plan.remote, template=plan.template, system=plan.system, params=plan.params,
             messages=plan.messages, license=plan.licenses, extra_layers=plan.extra, on_layer=report,
         ))
     except OSError as e:
@@ -294,10 +312,11 @@ async def delete(request: Request) -> Response[None]:
     if model is None:
         raise not_found(f"model '{text}' not found")
     # Its runner is stopped first (after the requests in flight) unless another name (a copy)
-    # still uses the model file, so that no runner outlives its model.
-    model_layer = model.model_path.name.replace("sha256-", "sha256:")
-    if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
-        await gate.scheduler.unload(gate.catalog.require(text))
+    # still uses the model file, so that no runner outlives its model. A remote model has none.
+    if not model.config.remote_host:
+        model_layer = model.model_path.name.replace("sha256-", "sha256:")
+        if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
+            await gate.scheduler.unload(gate.catalog.require(text))
     pruned = await gate.store.delete(model)
     log.info("deleted %s; pruned %d blob(s)", model.name.display, len(pruned))
     return Response(None, status_code=200)
@@ -317,6 +336,8 @@ async def show(request: Request) -> Response[bytes]:
     model = gate.catalog.get(name)
     if model is None:
         raise not_found(f"model '{name.display}' not found")
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     target = model.target
     # Off the loop: a first read of the header, and a verbose one every time (it is not kept).
     info = await (asyncio.to_thread(target.info, verbose=True) if req.verbose else model.read_info())

@@ -74,6 +74,9 @@ class ModelConfig(msgspec.Struct, omit_defaults=True):
     os: str = "linux"
     context_length: int = 0
     embedding_length: int = 0
+    # A model another Ollama-API server serves (`remote_host` in /api/create): no GGUF here.
+    remote_host: str = ""
+    remote_model: str = ""
 
 
 class Message(msgspec.Struct, omit_defaults=True):
@@ -528,8 +531,9 @@ class Store:
     def create(
         self,
         name: ModelName,
-        model_layer: Layer,
+        model_layer: Layer | None,
         *,
+        remote: ModelConfig | None = None,
         template: str = "",
         system: str = "",
         params: dict[str, Any] | None = None,
@@ -538,23 +542,28 @@ class Store:
         extra_layers: list[Layer] | None = None,
         on_layer: Callable[[Layer, bool], None] | None = None,
     ) -> StoredModel:
-        """Write a model from a GGUF blob already in the store plus its text layers.
+        """Write a model from a GGUF blob already in the store plus its text layers, or (with no
+        layer) one that `remote`, a config naming its server, says is served elsewhere.
 
         `extra_layers` (a projector, adapters) are blobs already in the store; `on_layer` hears of
         every layer with whether its blob was new, for `create`'s status lines.
         """
-        info = read_gguf(self.blob_path(model_layer.digest))
-        arch = info.architecture
-        config = ModelConfig(
-            model_format="gguf",
-            model_family=arch,
-            model_families=[arch] if arch else None,
-            model_type=human_number(info.parameter_count),
-            file_type=info.file_type,
-            context_length=info.context_length,
-            embedding_length=info.embedding_length,
-        )
-        layers = [model_layer, *(extra_layers or [])]
+        if remote is not None:
+            config = remote
+        else:
+            assert model_layer is not None, "a model is a GGUF here or a remote one"
+            info = read_gguf(self.blob_path(model_layer.digest))
+            arch = info.architecture
+            config = ModelConfig(
+                model_format="gguf",
+                model_family=arch,
+                model_families=[arch] if arch else None,
+                model_type=human_number(info.parameter_count),
+                file_type=info.file_type,
+                context_length=info.context_length,
+                embedding_length=info.embedding_length,
+            )
+        layers = [*([model_layer] if model_layer else []), *(extra_layers or [])]
         if on_layer:
             for layer in layers:
                 on_layer(layer, False)

@@ -23,6 +23,7 @@ from supervisor.errors import LlamagateError
 from supervisor.httpclient import async_client
 from supervisor.runners.launch import LaunchSpec, child_env
 from supervisor.runners.placement import LoadLog
+from supervisor.runners.rpc import check_workers
 
 # The runner's logger: a process's lines are part of its runner's story in the log.
 log = logging.getLogger("llamagate.runner")
@@ -101,6 +102,8 @@ class Process:
 
     async def start(self, spec: LaunchSpec, load_timeout: float) -> None:
         """Spawn it and return once it is healthy; if this fails, the caller terminates it."""
+        if spec.rpc:
+            await check_workers(self.name, spec.rpc)
         log.info("[%s] starting: %s", self.name, " ".join(spec.args()))
         started = time.monotonic()
         try:
