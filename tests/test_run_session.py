@@ -302,6 +302,8 @@ def test_a_model_not_found_is_pulled_first(fake, registry, tiny_gguf):
     assert any(re.fullmatch(r"pulling [0-9a-f]{12}\.\.\. 100% ▕█{25}▏ .+", line) for line in steps)
     assert r.stdout == "MIDDLE\n\n"  # the fake's answer to a prompt without a chat template (the tiny model's)
     assert fake.cli("run", "test/pulled:v1", "--think=false", "hi").stderr == ""  # there now: no pull
+    listed = fake.cli("list", "TEST/").stdout  # `list PREFIX`, in any case, as `ollama list PREFIX`
+    assert "test/pulled:v1" in listed and "thinker" not in listed
     r = fake.cli("run", "test/nosuch", "hi", check=False)
     assert r.returncode == 1 and r.stderr.splitlines()[-1] == "Error: pull model manifest: file does not exist"
     r = fake.cli("run", "Bad:Name:Here", "hi", check=False)  # refused by /api/show (400): nothing pulled
