@@ -148,18 +148,25 @@ def _gpus_row(settings: Config) -> tuple[str, str, str]:
 
 
 @main.command("list")
-def list_() -> None:
-    """List the models in the store."""
-    from proxy.cli.progress import human_bytes
-
+@click.argument("prefix", default="")
+def list_(prefix: str) -> None:
+    """List the models in the store (those whose name starts with PREFIX)."""
     try:
-        models = Client().request("GET", "/api/tags").json()["models"]
+        print_models(Client(), prefix)
     except ClientError as e:
         _fail(str(e))
+
+
+def print_models(client: Client, prefix: str) -> None:
+    """`list`'s table, also `run`'s /list: the models whose name starts with `prefix`, in any case."""
+    from proxy.cli.progress import human_bytes
+
+    models = client.request("GET", "/api/tags").json()["models"]
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for m in models:
-        modified = datetime.fromisoformat(m["modified_at"])
-        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_since(modified)])
+        if m["name"].lower().startswith(prefix.lower()):
+            modified = datetime.fromisoformat(m["modified_at"])
+            rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_since(modified)])
     _table(rows)
 
 
@@ -334,14 +341,17 @@ class _RunCommand(click.Command):
 @click.option("--hidethinking", is_flag=True, help="Hide the model's thinking (it still thinks).")
 @click.option("--keepalive", metavar="DURATION", help="How long the model stays loaded after this (e.g. 5m).")
 @click.option("--verbose", is_flag=True, help="Show timings after each answer.")
+@click.option("--nowordwrap", is_flag=True, help="Don't wrap words to the next line at the terminal's width.")
+@click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry, for a model pulled first.")
 def run(model: str, prompt: tuple[str, ...], format_: str | None, think: str | None, hidethinking: bool,
-        keepalive: str | None, verbose: bool) -> None:
-    """Answer PROMPT with MODEL, or chat with it until /bye when no prompt is given."""
+        keepalive: str | None, verbose: bool, nowordwrap: bool, insecure: bool) -> None:
+    """Answer PROMPT with MODEL, or chat with it until /bye when no prompt is given (a model the
+    server doesn't have is pulled first)."""
     from proxy.cli import answer
     from proxy.cli.images import ImageError
 
     try:
-        opts = answer.RunOptions.from_flags(model, format_, think, hidethinking, keepalive, verbose)
+        opts = answer.RunOptions.from_flags(model, format_, think, hidethinking, keepalive, verbose, nowordwrap)
     except ValueError as e:
         _fail(str(e))
     words = list(prompt)
@@ -350,7 +360,14 @@ def run(model: str, prompt: tuple[str, ...], format_: str | None, think: str | N
     text = " ".join(words)
     client = Client()
     try:
-        info = answer.prepare(client, opts, think is not None)
+        try:
+            info = answer.prepare(client, opts, think is not None)
+        except ClientError as e:
+            if e.status != 404:
+                raise
+            # As `ollama run`: a model the server doesn't have is pulled, as `pull` does, then run.
+            _transfer("/api/pull", "pulling", model, insecure, quiet=False)
+            info = answer.prepare(client, opts, think is not None)
         if words or not (sys.stdin.isatty() and sys.stdout.isatty()):
             answer.generate_once(client, opts, text)
             return
