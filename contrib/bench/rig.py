@@ -3,6 +3,7 @@ synthetic upstream, and a process's CPU time and memory read from /proc."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -18,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "contrib"), str(ROOT / "tests")]
 
 import default_model  # noqa: E402
-from conftest import Server, free_port, runner_of  # noqa: E402
+from conftest import Server, free_port, llamagate_cmd  # noqa: E402
+from tinymodel import write_tiny_model  # noqa: E402
 
 from supervisor.runtime.binary import find_llama_server  # noqa: E402
 
-__all__ = ["Server", "free_port", "runner_of", "llama_server", "synthetic", "wait_up", "cpu_seconds", "rss", "peak_rss"]
+__all__ = ["Server", "free_port", "llamagate_cmd", "write_tiny_model", "default_model", "httpx", "create", "llama_server", "synthetic", "wait_up", "cpu_seconds", "rss", "peak_rss"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -37,6 +39,16 @@ def wait_up(url: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.02)
     raise RuntimeError(f"{url} did not come up")
+
+
+def create(srv: Server, name: str, gguf: Path) -> None:
+    """`llamagate create` through the API (no CLI process to start): the blob, then the model."""
+    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    with gguf.open("rb") as f:
+        httpx.post(f"{srv.url}/api/blobs/{digest}", content=f, timeout=300).raise_for_status()
+    r = httpx.post(f"{srv.url}/api/create", json={"model": name, "files": {gguf.name: digest}, "stream": False},
+                   timeout=300)
+    r.raise_for_status()
 
 
 def binary() -> Path:
