@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "contrib"), str(ROOT / "tests")]
 
 import default_model  # noqa: E402
-from conftest import Server, free_port, llamagate_cmd  # noqa: E402
+from conftest import Server, free_port, llamagate_cmd, runners_of  # noqa: E402
 from tinymodel import write_tiny_model  # noqa: E402
 
 from supervisor.runtime.binary import find_llama_server  # noqa: E402
 
-__all__ = ["Server", "free_port", "llamagate_cmd", "write_tiny_model", "default_model", "httpx", "create", "llama_server", "synthetic", "wait_up", "cpu_seconds", "rss", "peak_rss"]
+__all__ = ["Server", "free_port", "llamagate_cmd", "write_tiny_model", "default_model", "httpx", "create", "runners_of", "llama_server", "synthetic", "wait_up", "cpu_seconds", "rss", "peak_rss"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
