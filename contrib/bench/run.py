@@ -130,17 +130,21 @@ async def streamed(client: http11.Client, path: str, body: dict) -> Streamed:
 
 
 async def paired(
-    through: Callable[[], Awaitable[float]], direct: Callable[[], Awaitable[float]], pairs: int,
+    through: Callable[[], Awaitable[float]], direct: Callable[[], Awaitable[float]], pairs: int, pid: int,
 ) -> dict:
-    """Alternating pairs, after two warm-ups each: both sides' p50/p99 and the difference."""
+    """Alternating pairs, after two warm-ups each: both sides' p50/p99 and the difference, and
+    llamagate's CPU time a request (process `pid`), which a busy machine inflates far less."""
     for _ in range(2):
         await through()
         await direct()
-    a, b = [], []
+    a, b, cpu = [], [], 0.0
     for _ in range(pairs):
+        c0 = rig.cpu_seconds(pid)
         a.append(await through())
+        cpu += rig.cpu_seconds(pid) - c0
         b.append(await direct())
     return {
+        "cpu_ms_per_request": cpu / pairs * 1e3,
         "through_p50_ms": statistics.median(a) * 1e3, "direct_p50_ms": statistics.median(b) * 1e3,
         "through_p99_ms": pct(a, 0.99) * 1e3, "direct_p99_ms": pct(b, 0.99) * 1e3,
         "added_p50_ms": (statistics.median(a) - statistics.median(b)) * 1e3,
@@ -182,8 +186,9 @@ async def real_model(srv: rig.Server, sizes: Sizes) -> dict:
             lambda: whole(direct, "/v1/chat/completions", one)),
     }
     # Fewer pairs where each takes the model a while (prompt processing is never cached for embeddings).
-    fewer = {"/api/embed (1 input)": 5, "/api/embed (16 inputs)": 15}
-    latency = {name: await paired(t, d, max(2, sizes.pairs // fewer.get(name, 1))) for name, (t, d) in routes.items()}
+    fewer = {"/api/embed (1 input)": 5, "/api/embed (16 inputs)": 30}
+    latency = {name: await paired(t, d, max(2, sizes.pairs // fewer.get(name, 1)), srv.proc.pid)
+               for name, (t, d) in routes.items()}
 
     four = {"messages": PROMPT, "max_tokens": 4, "stream": True, **s}
     ttft_routes = {
@@ -196,7 +201,7 @@ async def real_model(srv: rig.Server, sizes: Sizes) -> dict:
         return (await f()).first
 
     ttft = {name: await paired(lambda f=f: first(f), lambda: first(lambda: streamed(direct, "/v1/chat/completions", four)),
-                               sizes.pairs)
+                               sizes.pairs, srv.proc.pid)
             for name, f in ttft_routes.items()}
 
     # Throughput: a long answer, same sampling both ways; tokens/s from the first token to the last.
@@ -344,18 +349,19 @@ def footprint(srv: rig.Server, sizes: Sizes) -> dict:
 # Output -----------------------------------------------------------------------------------------
 
 def table(results: dict) -> str:
-    rows = ["| Figure | through llamagate | llama-server direct | llamagate's cost |", "| --- | --- | --- | --- |"]
+    rows = ["| Figure | through llamagate | llama-server direct | llamagate's cost | llamagate's CPU |",
+            "| --- | --- | --- | --- | --- |"]
     for name, r in results["real_model"]["latency"].items():
         rows.append(f"| {name}, 1 token, p50 / p99 | {r['through_p50_ms']:.2f} / {r['through_p99_ms']:.2f} ms | "
                     f"{r['direct_p50_ms']:.2f} / {r['direct_p99_ms']:.2f} ms | "
-                    f"+{r['added_p50_ms']:.2f} / +{r['added_p99_ms']:.2f} ms |")
+                    f"{r['added_p50_ms']:+.2f} / {r['added_p99_ms']:+.2f} ms | {r['cpu_ms_per_request']:.2f} ms a request |")
     for name, r in results["real_model"]["ttft"].items():
         rows.append(f"| first token, {name}, p50 / p99 | {r['through_p50_ms']:.2f} / {r['through_p99_ms']:.2f} ms | "
                     f"{r['direct_p50_ms']:.2f} / {r['direct_p99_ms']:.2f} ms | "
-                    f"+{r['added_p50_ms']:.2f} / +{r['added_p99_ms']:.2f} ms |")
+                    f"{r['added_p50_ms']:+.2f} / {r['added_p99_ms']:+.2f} ms | {r['cpu_ms_per_request']:.2f} ms a request |")
     for name, r in results["per_chunk"].items():
         rows.append(f"| chunks/s, one synthetic stream, {name} | {r['through_chunks_s']:,.0f} | {r['direct_chunks_s']:,.0f} | "
-                    f"×{r['ratio']:.2f}; {r['cpu_us_per_chunk']:.1f} µs CPU a chunk |")
+                    f"×{r['ratio']:.2f} | {r['cpu_us_per_chunk']:.1f} µs a chunk |")
     conc = results["concurrency"]
     for level in conc["direct"]:
         d = conc["direct"][level]
@@ -364,18 +370,18 @@ def table(results: dict) -> str:
             rows.append(f"| {level} synthetic streams, {side}: chunks/s, p99 gap, errors | {t['chunks_s']:,.0f}, "
                         f"{t['p99_gap_ms']:.1f} ms, {t['errors']} (peak RSS {t['peak_rss_mb']:.0f} MB) | "
                         f"{d['chunks_s']:,.0f}, {d['p99_gap_ms']:.1f} ms, {d['errors']} | "
-                        f"×{t['chunks_s'] / d['chunks_s']:.2f} |")
+                        f"×{t['chunks_s'] / d['chunks_s']:.2f} | |")
     for name, r in results["real_model"]["throughput"].items():
         rows.append(f"| {results['model']}, tokens/s, {name} | {r['through_tokens_s']:.1f} | {r['direct_tokens_s']:.1f} | "
-                    f"×{r['ratio']:.3f} |")
+                    f"×{r['ratio']:.3f} | |")
     lo = results["loads"]
     rows.append(f"| cold start (request → first token) | {lo['cold_start_ms']:.0f} ms | "
                 f"{lo['llama_server_spawn_to_ready_ms']:.0f} ms spawn → ready + {lo['first_token_loaded_ms']:.0f} ms "
-                f"first token | +{lo['cold_start_overhead_ms']:.0f} ms |")
-    rows.append(f"| swap (room full: another model stopped first) | {lo['swap_ms']:.0f} ms | same | +{lo['swap_overhead_ms']:.0f} ms |")
+                f"first token | {lo['cold_start_overhead_ms']:+.0f} ms | |")
+    rows.append(f"| swap (room full: another model stopped first) | {lo['swap_ms']:.0f} ms | same | {lo['swap_overhead_ms']:+.0f} ms | |")
     f = results["footprint"]
-    rows.append(f"| idle RSS, no model loaded | {f['idle_rss_mb']:.0f} MB | – | – |")
-    rows.append(f"| `llamagate --version` | {f['version_wall_ms']:.0f} ms | – | – |")
+    rows.append(f"| idle RSS, no model loaded | {f['idle_rss_mb']:.0f} MB | – | – | |")
+    rows.append(f"| `llamagate --version` | {f['version_wall_ms']:.0f} ms | – | – | |")
     return "\n".join(rows)
 
 
@@ -429,6 +435,7 @@ def main() -> None:
 
     def phase(name: str) -> None:
         phases[name] = round(time.time() - started - sum(phases.values()), 1)
+        print(f"{name}: {phases[name]:.0f} s", file=sys.stderr, flush=True)
 
     results: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
