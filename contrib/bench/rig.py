@@ -56,11 +56,9 @@ def binary() -> Path:
 
 
 @contextmanager
-def llama_server(*args: str) -> Iterator[str]:
-    """SmolLM2 in a llama-server of our own (one thread), its URL."""
-    port = free_port()
-    cmd = [str(binary()), "-m", str(default_model.fetch()), "--port", str(port), "-t", "1", "-c", "4096", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _serving(command: list[str], port: int) -> Iterator[str]:
+    """A server process on `port`, once its /health answers: its URL."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_up(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}"
@@ -69,17 +67,17 @@ def llama_server(*args: str) -> Iterator[str]:
         proc.wait()
 
 
-@contextmanager
-def synthetic() -> Iterator[str]:
-    """The synthetic upstream (contrib/bench/synthetic.py) in a process of its own, its URL."""
+def llama_server(*args: str):  # noqa: ANN201 (a context manager of the URL)
+    """SmolLM2 in a llama-server of our own (one thread)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("synthetic.py")), str(port)])
-    try:
-        wait_up(f"http://127.0.0.1:{port}/health")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait()
+    return _serving([str(binary()), "-m", str(default_model.fetch()), "--port", str(port), "-t", "1", "-c", "4096",
+                     *args], port)
+
+
+def synthetic():  # noqa: ANN201 (a context manager of the URL)
+    """The synthetic upstream (contrib/bench/synthetic.py) in a process of its own."""
+    port = free_port()
+    return _serving([sys.executable, str(Path(__file__).with_name("synthetic.py")), str(port)], port)
 
 
 def cpu_seconds(pid: int) -> float:
