@@ -50,12 +50,38 @@ async def _throughput(url: str, seconds: float, concurrency: int) -> float:
 
 def main() -> None:
     servers = {
-        "uvicorn+uvloop+httptools": lambda port: [sys.executable, "-m", "uvicorn", "--factory", "proxy.asgi:app",
-                                                  "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-                                                  "--no-access-log", "--log-level", "warning"],
-        "granian (uvloop)": lambda port: [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
-                                          "proxy.asgi:app", "--port", str(port), "--loop", "uvloop",
-                                          "--log-level", "warning", "--no-ws"],
+        "uvicorn+uvloop+httptools": lambda port: [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "proxy.asgi:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        "granian (uvloop)": lambda port: [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--factory",
+            "proxy.asgi:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--log-level",
+            "warning",
+            "--no-ws",
+        ],
     }
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "OLLAMA_MODELS": tmp}
@@ -67,8 +93,10 @@ def main() -> None:
                 wait_up(url)
                 lat = asyncio.run(_latency(f"{url}/api/version", 2000))
                 rps = asyncio.run(_throughput(f"{url}/api/tags", 5, 16))
-                print(f"{name:28s} /api/version p50 {statistics.median(lat) * 1e3:.3f} ms  "
-                      f"p99 {sorted(lat)[int(len(lat) * 0.99)] * 1e3:.3f} ms   /api/tags {rps:,.0f} req/s (16 clients)")
+                print(
+                    f"{name:28s} /api/version p50 {statistics.median(lat) * 1e3:.3f} ms  "
+                    f"p99 {sorted(lat)[int(len(lat) * 0.99)] * 1e3:.3f} ms   /api/tags {rps:,.0f} req/s (16 clients)"
+                )
             finally:
                 proc.terminate()
                 proc.wait()

@@ -75,6 +75,7 @@ CLIENTS = {"httpx": _httpx, "aiohttp": _aiohttp, "http11 (ours)": _http11}
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     import uvloop
+
     with llama_server() as url:
         times: dict[str, list[float]] = {k: [] for k in CLIENTS}
         cpu: dict[str, float] = dict.fromkeys(CLIENTS, 0.0)
@@ -84,11 +85,15 @@ def main() -> None:
                 times[name] += uvloop.run(fn(url, PER_ROUND))
                 cpu[name] += time.process_time() - c0
         direct = statistics.median(times["http11 (ours)"])
-        print(f"{'client':16s} {'p50':>9s} {'p99':>9s} {'CPU/request':>12s}  (POST /tokenize, {rounds * PER_ROUND} each)")
+        print(
+            f"{'client':16s} {'p50':>9s} {'p99':>9s} {'CPU/request':>12s}  (POST /tokenize, {rounds * PER_ROUND} each)"
+        )
         for name, ts in times.items():
             ts.sort()
-            print(f"{name:16s} {ts[len(ts) // 2] * 1e3:7.3f}ms {ts[int(len(ts) * .99)] * 1e3:7.3f}ms "
-                  f"{cpu[name] / len(ts) * 1e6:9.0f} µs  (+{(statistics.median(ts) - direct) * 1e3:.3f} ms)")
+            print(
+                f"{name:16s} {ts[len(ts) // 2] * 1e3:7.3f}ms {ts[int(len(ts) * 0.99)] * 1e3:7.3f}ms "
+                f"{cpu[name] / len(ts) * 1e6:9.0f} µs  (+{(statistics.median(ts) - direct) * 1e3:.3f} ms)"
+            )
 
 
 if __name__ == "__main__":

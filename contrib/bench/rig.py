@@ -24,7 +24,22 @@ from tinymodel import write_tiny_model  # noqa: E402
 
 from supervisor.runtime.binary import find_llama_server  # noqa: E402
 
-__all__ = ["Server", "free_port", "llamagate_cmd", "write_tiny_model", "default_model", "httpx", "create", "runners_of", "llama_server", "synthetic", "wait_up", "cpu_seconds", "rss", "peak_rss"]
+__all__ = [
+    "Server",
+    "free_port",
+    "llamagate_cmd",
+    "write_tiny_model",
+    "default_model",
+    "httpx",
+    "create",
+    "runners_of",
+    "llama_server",
+    "synthetic",
+    "wait_up",
+    "cpu_seconds",
+    "rss",
+    "peak_rss",
+]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -46,8 +61,9 @@ def create(srv: Server, name: str, gguf: Path) -> None:
     digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
     with gguf.open("rb") as f:
         httpx.post(f"{srv.url}/api/blobs/{digest}", content=f, timeout=300).raise_for_status()
-    r = httpx.post(f"{srv.url}/api/create", json={"model": name, "files": {gguf.name: digest}, "stream": False},
-                   timeout=300)
+    r = httpx.post(
+        f"{srv.url}/api/create", json={"model": name, "files": {gguf.name: digest}, "stream": False}, timeout=300
+    )
     r.raise_for_status()
 
 
@@ -70,8 +86,9 @@ def _serving(command: list[str], port: int) -> Iterator[str]:
 def llama_server(*args: str):  # noqa: ANN201 (a context manager of the URL)
     """SmolLM2 in a llama-server of our own (one thread)."""
     port = free_port()
-    return _serving([str(binary()), "-m", str(default_model.fetch()), "--port", str(port), "-t", "1", "-c", "4096",
-                     *args], port)
+    return _serving(
+        [str(binary()), "-m", str(default_model.fetch()), "--port", str(port), "-t", "1", "-c", "4096", *args], port
+    )
 
 
 def synthetic():  # noqa: ANN201 (a context manager of the URL)
