@@ -1,6 +1,8 @@
-"""The llama-server hop (proxy/llama/client.py) against loopback servers: one that hangs up on the
-first connection without answering, as llama-server does with a pooled connection it closed as
-idle, and one that counts connections, to show that requests share one."""
+"""The llama-server hop (proxy/llama/client.py on its client, proxy/llama/http11.py) against
+loopback servers: one that hangs up on the first connection without answering, as llama-server
+does with a pooled connection it closed as idle; ones that count connections, to show that
+requests share one and that a stream left early closes its own; one that cuts an answer short;
+and a port nothing listens on."""
 
 from __future__ import annotations
 
