@@ -19,4 +19,4 @@ if ! [ -x .venv-e2e/bin/open-webui ] || ! .venv-e2e/bin/pip show open-webui 2>/d
     .venv-e2e/bin/pip install --quiet "open-webui==$OPEN_WEBUI_VERSION" "torch==$TORCH_VERSION"
 fi
 
-LLAMAGATE_E2E_OPEN_WEBUI="$PWD/.venv-e2e/bin/open-webui" exec python -m pytest -p no:cacheprovider tests/e2e/test_*.py tests/e2e/browser_open_webui.py "$@"
+LLAMAGATE_E2E_OPEN_WEBUI="$PWD/.venv-e2e/bin/open-webui" exec python -m pytest -p no:cacheprovider tests/e2e/test_*.py tests/e2e/long_chats.py tests/e2e/browser_open_webui.py "$@"

@@ -1,5 +1,5 @@
 """The entry point PyInstaller freezes into dist/llamagate (contrib/build-onefile.sh): `llamagate` itself."""
 
-from proxy.cli.main import main
+from proxy.cli.entry import main
 
 main()

@@ -11,7 +11,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 # generation, and neither uvicorn nor Litestar (outside a streamed answer) tells a handler that
 # its client left: without this, an abandoned request keeps its queue place and its slot.
 INFERENCE = frozenset({
-    "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
+    "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/rerank", "/v1/rerank",
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
     "/v1/messages/count_tokens",
 })

@@ -7,18 +7,21 @@ import json
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
 from supervisor.durations import parse_go_duration, parse_keep_alive
 from supervisor.errors import LlamagateError
-from supervisor.model_tables import ModelSettings, parse_tables
 from supervisor.names import ModelName
+
+# `llamagate --version` loads the settings to find the llama-server: what only a config file or its
+# model tables need (tomllib; msgspec through model_tables) is imported when there is one.
+if TYPE_CHECKING:
+    from supervisor.model_tables import ModelSettings
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -295,6 +298,7 @@ SETTINGS = (
     _Setting("openai_seed_greedy", "LLAMAGATE_OPENAI_SEED_GREEDY", _bool, _const("true")),
     _Setting("openai_finish_stop", "LLAMAGATE_OPENAI_FINISH_STOP", _bool, _const("true")),
     _Setting("openai_tool_calls_stop", "LLAMAGATE_OPENAI_TOOL_CALLS_STOP", _bool, _const("false")),
+    _Setting("noprune", "OLLAMA_NOPRUNE", _bool, _const("false")),
     _Setting("registry_mirrors", "LLAMAGATE_REGISTRY_MIRRORS", _message_only(parse_mirrors), _const("")),
     _Setting("origins", "OLLAMA_ORIGINS", _message_only(parse_origins), _const("")),
     _Setting("api_keys", "LLAMAGATE_API_KEYS", parse_keys, _const("")),
@@ -349,6 +353,8 @@ def _endpoints(raw: Any, key: str, source: str) -> dict[str, list[str]]:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    import tomllib
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -406,6 +412,8 @@ class Config:
     openai_finish_stop: bool = True
     openai_tool_calls_stop: bool = False
     registry_mirrors: dict[str, str] = field(default_factory=dict)
+    # OLLAMA_NOPRUNE: leave a killed process's leftovers in the store at startup.
+    noprune: bool = False
     # Browser origins allowed to call the API (proxy/cors.py).
     origins: list[str] = field(default_factory=lambda: parse_origins(""))
     # Who may call the API (proxy/auth.py), and what one connection may send and hold.
@@ -460,13 +468,17 @@ class Config:
                     raise SettingError(f"{flag} {name!r}: not a model name: {e.message}") from None
             tables[key].update(flagged)
             sources.update((f"{key}.{name}", Source(",".join(v), flag)) for name, v in flagged.items())
-        try:
-            models = parse_tables(data.get("models", {}), str(path))
-        except ValueError as e:
-            raise SettingError(str(e)) from None
-        for name, table in models.items():
-            for key in _given_fields(table):
-                sources[f"models.{json.dumps(name)}.{key}"] = Source(_show(getattr(table, key)), str(path))
+        models: dict[str, ModelSettings] = {}
+        if "models" in data:
+            from supervisor.model_tables import given_fields, parse_tables
+
+            try:
+                models = parse_tables(data["models"], str(path))
+            except ValueError as e:
+                raise SettingError(str(e)) from None
+            for name, table in models.items():
+                for key in given_fields(table):
+                    sources[f"models.{json.dumps(name)}.{key}"] = Source(_show(getattr(table, key)), str(path))
         if path:
             sources["config_file"] = Source(str(path), named_by)
         host, port = values.pop("host")
@@ -496,11 +508,6 @@ class Config:
                 text = "(unset)"
             rows.append((name, text, source.origin))
         return rows
-
-
-def _given_fields(table: ModelSettings) -> list[str]:
-    defaults = ModelSettings()
-    return [key for key in table.__struct_fields__ if getattr(table, key) != getattr(defaults, key)]
 
 
 def _show(value: Any) -> str:

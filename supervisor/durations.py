@@ -1,4 +1,4 @@
-"""Durations as Ollama reads them: Go's `time.ParseDuration` strings and plain numbers of seconds."""
+"""Durations as Ollama reads and writes them: Go's `time.ParseDuration` strings and plain numbers of seconds."""
 
 from __future__ import annotations
 
@@ -42,3 +42,29 @@ def parse_keep_alive(value: str | int | float) -> float:
         raise bad_request("Unsupported type: 'bool'")
     seconds = float(value) if isinstance(value, (int, float)) else parse_go_duration(value)
     return FOREVER if seconds < 0 else seconds
+
+
+def _fraction(value: int, digits: int) -> str:
+    whole, rest = divmod(value, 10**digits)
+    tail = f"{rest:0{digits}d}".rstrip("0")
+    return f"{whole}.{tail}" if tail else str(whole)
+
+
+def format_go_duration(ns: int) -> str:
+    """Nanoseconds as Go's `time.Duration.String` writes them ("1.5s", "2m0.25s", "350.2ms"),
+    the way `ollama run --verbose` prints its timings."""
+    sign, u = ("-" if ns < 0 else ""), abs(ns)
+    if u == 0:
+        return "0s"
+    if u < 1_000:
+        return f"{sign}{u}ns"
+    if u < 1_000_000:
+        return f"{sign}{_fraction(u, 3)}µs"
+    if u < 1_000_000_000:
+        return f"{sign}{_fraction(u, 6)}ms"
+    minutes, rest = divmod(u, 60_000_000_000)
+    text = f"{_fraction(rest, 9)}s"
+    if minutes:
+        hours, minutes = divmod(minutes, 60)
+        text = f"{hours}h{minutes}m{text}" if hours else f"{minutes}m{text}"
+    return sign + text

@@ -145,6 +145,12 @@ def table_key(name: str) -> str:
     return ModelName.parse(name).display.lower()
 
 
+def given_fields(table: ModelSettings) -> list[str]:
+    """The keys a table sets (those that differ from an empty table), for `llamagate config`."""
+    defaults = ModelSettings()
+    return [key for key in table.__struct_fields__ if getattr(table, key) != getattr(defaults, key)]
+
+
 def parse_tables(raw: Any, source: str) -> dict[str, ModelSettings]:
     """The `[models]` table of the file at `source`, by `table_key`; a bad entry is a ValueError
     of one line naming it, the file and what is accepted."""

@@ -5,6 +5,7 @@
 # --version` about 30 ms of imports (email, zipfile, csv), and a PyInstaller one-file has none.
 VERSION = "0.1.0"
 
-# The Ollama release whose API we follow, reported by /api/version too: registries, Hugging
-# Face's among them, answer Ollama's protocol to an `ollama/` User-Agent.
-OLLAMA_VERSION = "0.12.11"
+# The Ollama release whose API we follow (its fields up to /api/show's `thinking` and /api/status),
+# reported by /api/version too: registries, Hugging Face's among them, answer Ollama's protocol to
+# an `ollama/` User-Agent.
+OLLAMA_VERSION = "0.34.2"

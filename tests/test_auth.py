@@ -83,7 +83,7 @@ def test_bearer_and_x_api_key(keyed) -> None:
 
 
 def test_inference_key_on_admin_routes_is_403(keyed) -> None:
-    for method, path in (("POST", "/api/pull"), ("POST", "/api/copy"), ("DELETE", "/api/delete"),
+    for method, path in (("POST", "/api/pull"), ("POST", "/api/push"), ("POST", "/api/copy"), ("DELETE", "/api/delete"),
                          ("POST", "/api/create"), ("HEAD", "/api/blobs/sha256:" + "0" * 64), ("POST", "/ui/unload")):
         r = httpx.request(method, f"{keyed.url}{path}", json={"model": "tiny"}, headers=bearer(USER))
         assert r.status_code == 403, (method, path)

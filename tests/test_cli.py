@@ -1,15 +1,9 @@
-"""The CLI as a user types it: run (one-shot, piped, interactive until /bye) and create."""
+"""The CLI as a user types it: run (one-shot, piped) and create; run's chat session is in
+test_run_session.py."""
 
 from __future__ import annotations
 
-import os
-import pty
-import select
-import subprocess
-import time
-
 import httpx
-from conftest import llamagate_cmd
 
 
 def test_run_with_a_prompt(server, tmp_path):
@@ -32,36 +26,8 @@ def test_run_reads_a_piped_prompt(server):
 
 def test_run_unknown_model_is_a_clear_error(server):
     r = server.cli("run", "nosuch", "hi", check=False)
-    assert r.returncode == 1 and "model 'nosuch' not found" in r.stderr
-
-
-def _read_until(fd: int, marker: bytes, timeout: float = 60) -> bytes:
-    buf, deadline = b"", time.monotonic() + timeout
-    while marker not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                buf += os.read(fd, 4096)
-            except OSError:
-                break
-    return buf
-
-
-def test_run_chat_loop_until_bye(server):
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen([*llamagate_cmd(), "run", "tiny"], env=server.env,
-                            stdin=follower, stdout=follower, stderr=follower)
-    os.close(follower)
-    try:
-        assert b">>> " in _read_until(leader, b">>> ")
-        os.write(leader, b"hello\n")
-        # The answer, then the prompt again for the next turn.
-        assert b">>> " in _read_until(leader, b">>> ")
-        os.write(leader, b"/bye\n")
-        assert proc.wait(30) == 0
-    finally:
-        proc.kill()
-        os.close(leader)
+    # `run` asks /api/show first, as `ollama run` does; it names the model with its tag.
+    assert r.returncode == 1 and "model 'nosuch:latest' not found" in r.stderr
 
 
 def test_create_from_an_existing_model_and_bad_modelfiles(server, tmp_path):

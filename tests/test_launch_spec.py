@@ -32,6 +32,12 @@ def test_embedding_runner_flags():
     assert _spec(embedding=True) != _spec()
 
 
+def test_a_rerankers_embedding_runner_reranks():
+    args = _spec(embedding=True, pooling="rank").args()
+    assert "--reranking" in args and "--embeddings" not in args and "--pooling" not in args
+    assert args[args.index("--ubatch-size") + 1] == "512"
+
+
 _BASE = ["/bin/llama-server", "--model", "/m.gguf", "--host", "127.0.0.1", "--port", "0", "--ctx-size", "1024",
          "--parallel", "2", "--threads", "1", "--jinja", "--no-webui", "--offline", "--log-colors", "off",
          "--metrics"]
@@ -87,3 +93,4 @@ def test_pooling_from_the_gguf(tmp_path, tiny_gguf):
     assert embedding_pooling(tiny_gguf) == "mean"  # a chat model: no pooling of its own
     assert embedding_pooling(_gguf(tmp_path / "cls.gguf", 2)) == ""  # keeps its own (CLS)
     assert embedding_pooling(_gguf(tmp_path / "none.gguf", 0)) == "mean"
+    assert embedding_pooling(_gguf(tmp_path / "rank.gguf", 4)) == "rank"  # a reranker

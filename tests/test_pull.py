@@ -27,6 +27,7 @@ from registries import (
     Cdn,
     HuggingFace,
     OllamaRegistry,
+    check_layer_progress,
     config_blob,
     manifest_bytes,
     sha256,
@@ -46,22 +47,6 @@ MB = 1_000_000
 
 
 # Loopback registries and a server that uses them ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cdn():
-    server = Cdn()
-    yield server
-    for blob in server.blobs.values():
-        blob.resume.set()
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def registry(cdn):
-    server = OllamaRegistry(cdn)
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -287,14 +272,8 @@ def test_pull_then_chat(server, registry, cdn, smollm2):
     statuses = [e.status for e in events]
     assert statuses[0] == "pulling manifest"
     assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
-    pulled = [e for e in events if e.digest]
-    assert [d for i, d in enumerate(e.digest for e in pulled) if i == 0 or pulled[i - 1].digest != d] == digests
-    for digest in digests:
-        mine = [e for e in pulled if e.digest == digest]
-        assert all(e.status == f"pulling {digest[7:19]}" for e in mine)
-        done = [e.completed or 0 for e in mine]
-        assert done == sorted(done) and done[-1] == mine[-1].total
-    model_progress = [e.completed or 0 for e in pulled if e.digest == digests[0]]
+    check_layer_progress(events, digests, "pulling")
+    model_progress = [e.completed or 0 for e in events if e.digest == digests[0]]
     assert len(set(model_progress)) >= 3 and model_progress[-1] == len(gguf)
 
     # The GGUF came in parallel ranged parts, no byte twice.

@@ -54,6 +54,8 @@ class Client:
         except httpx.ConnectError as e:
             raise ClientError(f"could not connect to a running server at {self.url} ({e}); "
                               "start one with `llamagate serve`") from e
+        except httpx.TransportError as e:  # the server went away mid-answer: a message, not a traceback
+            raise ClientError(f"lost the connection to the server at {self.url} ({e or type(e).__name__})") from e
 
     def exists(self, path: str) -> bool:
         """HEAD: 200 → True, 404 → False."""

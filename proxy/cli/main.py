@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,8 @@ from supervisor.config import Config
 from supervisor.errors import LlamagateError
 from supervisor.runtime.layout import BACKENDS, DEFAULT_TAG
 
-# What only some commands need (msgspec schemas, httpx, the installer) is imported inside them:
-# `llamagate --version` must answer in well under 150 ms (tests/test_onefile.py checks the imports).
+# What only some commands need (msgspec schemas, httpx, the installer) is imported inside them, so
+# that the client commands start fast (`--version` alone is answered before this module: entry.py).
 if TYPE_CHECKING:
     from proxy.cli.progress import PullDisplay
 
@@ -46,25 +47,11 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    """Ours, the Ollama release whose API we answer as, and the llama-server `serve` would run."""
     if not value or ctx.resilient_parsing:
         return
-    from supervisor.runtime.binary import find_llama_server
-    from supervisor.runtime.build_tag import build_tag
-    from supervisor.version import OLLAMA_VERSION, VERSION
+    from proxy.cli.version import version_lines
 
-    click.echo(f"llamagate {VERSION} (Ollama API {OLLAMA_VERSION})")
-    try:
-        config = Config.load()
-        binary = find_llama_server(config.llama_server, config.runtime_dir)
-    except (ValueError, LlamagateError) as e:
-        if isinstance(e, LlamagateError) and not config.llama_server:
-            click.echo(f"llama-server: none found (the first model load downloads llama.cpp {DEFAULT_TAG}; "
-                       "`llamagate runtime install` does it now)")
-        else:
-            click.echo(f"llama-server: {e.message if isinstance(e, LlamagateError) else e}")
-        ctx.exit()
-    click.echo(f"llama-server {build_tag(binary.path, config.runtime_dir)} at {binary.path} (from {binary.source})")
+    click.echo("\n".join(version_lines()))
     ctx.exit()
 
 
@@ -119,6 +106,9 @@ def serve(verbose: bool, log_level: str | None, log_format: str, drain_timeout: 
     from proxy.service.notify import Notifier
     from proxy.service.server import run
 
+    # Nothing the server or its runners create (store folders, blobs, runtime builds) is writable
+    # by other users, whatever umask it was started with (0 in some containers).
+    os.umask(os.umask(0o022) | 0o022)
     logs.configure(logs.level_of(log_level, verbose, os.environ), log_format)
     notifier = Notifier.from_env(os.environ)
     config = _settings(**flags)
@@ -172,7 +162,9 @@ def _sha256(path: Path) -> str:
 @click.argument("name")
 @click.option("-f", "--file", "modelfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default="Modelfile", show_default=True, help="The Modelfile to build from.")
-def create(name: str, modelfile: Path) -> None:
+@click.option("-q", "--quantize", default="", metavar="TYPE",
+              help="Quantize an F16/BF16/F32 model to TYPE (q4_K_M, q8_0, ...) with llama-quantize.")
+def create(name: str, modelfile: Path, quantize: str) -> None:
     """Create a model from a Modelfile (FROM a local .gguf file or an existing model)."""
     from proxy.cli.modelfile import ModelfileError, parse
 
@@ -187,6 +179,8 @@ def create(name: str, modelfile: Path) -> None:
             body[key] = value
     if mf.license:
         body["license"] = mf.license
+    if quantize:
+        body["quantize"] = quantize
     source = (modelfile.parent / Path(mf.from_).expanduser()).resolve()
     try:
         if source.is_file():
@@ -201,10 +195,27 @@ def create(name: str, modelfile: Path) -> None:
             _fail(f"FROM {mf.from_}: file not found")
         else:
             body["from"] = mf.from_
-        for status in client.stream("/api/create", body):
-            click.echo(status["status"])
+        _create_progress(client.stream("/api/create", body))
     except ClientError as e:
         _fail(str(e))
+
+
+def _create_progress(lines: Iterator[dict[str, Any]]) -> None:
+    """Each status once; a step with a total (quantizing) as a percentage, redrawn in place on a
+    terminal, printed once at its end elsewhere."""
+    terminal = sys.stdout.isatty()
+    shown = ""
+    for line in lines:
+        status, total = line["status"], line.get("total", 0)
+        if total:
+            done = line.get("completed", 0)
+            if terminal:
+                click.echo(f"\r{status} {100 * done // total}%", nl=done == total)
+            elif done == total:
+                click.echo(f"{status} 100%")
+        elif status != shown:
+            click.echo(status)
+        shown = status
 
 
 class _Terminal:
@@ -240,68 +251,98 @@ class _Terminal:
                 break
 
 
+def _transfer_options(command: Any) -> Any:
+    """`pull`'s and `push`'s arguments."""
+    command = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")(command)
+    command = click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")(command)
+    return click.argument("name")(command)
+
+
 @main.command()
-@click.argument("name")
-@click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (for scripts).")
+@_transfer_options
 def pull(name: str, insecure: bool, quiet: bool) -> None:
     """Pull a model from a registry (registry.ollama.ai, hf.co/<user>/<repo>[:<quant>], ...)."""
+    _transfer("/api/pull", "pulling", name, insecure, quiet)
+
+
+def _transfer(path: str, verb: str, name: str, insecure: bool, quiet: bool) -> None:
+    """A pull's or push's progress drawn on standard error; its error, as `ollama` words it."""
     from proxy.cli.progress import PullDisplay
 
-    display = PullDisplay()
+    display = PullDisplay(verb=verb)
     terminal = _Terminal(display)
     try:
-        for event in Client().stream("/api/pull", {"model": name, "insecure": insecure}):
+        for event in Client().stream(path, {"model": name, "insecure": insecure}):
             display.update(event)
             if not quiet:
                 terminal.show()
     except ClientError as e:
         if not quiet:
             terminal.show(final=True)
-        _fail(str(e))
+        message = str(e)
+        if path == "/api/push" and ("access denied" in message.lower() or "unauthorized" in message.lower()):
+            message = "you are not authorized to push to this namespace, create the model under a namespace you own"
+        _fail(message)
     if not quiet:
         terminal.show(final=True)
 
 
-def _chat(client: Client, model: str, messages: list[dict[str, str]]) -> str:
-    """Stream one answer to the terminal; return its text for the conversation."""
-    parts = []
-    for chunk in client.stream("/api/chat", {"model": model, "messages": messages}):
-        text = chunk.get("message", {}).get("content", "")
-        parts.append(text)
-        click.echo(text, nl=False)
-    click.echo()
-    return "".join(parts)
-
-
 @main.command()
+@_transfer_options
+def push(name: str, insecure: bool, quiet: bool) -> None:
+    """Push a model to a registry (a name with your namespace: NAMESPACE/MODEL[:TAG], HOST/NAMESPACE/MODEL)."""
+    _transfer("/api/push", "pushing", name, insecure, quiet)
+    if quiet:
+        return
+    from supervisor.names import DEFAULT_HOST, ModelName
+
+    pushed = ModelName.parse(name)
+    where = (f"https://ollama.com/{pushed.display.removesuffix(':latest')}" if pushed.host.lower() == DEFAULT_HOST
+             else f"{pushed.host}/{pushed.namespace}/{pushed.model}:{pushed.tag}")
+    click.echo(f"\nYou can find your model at:\n\n\t{where}")
+
+
+class _RunCommand(click.Command):
+    """`--think` alone means true and never takes the next word, which is the prompt (as pflag's
+    optional values in `ollama run`); a level goes after `=`: `--think=high`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, ["--think=true" if a == "--think" else a for a in args])
+
+
+@main.command(cls=_RunCommand)
 @click.argument("model")
 @click.argument("prompt", nargs=-1)
-def run(model: str, prompt: tuple[str, ...]) -> None:
+@click.option("--format", "format_", metavar="json|SCHEMA", help="Response format: json, or a JSON schema.")
+@click.option("--think", type=click.Choice(["true", "false", "high", "medium", "low", "max"]),
+              help="Thinking for models that can: --think, --think=false, or a level (--think=high).")
+@click.option("--hidethinking", is_flag=True, help="Hide the model's thinking (it still thinks).")
+@click.option("--keepalive", metavar="DURATION", help="How long the model stays loaded after this (e.g. 5m).")
+@click.option("--verbose", is_flag=True, help="Show timings after each answer.")
+def run(model: str, prompt: tuple[str, ...], format_: str | None, think: str | None, hidethinking: bool,
+        keepalive: str | None, verbose: bool) -> None:
     """Answer PROMPT with MODEL, or chat with it until /bye when no prompt is given."""
-    client = Client()
-    text = " ".join(prompt)
-    if not text and not sys.stdin.isatty():
-        text = sys.stdin.read()
+    from proxy.cli import answer
+    from proxy.cli.images import ImageError
+
     try:
-        if text:
-            _chat(client, model, [{"role": "user", "content": text}])
+        opts = answer.RunOptions.from_flags(model, format_, think, hidethinking, keepalive, verbose)
+    except ValueError as e:
+        _fail(str(e))
+    words = list(prompt)
+    if not sys.stdin.isatty():
+        words[:0] = [piped] if (piped := sys.stdin.read()) else []
+    text = " ".join(words)
+    client = Client()
+    try:
+        info = answer.prepare(client, opts, think is not None)
+        if words or not (sys.stdin.isatty() and sys.stdout.isatty()):
+            answer.generate_once(client, opts, text)
             return
-        client.stream("/api/chat", {"model": model, "messages": []}).__next__()
-        messages: list[dict[str, str]] = []
-        while True:
-            try:
-                line = input(">>> ")
-            except EOFError:
-                click.echo()
-                return
-            if line.strip() in ("/bye", "/exit"):
-                return
-            if not line.strip():
-                continue
-            messages.append({"role": "user", "content": line})
-            messages.append({"role": "assistant", "content": _chat(client, model, messages)})
-    except ClientError as e:
+        from proxy.cli.interactive import chat
+
+        chat(client, opts, info, think is not None)
+    except (ClientError, ImageError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         click.echo()
@@ -349,14 +390,6 @@ def ps() -> None:
     _table(rows)
 
 
-def _section(title: str, rows: list[tuple[str, str]]) -> None:
-    click.echo(f"  {title}")
-    width = max((len(k) for k, _ in rows), default=0)
-    for key, value in rows:
-        click.echo(f"    {key.ljust(width)}    {value.strip()}".rstrip())
-    click.echo()
-
-
 @main.command()
 @click.argument("model")
 @click.option("--license", "part", flag_value="license", help="Show the license.")
@@ -374,25 +407,9 @@ def show(model: str, part: str | None, verbose: bool) -> None:
     if part:
         click.echo(info.get(part, ""))
         return
-    mi, d = info["model_info"], info["details"]
-    arch = mi.get("general.architecture", "")
-    rows = [("architecture", arch), ("parameters", d.get("parameter_size", ""))]
-    for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
-        if f"{arch}.{key}" in mi:
-            rows.append((label, str(mi[f"{arch}.{key}"])))
-    rows.append(("quantization", d.get("quantization_level", "")))
-    _section("Model", rows)
-    if info.get("capabilities"):
-        _section("Capabilities", [(c, "") for c in info["capabilities"]])
-    if info.get("parameters"):
-        _section("Parameters", [(key, value) for key, _, value in
-                                (line.partition(" ") for line in info["parameters"].splitlines())])
-    if info.get("system"):
-        _section("System", [(line, "") for line in info["system"].splitlines()[:2]])
-    if info.get("license"):
-        _section("License", [(line, "") for line in info["license"].splitlines()[:2]])
-    if verbose:
-        _section("Metadata", [(k, json.dumps(v)) for k, v in mi.items()])
+    from proxy.cli.modelinfo import print_info
+
+    print_info(info, verbose)
 
 
 @main.command()

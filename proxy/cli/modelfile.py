@@ -54,21 +54,34 @@ def _instructions(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
+def parameter(key: str, values: list[str]) -> Any:
+    """One PARAMETER as its option's type (`stop` takes every value given), for a Modelfile's
+    lines and `/set parameter` alike."""
+    if key not in Options.__struct_fields__:
+        raise ModelfileError(f"unknown parameter {key!r}")
+    try:
+        options = msgspec.convert({key: values if key == "stop" else values[0]}, Options, strict=False)
+    except msgspec.ValidationError as e:
+        raise ModelfileError(f"invalid PARAMETER: {e}") from None
+    return getattr(options, key)
+
+
 def parse(text: str) -> Modelfile:
     mf = Modelfile()
-    raw: dict[str, Any] = {}
     for command, arg, lineno in _instructions(text):
         if command == "FROM":
             mf.from_ = arg
         elif command == "PARAMETER":
             key, _, value = arg.partition(" ")
             key, value = key.strip(), value.strip().strip('"')
-            if key not in Options.__struct_fields__:
-                raise ModelfileError(f"line {lineno}: unknown parameter {key!r}")
+            try:
+                parsed = parameter(key, [value])
+            except ModelfileError as e:
+                raise ModelfileError(f"line {lineno}: {e}") from None
             if key == "stop":
-                raw.setdefault("stop", []).append(value)
+                mf.parameters.setdefault("stop", []).extend(parsed)
             else:
-                raw[key] = value
+                mf.parameters[key] = parsed
         elif command == "TEMPLATE":
             mf.template = arg
         elif command == "SYSTEM":
@@ -84,9 +97,4 @@ def parse(text: str) -> Modelfile:
             raise ModelfileError(f"line {lineno}: unsupported command {command}")
     if not mf.from_:
         raise ModelfileError("no FROM line")
-    try:
-        options = msgspec.convert(raw, Options, strict=False)
-    except msgspec.ValidationError as e:
-        raise ModelfileError(f"invalid PARAMETER: {e}") from e
-    mf.parameters = {k: v for k, v in msgspec.structs.asdict(options).items() if v is not None}
     return mf

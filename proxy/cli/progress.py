@@ -1,4 +1,4 @@
-"""`llamagate pull`'s display: one line per step and a bar per layer with size, speed and ETA,
+"""`llamagate pull`'s and `push`'s display: one line per step and a bar per layer with size, speed and ETA,
 drawn as `ollama pull` draws them; pure text, so the CLI only decides where it goes."""
 
 from __future__ import annotations
@@ -68,10 +68,11 @@ class Layer:
 
 
 class PullDisplay:
-    """The state of a pull's display, fed the server's progress objects in order."""
+    """The state of a pull's (or a push's) display, fed the server's progress objects in order."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, verb: str = "pulling") -> None:
         self.clock = clock
+        self.verb = verb
         self.lines: list[str | Layer] = []
         self._layers: dict[str, Layer] = {}
 
@@ -91,9 +92,8 @@ class PullDisplay:
     def render(self) -> list[str]:
         return [line if isinstance(line, str) else line.render(self.label(line)) for line in self.lines]
 
-    @staticmethod
-    def label(layer: Layer) -> str:
-        return f"pulling {layer.digest.removeprefix('sha256:')[:12]}..."
+    def label(self, layer: Layer) -> str:
+        return f"{self.verb} {layer.digest.removeprefix('sha256:')[:12]}..."
 
     def finished_layers(self) -> list[Layer]:
         return [layer for layer in self._layers.values() if layer.total and layer.completed >= layer.total]

@@ -96,6 +96,14 @@ class TokenizeResponse(msgspec.Struct):
     tokens: list[int]
 
 
+class DetokenizeRequest(msgspec.Struct):
+    tokens: list[int]
+
+
+class DetokenizeResponse(msgspec.Struct):
+    content: str
+
+
 class ApplyTemplateRequest(msgspec.Struct, omit_defaults=True):
     messages: list[ChatMessage]
     chat_template_kwargs: dict[str, Any] | None = None
@@ -124,6 +132,24 @@ class EmbeddingsUsage(msgspec.Struct):
 
 class EmbeddingsResponse(msgspec.Struct):
     data: list[EmbeddingItem]
+    usage: EmbeddingsUsage = msgspec.field(default_factory=EmbeddingsUsage)
+
+
+class RerankRequest(msgspec.Struct, omit_defaults=True):
+    query: str
+    documents: list[str]
+    top_n: int | None = None
+
+
+class RerankResult(msgspec.Struct):
+    index: int
+    relevance_score: float
+
+
+class RerankResponse(msgspec.Struct):
+    """Results best first, `top_n` of them when asked."""
+
+    results: list[RerankResult]
     usage: EmbeddingsUsage = msgspec.field(default_factory=EmbeddingsUsage)
 
 

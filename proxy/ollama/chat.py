@@ -13,6 +13,7 @@ import msgspec
 from litestar import Request, Response, post
 
 from proxy import tools, truncation
+from proxy.rendering import DebugInfo, rendered
 from proxy.llama import wire
 from proxy.body import INFERENCE_BODY_LIMIT, decode_body
 from proxy.gateway import Gateway, gate_of
@@ -215,7 +216,7 @@ async def chat(request: Request) -> Response[Any]:
     if not req.model:
         raise bad_request("model is required")
     gate = gate_of(request)
-    model = gate.catalog.require(req.model)
+    model = await gate.catalog.resolve(req.model)
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.messages:
@@ -224,6 +225,10 @@ async def chat(request: Request) -> Response[Any]:
             lambda reason: schemas.ChatChunk(req.model, now_rfc3339(), schemas.OutMessage("assistant", ""), True, reason),
         )
     body = translate.chat_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
+    if req.debug_render_only:  # Ollama's answer: a chunk with no message of its own
+        info = DebugInfo(await rendered(gate, model, load, body), sum(len(m.images or []) for m in req.messages))
+        empty = schemas.OutMessage("", "")
+        return json_response(schemas.ChatChunk(req.model, now_rfc3339(), empty, False, debug_info=info))
     chunks = _chat_chunks(gate, req.model, model, load, body, req.truncate is not False)
     prompted = translate.prompted_tools(req, model.capabilities)
     if prompted is not None:
@@ -312,7 +317,7 @@ async def generate(request: Request) -> Response[Any]:
     if not req.model:
         raise not_found("model '' not found")
     gate = gate_of(request)
-    model = gate.catalog.require(req.model)
+    model = await gate.catalog.resolve(req.model)
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.prompt and not req.suffix:
@@ -321,5 +326,9 @@ async def generate(request: Request) -> Response[Any]:
             lambda reason: schemas.GenerateChunk(model=req.model, created_at=now_rfc3339(), response="", done=True, done_reason=reason),
         )
     body = translate.generate_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
+    if req.debug_render_only:
+        info = DebugInfo(await rendered(gate, model, load, body, req.context), len(req.images or []))
+        return json_response(schemas.GenerateChunk(model=req.model, created_at=now_rfc3339(), response="", done=False,
+                                                   debug_info=info))
     chunks = _generate_chunks(gate, req, model, load, body)
     return await respond(chunks, req.stream is not False, _merge_generate)

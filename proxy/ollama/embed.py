@@ -13,7 +13,8 @@ from proxy.gateway import Gateway, gate_of
 from proxy.llama.lease import Lease, Timer
 from proxy.ollama import schemas, translate
 from proxy.ollama.ndjson import json_response
-from proxy.semantics import Options
+from proxy.rerank import refuse_for_embeddings
+from proxy.semantics import KeepAlive, Options
 from supervisor.durations import request_keep_alive
 from supervisor.errors import bad_request, not_found
 from supervisor.names import ModelName
@@ -21,24 +22,34 @@ from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions
 
 
-def _embedding_model(gate: Gateway, text: str) -> Model:
+async def embedding_model(gate: Gateway, text: str) -> Model:
+    """The model an embedding (or rerank) request names, its GGUF's header read off the loop;
+    unknown is Ollama's 404."""
+    if not text:
+        raise not_found("model '' not found")
     model = gate.catalog.get(ModelName.parse(text))
     if model is None:
         raise not_found(f'model "{text}" not found, try pulling it first')
+    await model.read_info()
     return model
+
+
+def load_options(gate: Gateway, model: Model, options: Options | None, keep_alive: KeepAlive) -> LoadOptions:
+    """What an embedding (or rerank) request's options start its model's embedding runner with."""
+    o = options or Options()
+    return LoadOptions(num_ctx=gate.scheduler.num_ctx(model, o.num_ctx), keep_alive=request_keep_alive(keep_alive),
+                       main_gpu=o.main_gpu, use_mmap=o.use_mmap, use_mlock=o.use_mlock, embedding=True)
 
 
 async def _embed(
     gate: Gateway, model: Model, inputs: list[str], options: Options | None,
-    keep_alive: float | None, truncate: bool, timer: Timer,
+    keep_alive: KeepAlive, truncate: bool, timer: Timer,
 ) -> tuple[list[list[float]], int]:
     """Raw vectors and the token count of `inputs`. An input that may be longer than the context
     is tokenized first, so that it is cut (truncate) or refused with Ollama's 400, not llama-server's."""
+    refuse_for_embeddings(model)
     num_ctx = gate.scheduler.num_ctx(model, options.num_ctx if options else None)
-    o = options or Options()
-    load = LoadOptions(num_ctx=num_ctx, keep_alive=keep_alive, main_gpu=o.main_gpu, use_mmap=o.use_mmap,
-                       use_mlock=o.use_mlock, embedding=True)
-    async with gate.inference.lease(model, load, timer) as lease:
+    async with gate.inference.lease(model, load_options(gate, model, options, keep_alive), timer) as lease:
         if not inputs:
             return [], 0
         fitted = await asyncio.gather(*(_fitted(lease, text, num_ctx, truncate) for text in inputs),
@@ -73,15 +84,13 @@ async def _fitted(lease: Lease, text: str, num_ctx: int, truncate: bool) -> str 
 @post("/api/embed", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def embed(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbedRequest)
-    if not req.model:
-        raise not_found("model '' not found")
     gate = gate_of(request)
-    model = _embedding_model(gate, req.model)
+    model = await embedding_model(gate, req.model)
     inputs = [req.input] if isinstance(req.input, str) else (req.input or [])
     if inputs == [""]:
         inputs = []  # an empty input only loads the model, as in Ollama
     timer = Timer()
-    vectors, count = await _embed(gate, model, inputs, req.options, request_keep_alive(req.keep_alive), req.truncate, timer)
+    vectors, count = await _embed(gate, model, inputs, req.options, req.keep_alive, req.truncate, timer)
     return json_response(schemas.EmbedResponse(
         model=req.model,
         embeddings=[translate.normalize(v, req.dimensions) for v in vectors],
@@ -97,9 +106,9 @@ async def embeddings(request: Request) -> Response[bytes]:
     if not req.model:
         raise bad_request("model is required")
     gate = gate_of(request)
-    model = _embedding_model(gate, req.model)
+    model = await embedding_model(gate, req.model)
     inputs = [req.prompt] if req.prompt else []
-    vectors, _ = await _embed(gate, model, inputs, req.options, request_keep_alive(req.keep_alive), True, Timer())
+    vectors, _ = await _embed(gate, model, inputs, req.options, req.keep_alive, True, Timer())
     return json_response(schemas.EmbeddingsResponse(translate.normalize(vectors[0]) if vectors else []))
 
 

@@ -1,8 +1,13 @@
-"""Ollama's model-management routes: tags, show, ps, create, blobs, copy, delete (pull is in pull.py)."""
+"""Ollama's model-management routes: tags, show, ps, create (quantizing too), blobs, copy, delete,
+version and status (pull is in pull.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,14 +19,16 @@ from litestar.enums import HttpMethod
 from proxy.body import convert, decode_body
 from proxy.gateway import Gateway, gate_of
 from proxy.ollama import schemas, translate
-from proxy.ollama.ndjson import encode, json_response, log, ndjson_stream
+from proxy.ollama.ndjson import json_response, log, ndjson, ndjson_stream
 from proxy.semantics import Options
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
+from supervisor.models import quantize
 from supervisor.models.model import Model
-from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
+from supervisor.models.store import ADAPTER, DISK_FULL, MODEL, PROJECTOR, Layer, Message, StoredModel, disk_error
 from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
+from supervisor.runtime.binary import find_llama_server
 from supervisor.version import OLLAMA_VERSION
 
 # Models ---------------------------------------------------------------------------------------
@@ -54,12 +61,21 @@ def _listed(m: Model) -> schemas.ListedModel:
 
 @route("/api/tags", http_method=[HttpMethod.GET, HttpMethod.HEAD])
 async def tags(request: Request) -> Response[bytes]:
-    return json_response(schemas.TagsResponse([_listed(m) for m in gate_of(request).catalog.list()]))
+    catalog = gate_of(request).catalog
+    # In a thread: a model listed for the first time has its GGUF's header read.
+    return json_response(schemas.TagsResponse(await asyncio.to_thread(lambda: [_listed(m) for m in catalog.list()])))
 
 
 @route("/api/version", http_method=[HttpMethod.GET, HttpMethod.HEAD])
 async def version() -> Response[bytes]:
     return json_response(schemas.VersionResponse(OLLAMA_VERSION))
+
+
+@get("/api/status")
+async def status() -> Response[bytes]:
+    """Ollama's cloud switch (`ollama launch` asks): llamagate has no cloud, so it is off, as a
+    config file turns it off."""
+    return json_response(schemas.StatusResponse(schemas.CloudStatus(disabled=True, source="config")))
 
 
 @route("/", http_method=[HttpMethod.GET, HttpMethod.HEAD])
@@ -92,20 +108,34 @@ def _gguf_layer(gate: Gateway, digest: str, filename: str, default: str) -> Laye
     return Layer(media_type, digest, path.stat().st_size)
 
 
-def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLine]:
-    """Write the model, then report it in Ollama's status lines: every failure comes before
-    the first line, so it gets a real status instead of an error line in a 200 stream."""
+@dataclass
+class _Creation:
+    """A create request checked and resolved, before anything is written."""
+
+    name: ModelName
+    layer: Layer  # the model's GGUF, before quantizing
+    extra: list[Layer]  # projector, adapters
+    template: str
+    system: str
+    params: dict[str, Any]
+    messages: list[Message]
+    licenses: list[str]
+    parsed: bool  # from uploaded files (Ollama reports "parsing GGUF"), not from a model
+    quantize: str = ""  # llama-quantize's type name; "" keeps the GGUF as it is
+    source_type: str = ""
+
+
+def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
+    """Every check of a create, before its first status line: a failure gets a real status
+    instead of an error line in a 200 stream."""
     name = ModelName.parse(req.model or req.name)
-    if req.quantize:
-        raise bad_request("quantize is not supported: import an already quantized GGUF")
     for filename in [*(req.files or {}), *(req.adapters or {})]:
         if filename.startswith(("/", "\\")) or ".." in Path(filename).parts:
             raise bad_request("file path must be relative")
-    lines = []
+    quantize_to = quantize.parse_type(req.quantize or req.quantization) if (req.quantize or req.quantization) else ""
     base: StoredModel | None = None
     extra: list[Layer] = []
     if req.files:
-        lines.append(schemas.StatusLine("parsing GGUF"))
         layers = [_gguf_layer(gate, digest, filename, MODEL) for filename, digest in req.files.items()]
         models = [la for la in layers if la.mediaType == MODEL]
         if len(models) != 1:
@@ -126,6 +156,13 @@ def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLin
         if adapter.mediaType != ADAPTER or read_gguf(gate.store.blob_path(digest)).metadata.get("general.type") != "adapter":
             raise bad_request(f"{filename}: not a LoRA adapter GGUF")
         extra.append(adapter)
+    source_type = cached_info(gate.store.blob_path(layer.digest)).file_type
+    if quantize_to:
+        quantize.check_source(source_type)
+        if quantize_to == source_type:
+            quantize_to = ""  # already that type, as Ollama skips it
+        else:  # the tool is looked for now: a server without one answers before streaming
+            quantize.tool_beside(find_llama_server(gate.config.llama_server, gate.config.runtime_dir).path)
     params = base.params if base else {}
     if req.parameters is not None:
         options = convert(req.parameters, Options, "parameters")
@@ -138,31 +175,88 @@ def _create(gate: Gateway, req: schemas.CreateRequest) -> list[schemas.StatusLin
         licenses = req.license if isinstance(req.license, list) else [req.license]
     else:
         licenses = base.licenses if base else []
-
-    def report(la: Layer, new: bool) -> None:
-        lines.append(schemas.StatusLine(f"{'creating new' if new else 'using existing'} layer {la.digest}"))
-
-    gate.store.create(
-        name,
-        layer,
+    return _Creation(
+        name=name, layer=layer, extra=extra, params=params, messages=messages, licenses=licenses,
         template=req.template if req.template is not None else (base.template if base else ""),
         system=req.system if req.system is not None else (base.system if base else ""),
-        params=params,
-        messages=messages,
-        license=licenses,
-        extra_layers=extra,
-        on_layer=report,
+        parsed=bool(req.files), quantize=quantize_to, source_type=source_type,
     )
-    return [*lines, schemas.StatusLine("writing manifest"), schemas.StatusLine("success")]
+
+
+# Ollama's digest on quantizing progress lines: the layer it makes has none yet.
+_NO_DIGEST = "0" * 19
+
+
+async def _quantized(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct]:
+    """The model's GGUF quantized into a new blob, with Ollama's progress lines as each tensor is
+    done; `plan.layer` becomes the new layer."""
+    tool = quantize.tool_beside(find_llama_server(gate.config.llama_server, gate.config.runtime_dir).path)
+    status = f"quantizing {plan.source_type} model to {plan.quantize}"
+    total = plan.layer.size
+    yield schemas.ProgressResponse(status, _NO_DIGEST, total, 0)
+    with gate.store.pending_blob() as tmp:
+        progress = quantize.quantize(tool, gate.store.blob_path(plan.layer.digest), tmp, plan.quantize,
+                                     gate.config.threads)
+        async with aclosing(progress):
+            async for done, count in progress:
+                yield schemas.ProgressResponse(status, _NO_DIGEST, total, total * done // count)
+        yield schemas.StatusLine("verifying conversion")
+        plan.layer = await asyncio.to_thread(gate.store.commit_blob_file, tmp, MODEL)
+
+
+async def _run(gate: Gateway, req: schemas.CreateRequest) -> AsyncIterator[msgspec.Struct]:
+    """The create's work, its status lines streamed as each step is done. The blobs it builds on
+    are pinned from before its checks to its manifest (a delete meanwhile leaves them); the
+    checks, which read GGUF headers, and the writes run in threads, off the event loop."""
+    named = [gate.store.blob_path(d) for d in [*(req.files or {}).values(), *(req.adapters or {}).values()]]
+    async with gate.store.pinned(named):
+        plan = await asyncio.to_thread(_plan, gate, req)
+        used = [plan.layer, *plan.extra]
+        async with gate.store.pinned(gate.store.blob_path(la.digest) for la in used):
+            if gone := [la.digest for la in used if not gate.store.has_blob(la.digest)]:
+                raise bad_request(f"blob {gone[0]} was deleted while the create began")
+            async for line in _steps(gate, plan):
+                yield line
+
+
+async def _steps(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct]:
+    if plan.parsed:
+        yield schemas.StatusLine("parsing GGUF")
+    if plan.quantize:
+        async for line in _quantized(gate, plan):
+            yield line
+    made = plan.layer.digest if plan.quantize else ""  # the store counts it as existing: it is in by now
+    lines: list[schemas.StatusLine] = []
+
+    def report(la: Layer, new: bool) -> None:
+        fresh = new or la.digest == made
+        lines.append(schemas.StatusLine(f"{'creating new' if fresh else 'using existing'} layer {la.digest}"))
+
+    try:
+        # A change of the store: under its lock, so that no delete's prune runs in between.
+        await gate.store.change(lambda: gate.store.create(
+            plan.name, plan.layer, template=plan.template, system=plan.system, params=plan.params,
+            messages=plan.messages, license=plan.licenses, extra_layers=plan.extra, on_layer=report,
+        ))
+    except OSError as e:
+        raise disk_error(f"create {plan.name.display}", e) if e.errno in DISK_FULL else e
+    for line in lines:
+        yield line
+    yield schemas.StatusLine("writing manifest")
+    yield schemas.StatusLine("success")
 
 
 @post("/api/create")
 async def create(request: Request) -> Response[Any]:
     req = await decode_body(request, schemas.CreateRequest)
-    lines = _create(gate_of(request), req)
-    if req.stream is False:
-        return json_response(lines[-1])
-    return ndjson_stream(encode(line) + b"\n" for line in lines)
+    gate = gate_of(request)
+    lines = _run(gate, req)
+    if req.stream is False:  # one object: the last, or the failure with its status
+        async with aclosing(lines):
+            async for line in lines:
+                last = line
+        return json_response(last)
+    return ndjson_stream(ndjson(await anext(lines), lines))
 
 
 # Copy and delete ------------------------------------------------------------------------------
@@ -183,7 +277,7 @@ async def copy(request: Request) -> Response[None]:
     source = gate.catalog.stored(source_name)
     if source is None:
         raise not_found(f'model "{req.source}" not found')
-    gate.store.copy(source, destination)
+    await gate.store.change(lambda: gate.store.copy(source, destination))
     return Response(None, status_code=200)
 
 
@@ -204,7 +298,7 @@ async def delete(request: Request) -> Response[None]:
     model_layer = model.model_path.name.replace("sha256-", "sha256:")
     if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
         await gate.scheduler.unload(gate.catalog.require(text))
-    pruned = gate.store.delete(model)
+    pruned = await gate.store.delete(model)
     log.info("deleted %s; pruned %d blob(s)", model.name.display, len(pruned))
     return Response(None, status_code=200)
 
@@ -224,7 +318,9 @@ async def show(request: Request) -> Response[bytes]:
     if model is None:
         raise not_found(f"model '{name.display}' not found")
     target = model.target
-    info = target.info(verbose=True) if req.verbose else model.info
+    # Off the loop: a first read of the header, and a verbose one every time (it is not kept).
+    info = await (asyncio.to_thread(target.info, verbose=True) if req.verbose else model.read_info())
+    projector = await asyncio.to_thread(cached_info, target.projector) if target.projector else None
     system = req.system if req.system is not None else model.system
     params = dict(model.params)
     if "num_ctx" in params:  # shown as the context the server will really use (clients read it)
@@ -245,8 +341,9 @@ async def show(request: Request) -> Response[bytes]:
         modified_at=model.modified_at.isoformat(),
         system=system,
         messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,
-        projector_info=translate.model_info(cached_info(target.projector).metadata, 0, req.verbose)
-        if target.projector else None,
+        projector_info=translate.model_info(projector.metadata, 0, req.verbose) if projector else None,
+        thinking=translate.thinking(info.chat_template, model.capabilities),
+        tensors=translate.tensors(info.tensors) if req.verbose else None,
     ))
 
 

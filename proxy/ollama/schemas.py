@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from proxy.rendering import DebugInfo
 from proxy.semantics import KeepAlive, Options, Think
 
 Format = str | dict[str, Any] | None
@@ -51,6 +52,8 @@ class ChatRequest(msgspec.Struct):
     # shift its context while generating instead of stopping at the limit.
     truncate: bool | None = None
     shift: bool | None = None
+    # The prompt the model's template makes of the request, answered instead of running it.
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
 class GenerateRequest(msgspec.Struct):
@@ -72,6 +75,7 @@ class GenerateRequest(msgspec.Struct):
     # As on ChatRequest; a prompt too long for num_ctx keeps its first num_keep tokens and its end.
     truncate: bool | None = None
     shift: bool | None = None
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
 class TopLogprob(msgspec.Struct):
@@ -112,6 +116,7 @@ class ChatChunk(msgspec.Struct, omit_defaults=True):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
 
 
 class GenerateChunk(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -129,6 +134,7 @@ class GenerateChunk(msgspec.Struct, omit_defaults=True, kw_only=True):
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    debug_info: DebugInfo | None = msgspec.field(default=None, name="_debug_info")
 
 
 class ModelDetails(msgspec.Struct, omit_defaults=True):
@@ -161,6 +167,15 @@ class VersionResponse(msgspec.Struct):
     version: str
 
 
+class CloudStatus(msgspec.Struct):
+    disabled: bool
+    source: str  # none (enabled), env, config or both: where it was turned off
+
+
+class StatusResponse(msgspec.Struct):
+    cloud: CloudStatus
+
+
 class CreateRequest(msgspec.Struct):
     model: str = ""
     name: str = ""
@@ -172,7 +187,8 @@ class CreateRequest(msgspec.Struct):
     parameters: dict[str, Any] | None = None
     messages: list[Message] | None = None
     license: str | list[str] | None = None
-    quantize: str | None = None
+    quantize: str = ""
+    quantization: str = ""  # its older name, still read by Ollama
     stream: bool | None = None
 
 
@@ -220,6 +236,20 @@ class ShowMessage(msgspec.Struct):
     content: str
 
 
+class Thinking(msgspec.Struct):
+    """What `think` may be for the model (booleans, or level names) and what it is when absent
+    (Ollama #18473; Codex reads it to offer reasoning levels)."""
+
+    values: list[bool | str]
+    default: bool | str
+
+
+class Tensor(msgspec.Struct):
+    name: str
+    type: str
+    shape: list[int]
+
+
 class ShowResponse(msgspec.Struct, omit_defaults=True):
     """`model_info`, `capabilities` and the strings clients parse are always sent."""
 
@@ -234,6 +264,8 @@ class ShowResponse(msgspec.Struct, omit_defaults=True):
     system: str = ""
     messages: list[ShowMessage] | None = None
     projector_info: dict[str, Any] | None = None
+    thinking: Thinking | None = None
+    tensors: list[Tensor] | None = None  # with verbose
 
 
 class RunningModel(msgspec.Struct, omit_defaults=True):
@@ -278,10 +310,40 @@ class PullRequest(msgspec.Struct):
     stream: bool | None = None
 
 
+class PushRequest(PullRequest):
+    """/api/push's body: the fields of a pull's."""
+
+
 class ProgressResponse(msgspec.Struct, omit_defaults=True):
-    """A pull's progress line; `digest`, `total` and `completed` are omitted when empty."""
+    """A pull's or push's progress line; `digest`, `total` and `completed` are omitted when empty."""
 
     status: str
     digest: str = ""
     total: int = 0
     completed: int = 0
+
+
+class RerankRequest(msgspec.Struct):
+    """Ours: Ollama has no rerank route (ollama/ollama#3368); the fields are those of the proposals
+    there and of /v1/rerank."""
+
+    model: str = ""
+    query: str = ""
+    documents: list[str] | None = None
+    top_n: int | None = None
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+
+
+class RerankResult(msgspec.Struct):
+    index: int
+    document: str
+    relevance_score: float
+
+
+class RerankResponse(msgspec.Struct):
+    model: str
+    results: list[RerankResult]
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0

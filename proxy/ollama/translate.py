@@ -15,6 +15,7 @@ from proxy.ollama import schemas
 from proxy import tools
 from proxy.semantics import SAMPLING_FIELDS, ModelDefaults, sampling, think_kwargs
 from supervisor.errors import bad_request, server_error
+from supervisor.models.gguf import TensorInfo
 
 
 def response_format(fmt: schemas.Format) -> dict[str, Any] | None:
@@ -350,6 +351,30 @@ def shown_template(jinja: str, capabilities: list[str]) -> str:
     if not takes:
         return jinja
     return f"{{{{/* llamagate renders this Jinja template; the model takes {' and '.join(takes)} */}}}}\n{jinja}"
+
+
+# A template's default effort (gpt-oss: `reasoning_effort | default("medium")`), and a template that
+# thinks only when asked (`enable_thinking is defined and enable_thinking is true`, `| default(false)`).
+_EFFORT_DEFAULT = re.compile(r"reasoning_effort\s*\|\s*default\(\s*['\"](\w+)")
+_THINKS_WHEN_ASKED = re.compile(r"enable_thinking\s*(?:is\s+true|==\s*true|\|\s*default\(\s*false)", re.IGNORECASE)
+_LEVELS: list[bool | str] = ["low", "medium", "high"]
+
+
+def thinking(jinja: str, capabilities: list[str]) -> schemas.Thinking | None:
+    """/api/show's `thinking`, read from the chat template: the levels of a template that takes
+    `reasoning_effort` (gpt-oss), else on and off, each with the template's own default; None
+    for a model that can't think."""
+    if "thinking" not in capabilities:
+        return None
+    if "reasoning_effort" in jinja:
+        m = _EFFORT_DEFAULT.search(jinja)
+        default = m.group(1) if m and m.group(1) in _LEVELS else "medium"
+        return schemas.Thinking(_LEVELS, default)
+    return schemas.Thinking([True, False], not _THINKS_WHEN_ASKED.search(jinja))
+
+
+def tensors(info: list[TensorInfo]) -> list[schemas.Tensor]:
+    return [schemas.Tensor(t.name, t.type, list(t.shape)) for t in info]
 
 
 def _go_quote(value: Any) -> str:

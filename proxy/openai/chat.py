@@ -11,6 +11,7 @@ import msgspec
 from litestar import Request, Response, post
 
 from proxy import tools, truncation
+from proxy.rendering import DebugInfo, rendered
 from proxy.llama import wire
 from proxy.body import INFERENCE_BODY_LIMIT
 from proxy.gateway import Gateway
@@ -88,6 +89,12 @@ async def chat_completions(request: Request) -> Response[Any]:
 
     head = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": req.model,
             "system_fingerprint": translate.SYSTEM_FINGERPRINT}
+    if req.debug_render_only:
+        parts = [p for m in req.messages if isinstance(m.content, list) for p in m.content]
+        images = sum(isinstance(p, schemas.ImagePart) for p in parts)
+        info = DebugInfo(await rendered(gate, model, load, body), images)
+        empty = schemas.ChatChoice(0, msgspec.Raw(b'{"role":"assistant","content":""}'), msgspec.Raw(b"null"), None)
+        return json_answer(schemas.RenderedChat(**head, choices=[empty], usage=schemas.Usage(), debug_info=info))
     choice: Callable[[int, wire.OpenAIChoice], Any]
     if req.stream:
         choice = lambda i, c: translate.chunk_choice(i, c, rewrites)  # noqa: E731

@@ -10,13 +10,15 @@ from proxy.openai import schemas, translate
 from proxy.gateway import gate_of
 from proxy.openai.models import load_options, require_model
 from proxy.openai.sse import json_answer
+from proxy.rerank import refuse_for_embeddings
 
 
 @post("/v1/embeddings", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def embeddings(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbeddingRequest)
     gate = gate_of(request)
-    model = require_model(gate, req.model)
+    model = await require_model(gate, req.model)
+    refuse_for_embeddings(model)
     body = wire.EmbeddingsRequest(translate.embedding_input(req))
     result = await gate.inference.call(model, load_options(gate, model, req, embedding=True), "/v1/embeddings", body,
                                        wire.EmbeddingsResponse)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from proxy.rendering import DebugInfo
 from proxy.semantics import KeepAlive, Options
 
 Count = Annotated[int, msgspec.Meta(ge=1, le=128)]
@@ -129,6 +130,8 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     # How hard a thinking model thinks, as Ollama's `think` (see translate.reasoning_think).
     reasoning_effort: str | None = None
     reasoning: Reasoning | None = None
+    # The prompt the model's template makes of the request, answered instead of running it.
+    debug_render_only: bool = msgspec.field(default=False, name="_debug_render_only")
 
 
 class CompletionRequest(_Sampling, kw_only=True):
@@ -145,6 +148,22 @@ class EmbeddingRequest(_Extensions, kw_only=True):
     input: str | list[str | int | list[int]] | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    user: str | None = None
+
+
+class RerankDocument(msgspec.Struct):
+    text: str
+
+
+class RerankRequest(_Extensions, kw_only=True):
+    """Jina's and Cohere's rerank request, which llama-server's /v1/rerank takes too; a document
+    is a string or Jina's `{"text": ...}`."""
+
+    model: str = ""
+    query: str = ""
+    documents: list[str | RerankDocument] | None = None
+    top_n: int | None = None
+    return_documents: bool = False
     user: str | None = None
 
 
@@ -213,6 +232,15 @@ class ChatCompletion(_Answer, kw_only=True):
     usage: Usage
 
 
+class RenderedChat(_Answer, kw_only=True):
+    """`_debug_render_only`'s answer, as Ollama's /v1 gives it: a completion with an empty message."""
+
+    object: str = "chat.completion"
+    choices: list[ChatChoice]
+    usage: Usage
+    debug_info: DebugInfo = msgspec.field(name="_debug_info")
+
+
 class ChunkChoice(msgspec.Struct):
     index: int
     delta: msgspec.Raw
@@ -260,6 +288,20 @@ class EmbeddingList(msgspec.Struct, kw_only=True):
     object: str = "list"
     data: list[Embedding]
     model: str
+    usage: EmbeddingUsage
+
+
+class RerankResult(msgspec.Struct, omit_defaults=True):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None  # with return_documents
+
+
+class RerankList(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "list"
+    model: str
+    results: list[RerankResult]
     usage: EmbeddingUsage
 
 

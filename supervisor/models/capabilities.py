@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.models.gguf import GGUFInfo
+from supervisor.models.gguf import GGUFInfo, pooling
 
 # Encoder-only architectures: they embed, they cannot generate.
 _ENCODERS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "neo-bert", "modern-bert", "t5encoder"}
@@ -12,7 +12,8 @@ _THINKING_MARKERS = ("<think>", "enable_thinking", "reasoning_content", "<|chann
 
 def capabilities(info: GGUFInfo, *, projector: bool) -> list[str]:
     """Ollama's capability names, in Ollama's order: completion, tools, insert, vision,
-    embedding, thinking."""
+    embedding, thinking; and ours, `rerank`, in embedding's place for a reranker (rank pooling:
+    it scores a query against documents, it gives no embeddings)."""
     arch = info.architecture
     template = info.chat_template
     caps = []
@@ -25,7 +26,9 @@ def capabilities(info: GGUFInfo, *, projector: bool) -> list[str]:
             caps.append("insert")
         if projector:
             caps.append("vision")
-    if f"{arch}.pooling_type" in info.metadata or not generates:
+    if pooling(info) == "rank":
+        caps.append("rerank")
+    elif f"{arch}.pooling_type" in info.metadata or not generates:
         caps.append("embedding")
     if generates and any(m in template for m in _THINKING_MARKERS):
         caps.append("thinking")

@@ -27,6 +27,22 @@ FILE_TYPES = {
 }
 
 
+# ggml's tensor type names, by the id a GGUF's tensor info stores (`ggml_type`).
+TENSOR_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K",
+    12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
+    20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
+    29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type: str
+    shape: tuple[int, ...]  # ggml's order: ne[0] (a row's length) first
+
+
 @dataclass(frozen=True)
 class SkippedArray:
     """An array too long to keep (a tokenizer vocabulary): its element type and length only."""
@@ -39,6 +55,7 @@ class SkippedArray:
 class GGUFInfo:
     metadata: dict[str, Any] = field(default_factory=dict)
     parameter_count: int = 0
+    tensors: list[TensorInfo] = field(default_factory=list)  # read only when asked for
 
     @property
     def architecture(self) -> str:
@@ -104,8 +121,9 @@ class _Reader:
                 self.value(item_type)
 
 
-def read_gguf(path: Path, *, max_array: int = 64) -> GGUFInfo:
-    """Read a GGUF file's metadata; arrays longer than `max_array` are kept as `SkippedArray`.
+def read_gguf(path: Path, *, max_array: int = 64, tensors: bool = False) -> GGUFInfo:
+    """Read a GGUF file's metadata; arrays longer than `max_array` are kept as `SkippedArray`;
+    with `tensors`, each tensor's name, type and shape too.
 
     A file that is not GGUF is a 400: it always comes from a user's import.
     """
@@ -123,11 +141,13 @@ def read_gguf(path: Path, *, max_array: int = 64) -> GGUFInfo:
                 key = r.string()
                 info.metadata[key] = r.value(r.scalar("<I"))
             for _ in range(n_tensors):
-                r.string()
+                name = r.string()
                 dims = [r.scalar("<Q") for _ in range(r.scalar("<I"))]
-                r.scalar("<I")
+                kind = r.scalar("<I")
                 r.scalar("<Q")
                 info.parameter_count += prod(dims)
+                if tensors:
+                    info.tensors.append(TensorInfo(name, TENSOR_TYPES.get(kind, str(kind)), tuple(dims)))
     except (OSError, EOFError, ValueError, struct.error) as e:
         raise bad_request(f"{path.name}: supplied file was not in GGUF format ({e or 'truncated'})") from e
     if isinstance(info.metadata.get("general.parameter_count"), int):
@@ -145,11 +165,17 @@ def cached_info(path: Path) -> GGUFInfo:
     return read_gguf(path)
 
 
+def pooling(info: GGUFInfo) -> str:
+    """The pooling type the GGUF names ("none" when it names none, as chat models don't)."""
+    return POOLING_TYPES.get(info.metadata.get(f"{info.architecture}.pooling_type"), "none")
+
+
 def embedding_pooling(path: Path) -> str:
     """The `--pooling` for an embedding runner: "" when the GGUF names its own (embedding
-    models do), else mean pooling, since a chat model's default ("none") gives no sentence vector."""
-    info = cached_info(path)
-    return "" if POOLING_TYPES.get(info.metadata.get(f"{info.architecture}.pooling_type"), "none") != "none" else "mean"
+    models do), "rank" for a reranker (its runner is started with --reranking), else mean
+    pooling, since a chat model's default ("none") gives no sentence vector."""
+    kind = pooling(cached_info(path))
+    return kind if kind == "rank" else "" if kind != "none" else "mean"
 
 
 def human_number(n: int) -> str:

@@ -1,1 +1,2 @@
-"""Pulling models: Ollama's registry protocol and Hugging Face, resumable parallel downloads."""
+"""Registry transfers: pulling models (Ollama's registry protocol and Hugging Face, resumable parallel
+downloads), pushing them, and the credentials both present."""

@@ -24,7 +24,7 @@ class LaunchSpec:
     # llama.cpp RPC workers (`host:port`) to split the model over; empty runs it all here.
     rpc: tuple[str, ...] = ()
     # An embedding runner is its own process (llama-server serves either embeddings or
-    # completions); `pooling` is "" to keep the GGUF's own pooling type.
+    # completions); `pooling` is "" to keep the GGUF's own pooling type, "rank" for a reranker's.
     embedding: bool = False
     pooling: str = ""
     projector: Path | None = None  # --mmproj: a vision model's image encoder
@@ -97,6 +97,8 @@ class LaunchSpec:
             return []
         # A whole input must fit one physical batch: non-causal models can't split it.
         batch = str(self.num_ctx)
+        if self.pooling == "rank":  # llama-server's /v1/rerank: embeddings with rank pooling
+            return ["--reranking", "--batch-size", batch, "--ubatch-size", batch]
         pooling = ["--pooling", self.pooling] if self.pooling else []
         return ["--embeddings", *pooling, "--batch-size", batch, "--ubatch-size", batch]
 

