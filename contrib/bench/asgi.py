@@ -49,40 +49,12 @@ async def _throughput(url: str, seconds: float, concurrency: int) -> float:
 
 
 def main() -> None:
-    servers = {
-        "uvicorn+uvloop+httptools": lambda port: [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "proxy.asgi:app",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        "granian (uvloop)": lambda port: [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "asgi",
-            "--factory",
-            "proxy.asgi:app",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--log-level",
-            "warning",
-            "--no-ws",
-        ],
+    flags = {
+        "uvicorn+uvloop+httptools": "uvicorn --factory proxy.asgi:app --loop uvloop --http httptools --no-access-log "
+        "--log-level warning",
+        "granian (uvloop)": "granian --interface asgi --factory proxy.asgi:app --loop uvloop --log-level warning --no-ws",
     }
+    servers = {name: lambda port, f=f: [sys.executable, "-m", *f.split(), "--port", str(port)] for name, f in flags.items()}
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "OLLAMA_MODELS": tmp}
         for name, cmd in servers.items():
