@@ -52,9 +52,11 @@ def main() -> None:
     flags = {
         "uvicorn+uvloop+httptools": "uvicorn --factory proxy.asgi:app --loop uvloop --http httptools --no-access-log "
         "--log-level warning",
-        "granian (uvloop)": "granian --interface asgi --factory proxy.asgi:app --loop uvloop --log-level warning --no-ws",
+        "granian (uvloop)": "granian --interface asgi --factory proxy.asgi:app --loop uvloop --log-level warning "
+        "--no-ws",
     }
-    servers = {name: lambda port, f=f: [sys.executable, "-m", *f.split(), "--port", str(port)] for name, f in flags.items()}
+    servers = {name: lambda port, f=f: [sys.executable, "-m", *f.split(), "--port", str(port)]
+               for name, f in flags.items()}
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "OLLAMA_MODELS": tmp}
         for name, cmd in servers.items():
