@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 def llamagate_cmd() -> list[str]:
-    return [sys.executable, "-c", "from proxy.cli.main import main; main()"]
+    return [sys.executable, "-c", "from proxy.cli.entry import main; main()"]  # the console script's
 
 
 def hermetic_home(home: Path) -> dict[str, str]:
