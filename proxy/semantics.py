@@ -50,6 +50,8 @@ class Options(msgspec.Struct, omit_defaults=True):
     main_gpu: Int = None
     use_mmap: bool | None = None
     use_mlock: bool | None = None
+    # Tokens the draft model proposes per step, where the model's table names a draft_model.
+    draft_num_predict: Int = None
 
     def __post_init__(self) -> None:
         for name in _INT_OPTIONS:
@@ -110,6 +112,8 @@ def sampling(defaults: ModelDefaults, options: Options | None, num_ctx: int) -> 
     out["n_predict"] = num_predict
     if merged.get("num_keep") is not None:
         out["n_keep"] = merged["num_keep"]
+    if merged.get("draft_num_predict") is not None:
+        out["speculative_n_max"] = merged["draft_num_predict"]
     return out
 
 

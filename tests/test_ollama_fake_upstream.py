@@ -36,7 +36,8 @@ def _metadata_gguf(path: Path, arch: str, **kv) -> Path:
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fake")
-    srv = fake_upstream_server(tmp)
+    # OLLAMA_NO_CLOUD: /api/status's source (the shared server's, without it, is test_newer_fields').
+    srv = fake_upstream_server(tmp, env={"OLLAMA_NO_CLOUD": "1"})
     client = ollama.Client(host=srv.url)
     try:
         srv.create("thinker", _metadata_gguf(tmp / "thinker.gguf", "qwen3", **{"tokenizer.chat_template": THINKING_TEMPLATE}))
@@ -156,3 +157,16 @@ def test_logprobs(fake):
     r = httpx.post(f"{fake.url}/api/chat", json={"model": "thinker", "messages": [{"role": "user", "content": "x"}],
                                                  "logprobs": True, "top_logprobs": 21})
     assert r.status_code == 400 and r.json()["error"] == "top_logprobs must be between 0 and 20"
+
+
+def test_draft_num_predict_reaches_llama_server_as_speculative_n_max(fake):
+    fake.client.chat(model="thinker", messages=[{"role": "user", "content": "hi"}],
+                     options={"draft_num_predict": 5})
+    assert _last(fake, "/v1/chat/completions")["speculative.n_max"] == 5
+    fake.client.chat(model="thinker", messages=[{"role": "user", "content": "hi"}])
+    assert "speculative.n_max" not in _last(fake, "/v1/chat/completions")
+
+
+def test_status_source_with_ollama_no_cloud(fake):
+    """llamagate's cloud is always off, as a config file turns Ollama's off; the variable too is "both"."""
+    assert httpx.get(f"{fake.url}/api/status").json() == {"cloud": {"disabled": True, "source": "both"}}

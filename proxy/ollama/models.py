@@ -25,7 +25,7 @@ from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.models import quantize
 from supervisor.models.model import Model
-from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, StoredModel
+from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel
 from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
 from supervisor.runtime.binary import find_llama_server
@@ -70,10 +70,12 @@ async def version() -> Response[bytes]:
 
 
 @get("/api/status")
-async def status() -> Response[bytes]:
-    """Ollama's cloud switch (`ollama launch` asks): llamagate has no cloud, so it is off, as a
-    config file turns it off."""
-    return json_response(schemas.StatusResponse(schemas.CloudStatus(disabled=True, source="config")))
+async def status(request: Request) -> Response[bytes]:
+    """Ollama's cloud switch (`ollama launch` asks): llamagate has no cloud, so it is always off,
+    as Ollama's server.json turns it off ("config"); OLLAMA_NO_CLOUD set too makes it "both", as
+    Ollama counts the two."""
+    source = "both" if gate_of(request).config.no_cloud else "config"
+    return json_response(schemas.StatusResponse(schemas.CloudStatus(disabled=True, source=source)))
 
 
 @route("/", http_method=[HttpMethod.GET, HttpMethod.HEAD])
@@ -119,8 +121,32 @@ class _Creation:
     messages: list[Message]
     licenses: list[str]
     parsed: bool  # from uploaded files (Ollama reports "parsing GGUF"), not from a model
+    described: ModelConfig  # renderer, parser, requires and `info`'s details, for the config blob
     quantize: str = ""  # llama-quantize's type name; "" keeps the GGUF as it is
     source_type: str = ""
+
+
+# `info` keys that describe a model, as Ollama reads them, and the config field each sets.
+_INFO_DETAILS = {"model_family": "model_family", "base_name": "base_name",
+                 "quantization_level": "file_type", "parameter_size": "model_type"}
+
+
+def _described(req: schemas.CreateRequest, base: StoredModel | None) -> ModelConfig:
+    """What the request says of the model for its config blob: renderer, parser and requires (a
+    base model's where the request names none, as Ollama inherits them) and `info`'s details.
+    `info`'s capabilities, context and embedding lengths are refused: llamagate reads them from
+    the GGUF, and declaring them would not make llama-server serve them."""
+    inherited = base.config if base else ModelConfig()
+    described = ModelConfig(renderer=req.renderer or inherited.renderer, parser=req.parser or inherited.parser,
+                            requires=req.requires or inherited.requires)
+    for key, value in (req.info or {}).items():
+        if key in ("capabilities", "context_length", "embedding_length"):
+            raise bad_request(f"info field {key!r} is not supported: llamagate reads it from the GGUF")
+        if key in _INFO_DETAILS:
+            if not isinstance(value, str):
+                raise bad_request(f'info field "{key}" must be a string')
+            setattr(described, _INFO_DETAILS[key], value)
+    return described
 
 
 def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
@@ -130,6 +156,11 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
     for filename in [*(req.files or {}), *(req.adapters or {})]:
         if filename.startswith(("/", "\\")) or ".." in Path(filename).parts:
             raise bad_request("file path must be relative")
+    if req.draft_quantize and not req.draft_files:
+        raise bad_request("--draft-quantize requires a DRAFT model")
+    if req.draft_files:
+        raise bad_request("a DRAFT model inside a created model is not supported: name the draft GGUF "
+                          "as draft_model in the model's [models] table of the config file instead")
     quantize_to = quantize.parse_type(req.quantize or req.quantization) if (req.quantize or req.quantization) else ""
     base: StoredModel | None = None
     extra: list[Layer] = []
@@ -177,7 +208,7 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
         name=name, layer=layer, extra=extra, params=params, messages=messages, licenses=licenses,
         template=req.template if req.template is not None else (base.template if base else ""),
         system=req.system if req.system is not None else (base.system if base else ""),
-        parsed=bool(req.files), quantize=quantize_to, source_type=source_type,
+        parsed=bool(req.files), described=_described(req, base), quantize=quantize_to, source_type=source_type,
     )
 
 
@@ -218,7 +249,8 @@ async def _run(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct]:
 
     await asyncio.to_thread(
         gate.store.create, plan.name, plan.layer, template=plan.template, system=plan.system, params=plan.params,
-        messages=plan.messages, license=plan.licenses, extra_layers=plan.extra, on_layer=report,
+        messages=plan.messages, license=plan.licenses, extra_layers=plan.extra, described=plan.described,
+        on_layer=report,
     )
     for line in lines:
         yield line
@@ -310,7 +342,7 @@ async def show(request: Request) -> Response[bytes]:
             model.name.display, target.location, template=model.template, system=system,
             params=model.params, messages=[(m.role, m.content) for m in model.messages],
             licenses=list(model.licenses), projector=str(target.projector or ""),
-            adapters=[str(a) for a in target.adapters],
+            adapters=[str(a) for a in target.adapters], renderer=model.details.renderer, parser=model.details.parser,
         ),
         parameters=translate.parameters_text(params),
         template=model.template or translate.shown_template(info.chat_template, model.capabilities),
@@ -325,6 +357,7 @@ async def show(request: Request) -> Response[bytes]:
         if target.projector else None,
         thinking=translate.thinking(info.chat_template, model.capabilities),
         tensors=translate.tensors(info.tensors) if req.verbose else None,
+        requires=model.details.requires,
     ))
 
 

@@ -62,6 +62,13 @@ class ModelConfig(msgspec.Struct, omit_defaults=True):
     os: str = "linux"
     context_length: int = 0
     embedding_length: int = 0
+    base_name: str = ""
+    # Names of Ollama's built-in prompt renderer and output parser, and the least Ollama version
+    # the model needs: kept for Ollama, which may serve the same store (llamagate renders with
+    # the GGUF's chat template and parses with llama-server's parsers).
+    renderer: str = ""
+    parser: str = ""
+    requires: str = ""
 
 
 class Message(msgspec.Struct, omit_defaults=True):
@@ -388,21 +395,26 @@ class Store:
         messages: list[Message] | None = None,
         license: str | list[str] = "",
         extra_layers: list[Layer] | None = None,
+        described: ModelConfig | None = None,
         on_layer: Callable[[Layer, bool], None] | None = None,
     ) -> StoredModel:
         """Write a model from a GGUF blob already in the store plus its text layers.
 
-        `extra_layers` (a projector, adapters) are blobs already in the store; `on_layer` hears of
-        every layer with whether its blob was new, for `create`'s status lines.
+        `extra_layers` (a projector, adapters) are blobs already in the store; `described` holds
+        what the request said of the model (renderer, parser, requires, `info`'s details), the
+        GGUF filling in what it left empty, as Ollama does; `on_layer` hears of every layer with
+        whether its blob was new, for `create`'s status lines.
         """
         info = read_gguf(self.blob_path(model_layer.digest))
-        arch = info.architecture
-        config = ModelConfig(
+        given = described or ModelConfig()
+        family = given.model_family or info.architecture
+        config = msgspec.structs.replace(
+            given,
             model_format="gguf",
-            model_family=arch,
-            model_families=[arch] if arch else None,
-            model_type=human_number(info.parameter_count),
-            file_type=info.file_type,
+            model_family=family,
+            model_families=[family] if family else None,
+            model_type=given.model_type or human_number(info.parameter_count),
+            file_type=given.file_type or info.file_type,
             context_length=info.context_length,
             embedding_length=info.embedding_length,
         )
