@@ -42,6 +42,9 @@ class Options(msgspec.Struct, omit_defaults=True):
     mirostat: Int = None
     mirostat_tau: float | None = None
     mirostat_eta: float | None = None
+    # The most tokens a draft model proposes per step (Ollama lists it with the load-time options;
+    # llama-server takes it per request).
+    draft_num_predict: Int = None
     # Load-time options: they shape the llama-server process.
     num_ctx: Int = None
     num_batch: Int = None
@@ -50,8 +53,6 @@ class Options(msgspec.Struct, omit_defaults=True):
     main_gpu: Int = None
     use_mmap: bool | None = None
     use_mlock: bool | None = None
-    # Tokens the draft model proposes per step, where the model's table names a draft_model.
-    draft_num_predict: Int = None
 
     def __post_init__(self) -> None:
         for name in _INT_OPTIONS:

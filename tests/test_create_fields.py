@@ -25,7 +25,8 @@ def _show(server: Server, name: str) -> dict:
 
 def _config(server: Server, name: str) -> dict:
     """The model's config blob, as the store holds it."""
-    manifest = json.loads((server.models / "manifests" / "registry.ollama.ai" / "library" / name / "latest").read_text())
+    manifest_path = server.models / "manifests" / "registry.ollama.ai" / "library" / name / "latest"
+    manifest = json.loads(manifest_path.read_text())
     return json.loads((server.models / "blobs" / manifest["config"]["digest"].replace(":", "-")).read_text())
 
 

@@ -208,7 +208,8 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
         name=name, layer=layer, extra=extra, params=params, messages=messages, licenses=licenses,
         template=req.template if req.template is not None else (base.template if base else ""),
         system=req.system if req.system is not None else (base.system if base else ""),
-        parsed=bool(req.files), described=_described(req, base), quantize=quantize_to, source_type=source_type,
+        parsed=bool(req.files), described=_described(req, base), quantize=quantize_to,
+        source_type=source_type,
     )
 
 
