@@ -24,6 +24,7 @@ from proxy.gateway import Gateway
 from proxy.hosts import binds_loopback, host_check_layer
 from proxy.limits import header_limit_layer
 from proxy.ollama.routes import ROUTES as OLLAMA_ROUTES
+from proxy.openapi import openapi
 from proxy.openai.routes import ROUTES as OPENAI_ROUTES
 from proxy.scrape import metrics
 from proxy.service.notify import Notifier
@@ -79,6 +80,7 @@ def create_app(config: Config, notifier: Notifier | None = None) -> Litestar:
                         "only to models whose table sets flash_attention = true")
         for name, urls in config.upstreams.items():
             log.info("upstream %s: %s", name, ", ".join(urls))
+        await gate.prune()
         gate.start()
         try:
             yield
@@ -88,7 +90,7 @@ def create_app(config: Config, notifier: Notifier | None = None) -> Litestar:
             await gate.aclose()
 
     app = Litestar(
-        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, *UI_ROUTES, metrics],
+        route_handlers=[*OLLAMA_ROUTES, *OPENAI_ROUTES, *UI_ROUTES, metrics, openapi],
         state=State({"gate": gate}),
         lifespan=[lifespan],
         exception_handlers={

@@ -31,6 +31,9 @@ async def decode_body(request: Request, type_: type[T]) -> T:
         raise bad_request(f"invalid request: {e}") from e
     except msgspec.DecodeError as e:
         raise bad_request(f"invalid JSON in request body: {e}") from e
+    except RecursionError:
+        # Arrays or objects nested thousands deep, in a field that takes any JSON (`format`).
+        raise bad_request("invalid JSON in request body: nested too deeply") from None
 
 
 def convert(value: object, type_: type[T], what: str) -> T:

@@ -39,7 +39,8 @@ class Gateway:
         self.catalog = Catalog(self.store, self.upstreams)
         self.metrics = Metrics()
         self.tables = ModelTables(config.models)
-        self.scheduler = Scheduler(config, events=self.metrics, tables=self.tables, find=self._gguf)
+        self.scheduler = Scheduler(config, events=self.metrics, tables=self.tables, find=self._gguf,
+                                   pin=self.store.pinned)
         self.metrics.watch(self.scheduler)
         self.activity = Activity()
         self.hop = Hop()
@@ -63,6 +64,15 @@ class Gateway:
         if x.route in INFERENCE:
             self.activity.add(x)
 
+    async def prune(self) -> None:
+        """The store's leftovers of a killed process, removed at startup as Ollama does (unless
+        OLLAMA_NOPRUNE), in a thread before the first request."""
+        if self.config.noprune:
+            return
+        removed = await asyncio.to_thread(self.store.prune)
+        if removed:
+            log.info("pruned %d leftover file(s) from the store", removed)
+
     def start(self) -> None:
         tls_context()  # built now rather than inside the first model load
         self.upstreams.start()
@@ -75,7 +85,7 @@ class Gateway:
             if not table.preload:
                 continue
             try:
-                model = self.catalog.require(name)
+                model = await self.catalog.resolve(name)
                 async with self.scheduler.lease(model, LoadOptions()):
                     pass
                 log.info("preloaded %s", name)

@@ -5,7 +5,7 @@ and `think` → the chat template's thinking switches."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -21,6 +21,18 @@ Think = bool | str | None
 
 # An integer option: Ollama takes any JSON number and truncates it (`num_ctx: 8192.0` is 8192).
 Int = int | float | None
+
+
+def _load_int(low: int, high: int) -> Any:
+    """A load-time Int as llama-server's flag takes it. Beyond its bounds llama-server dies while
+    loading, and the crash backoff that follows would refuse every other client of the model too."""
+    return Annotated[int, msgspec.Meta(ge=low, le=high)] | Annotated[float, msgspec.Meta(ge=low, le=high)] | None
+
+
+_INT32 = 2**31 - 1
+CInt = _load_int(-_INT32, _INT32)  # a C int, as llama-server reads its flags' numbers
+Batch = _load_int(1, _INT32)  # a token at least
+Threads = _load_int(-_INT32, 512)  # at most ggml's GGML_MAX_N_THREADS
 
 
 class Options(msgspec.Struct, omit_defaults=True):
@@ -46,11 +58,11 @@ class Options(msgspec.Struct, omit_defaults=True):
     # llama-server takes it per request).
     draft_num_predict: Int = None
     # Load-time options: they shape the llama-server process.
-    num_ctx: Int = None
-    num_batch: Int = None
-    num_gpu: Int = None
-    num_thread: Int = None
-    main_gpu: Int = None
+    num_ctx: CInt = None
+    num_batch: Batch = None
+    num_gpu: CInt = None
+    num_thread: Threads = None
+    main_gpu: CInt = None
     use_mmap: bool | None = None
     use_mlock: bool | None = None
 
@@ -61,7 +73,8 @@ class Options(msgspec.Struct, omit_defaults=True):
                 setattr(self, name, int(value))
 
 
-_INT_OPTIONS = tuple(name for name, kind in Options.__annotations__.items() if kind == "Int")
+_INT_OPTIONS = tuple(name for name, kind in Options.__annotations__.items()
+                     if kind in ("Int", "CInt", "Batch", "Threads"))
 
 
 # Ollama's option defaults, sent explicitly because llama-server's differ (top_p 0.95, min_p 0.05).

@@ -299,6 +299,7 @@ SETTINGS = (
     _Setting("openai_finish_stop", "LLAMAGATE_OPENAI_FINISH_STOP", _bool, _const("true")),
     _Setting("openai_tool_calls_stop", "LLAMAGATE_OPENAI_TOOL_CALLS_STOP", _bool, _const("false")),
     _Setting("no_cloud", "OLLAMA_NO_CLOUD", _bool, _const("false")),
+    _Setting("noprune", "OLLAMA_NOPRUNE", _bool, _const("false")),
     _Setting("registry_mirrors", "LLAMAGATE_REGISTRY_MIRRORS", _message_only(parse_mirrors), _const("")),
     _Setting("origins", "OLLAMA_ORIGINS", _message_only(parse_origins), _const("")),
     _Setting("api_keys", "LLAMAGATE_API_KEYS", parse_keys, _const("")),
@@ -414,6 +415,8 @@ class Config:
     # OLLAMA_NO_CLOUD: only what /api/status reports as the source; llamagate has no cloud.
     no_cloud: bool = False
     registry_mirrors: dict[str, str] = field(default_factory=dict)
+    # OLLAMA_NOPRUNE: leave a killed process's leftovers in the store at startup.
+    noprune: bool = False
     # Browser origins allowed to call the API (proxy/cors.py).
     origins: list[str] = field(default_factory=lambda: parse_origins(""))
     # Who may call the API (proxy/auth.py), and what one connection may send and hold.

@@ -46,7 +46,9 @@ class ModelName:
             and _MODEL_OR_TAG.fullmatch(tag)
         )
         if not valid:
-            raise bad_request(f"invalid model name {text!r}: expected [host/][namespace/]model[:tag]")
+            # Quoted to a point: a 10 MB name would come back whole in every answer.
+            shown = repr(text) if len(text) <= 200 else repr(text[:200]) + f" (and {len(text) - 200} more characters)"
+            raise bad_request(f"invalid model name {shown}: expected [host/][namespace/]model[:tag]")
         return cls(host, namespace, model, tag, scheme)
 
     @property

@@ -26,6 +26,11 @@ from supervisor.runtime.binary import find_llama_server  # noqa: E402
 from tinymodel import write_tiny_model  # noqa: E402
 
 
+# The long suites (the soak, the SIGKILL sequence) run only when asked: contrib/soak.sh, or
+# LLAMAGATE_LONG=1 contrib/test.sh tests/long.
+collect_ignore = [] if os.environ.get("LLAMAGATE_LONG") else ["long"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -34,6 +39,14 @@ def free_port() -> int:
 
 def llamagate_cmd() -> list[str]:
     return [sys.executable, "-c", "from proxy.cli.main import main; main()"]
+
+
+def hermetic_home(home: Path) -> dict[str, str]:
+    """A home of the test's own: the developer's runtime cache (which would win the llama-server
+    search), config file (its upstreams and settings) and ~/.ollama stay out of every test server,
+    as do the OLLAMA_* and LLAMAGATE_* variables of the shell that runs the tests."""
+    return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local" / "share")}
 
 
 class Server:
@@ -45,7 +58,8 @@ class Server:
         self.models = tmp / "models"
         self.log_path = tmp / "serve.log"
         self.env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "LLAMAGATE_"))},
+            **hermetic_home(tmp / "home"),
             "OLLAMA_HOST": f"{bind}:{self.port}",
             "OLLAMA_MODELS": str(self.models),
             "LLAMAGATE_THREADS": "1",
@@ -119,6 +133,24 @@ def fake_upstream_server(tmp: Path, env: dict[str, str] | None = None) -> Server
     return srv
 
 
+# The hang watchdog's timeout of the shared fake server (seconds), short for the fault tests.
+FAKE_HANG_TIMEOUT = 2
+
+
+@pytest.fixture(scope="session")
+def fake_server(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Server]:
+    """One shared `llamagate serve` in front of tests/fake_llama_server.py, with tiny:latest, for
+    the fault, corpus and fuzz tests; a name that parses is pulled from a dead registry."""
+    tmp = tmp_path_factory.mktemp("fake")
+    srv = fake_upstream_server(tmp, env={"LLAMAGATE_HANG_TIMEOUT": f"{FAKE_HANG_TIMEOUT}s",
+                                         "LLAMAGATE_REGISTRY_MIRRORS": "registry.ollama.ai=http://127.0.0.1:9"})
+    try:
+        srv.create("tiny", tiny_gguf)
+        yield srv
+    finally:
+        srv.stop()
+
+
 def runner_of(srv: Server) -> tuple[str, dict[str, str]]:
     """The URL of the one llama-server running, and its key (read from its environment)."""
     (pid,) = srv.runner_pids()
@@ -150,6 +182,13 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def padded_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a header as slow to read as a big vocabulary's: 150k strings take
+    0.4-0.5 s to read, about twice that verbose."""
+    return write_tiny_model(tmp_path_factory.mktemp("padded") / "padded.gguf", padding=150_000)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,18 @@
-"""A stand-in for llama-server, for what no small model here can do (thinking, vision, infill):
-it logs its arguments and every request it gets to $FAKE_LLAMA_LOG and streams canned answers
-shaped like llama-server's. Started by llamagate through `--llama-server`, like the real one."""
+"""A stand-in for llama-server, for what no small model here can do (thinking, vision, infill)
+and for an engine's faults: it logs its arguments and every request it gets to $FAKE_LLAMA_LOG
+and streams canned answers shaped like llama-server's. Started by llamagate through
+`--llama-server`, like the real one.
+
+A generation whose body holds `FAULT:<kind>` fails: `500` answers llama-server's error, `garbage`
+answers bytes that are no JSON (an SSE event of them when streamed), `die` kills the process
+(SIGKILL) after the first streamed event, `hang` stops it (SIGSTOP: alive, answering nothing)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +22,11 @@ TIMINGS = {"cache_n": 0, "prompt_n": 7, "prompt_ms": 1.5, "predicted_n": 3, "pre
 # Its tokenizer: one token per character. The ids its /completion says it generated are not the
 # ones its tokenizer makes of the text, as a real model's need not be.
 GENERATED = [[901, 902], [903]]
+
+
+_FAULT = re.compile(rb"FAULT:(500|garbage|die|hang)")
+# Where a request's text first reaches llama-server (/tokenize: an embedding's input).
+_GENERATIONS = ("/v1/chat/completions", "/v1/completions", "/completion", "/infill", "/tokenize", "/v1/embeddings")
 
 
 def _record(entry: dict) -> None:
@@ -96,17 +108,25 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _sse(self, events: list[dict], pause: float = 0.0) -> None:
+    def _sse_start(self) -> None:
+        """An event stream, chunked as llama-server sends one: a process that dies mid-answer
+        leaves it visibly unfinished."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _sse(self, events: list[dict], pause: float = 0.0) -> None:
+        self._sse_start()
         for e in events:
             time.sleep(pause)
-            self.wfile.write(b"data: " + json.dumps(e).encode() + b"\n\n")
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.close_connection = True
+            self._chunk(b"data: " + json.dumps(e).encode() + b"\n\n")
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
 
     def do_GET(self) -> None:
         if self.path == "/metrics":  # a family of llama-server's --metrics, in its shape
@@ -134,9 +154,41 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         return True
 
+    def _fault(self, kind: bytes, body: dict) -> None:
+        if kind == b"hang":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if kind == b"500":
+            data = json.dumps({"error": {"code": 500, "type": "server_error", "message": "fake engine failure"}})
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
+        elif not body.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"\x00{garbage" if kind == b"garbage" else b"")
+            if kind == b"die":
+                os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            self._sse_start()
+            event = {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}],
+                     "content": "Hi", "stop": False}
+            self._chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
+            if kind == b"die":
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._chunk(b"data: {\"choices\": [\xff\xfe not json\n\n")
+            self._chunk(b"")
+
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.loads(raw or b"{}")
         _record({"path": self.path, "body": body})
+        if self.path in _GENERATIONS and (fault := _FAULT.search(raw)):
+            self._fault(fault.group(1), body)
+            return
         if self.path == "/v1/chat/completions":
             if self._too_long(len(_render(body["messages"]))):
                 return
@@ -145,6 +197,23 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 time.sleep(_pause(body) * 4)
                 self._json(_chat_answer(body))
+        elif self.path == "/v1/completions":
+            choice = {"index": 0, "text": "Hi there", "finish_reason": "stop"}
+            if body.get("stream"):
+                self._sse([{"choices": [{**choice, "text": text, "finish_reason": None}]} for text in ("Hi", " there")]
+                          + [{"choices": [{**choice, "text": ""}], "timings": TIMINGS}])
+            else:
+                self._json({"choices": [choice], "usage": {"prompt_tokens": 7, "completion_tokens": 3,
+                                                           "total_tokens": 10}, "timings": TIMINGS})
+        elif self.path == "/v1/embeddings":
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            self._json({"data": [{"index": i, "embedding": [0.6, 0.8]} for i in range(len(inputs))],
+                        "usage": {"prompt_tokens": 7}})
+        elif self.path == "/v1/messages":
+            self._json({"type": "message", "role": "assistant", "model": "fake", "content": [
+                {"type": "text", "text": "Hi there"}], "stop_reason": "end_turn"})
+        elif self.path == "/v1/messages/count_tokens":
+            self._json({"input_tokens": 7})
         elif self.path == "/v1/responses":
             self._json({"object": "response", "model": "fake", "status": "completed", "output": []})
         elif self.path == "/completion" and self._too_long(_prompt_tokens(body["prompt"])):
@@ -162,9 +231,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send_error(404)
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up (llamagate cancelling a generation) is no error: print nothing,
+        as llama-server prints nothing, so a traceback in llamagate's log is always llamagate's."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def main() -> None:
     _record({"argv": sys.argv[1:]})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _Server(("127.0.0.1", 0), Handler)
     print(f"main: server is listening on http://127.0.0.1:{server.server_address[1]} - starting the main loop",
           flush=True)
     server.serve_forever()

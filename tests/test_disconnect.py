@@ -1,6 +1,7 @@
 """Clients that leave before their answer starts: a non-streamed generation stops upstream and
-frees its slot, on /api and /v1 alike; a request queued for room leaves the queue; a load
-nobody waits for any more is abandoned, its process stopped."""
+frees its slot, on /api and /v1 alike; so does a stream still reading its prompt; a request
+queued for room leaves the queue; a load nobody waits for any more is abandoned, its process
+stopped."""
 
 from __future__ import annotations
 
@@ -142,3 +143,25 @@ def test_a_load_another_client_still_waits_for_goes_on(loading):
 def test_every_watched_path_is_a_route():
     """A renamed route would silently lose its watch."""
     assert INFERENCE <= {path for handler in [*OLLAMA_ROUTES, *OPENAI_ROUTES] for path in handler.paths}
+
+
+# A prompt read in batches of 16 tokens: the cancel of a client that left is seen between two.
+PROMPT = " ".join(f"Line {i}: the knight rode past the dragon's tower and counted the stones." for i in range(120))
+
+
+def test_a_client_that_leaves_during_prompt_processing_frees_the_slot(srv):
+    """Streamed, on /v1 (the other stages are tested on /api above; both dialects share the watch)."""
+    path = "/v1/completions"
+    body = {"model": "smollm2", "prompt": PROMPT, "max_tokens": LONG, "stream": True, "options": {"num_batch": 16}}
+    _quick_batch = {"model": "smollm2", "prompt": "hi", "stream": False, "options": {"num_predict": 1, "num_batch": 16}}
+    assert httpx.post(f"{srv.url}/api/generate", json=_quick_batch, timeout=120).status_code == 200  # loaded so
+    with pytest.raises(httpx.ReadTimeout):  # no first token within the second: still reading the prompt
+        with httpx.stream("POST", f"{srv.url}{path}", json=body, timeout=httpx.Timeout(10, read=1.5)) as r:
+            r.read()
+    assert _processing(srv)
+    gc.collect()  # the timed-out response holds its socket until collected
+    left = time.monotonic()
+    assert wait_until(lambda: not _processing(srv), timeout=10, interval=0.1), srv.log()[-4000:]
+    freed = time.monotonic() - left
+    assert freed < 1.5, f"{freed:.2f}s"
+    assert httpx.post(f"{srv.url}/api/generate", json=_quick_batch, timeout=30).status_code == 200

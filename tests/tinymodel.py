@@ -70,10 +70,13 @@ def write_tiny_model(
     extra_tokens: tuple[str, ...] = (),
     favour: str | None = None,
     f16: bool = False,
+    padding: int = 0,
 ) -> pathlib.Path:
     """`extra_tokens` are added to the vocabulary; `favour` (one of them) is made the greedy
     choice wherever it is allowed, so a test can steer the model into, say, a tool call. `f16`
-    stores the matrices as F16 (norms stay F32, as converters write them): a model to quantize."""
+    stores the matrices as F16 (norms stay F32, as converters write them): a model to quantize.
+    `padding` strings in an extra metadata array make the header as slow to read as a big
+    vocabulary's, without the big vocabulary's slow load."""
     path = pathlib.Path(path)
     tokens, token_types = _vocab(extra_tokens)
     n_vocab = len(tokens)
@@ -142,6 +145,8 @@ def write_tiny_model(
     # ChatML prompts carry their own markers; a BOS in front would just be noise.
     writer.add_add_bos_token(False)
     writer.add_chat_template(chat_template)
+    if padding:
+        writer.add_array("llamagate.test.padding", [f"pad{i}" for i in range(padding)])
 
     for name, data in tensors.items():
         writer.add_tensor(name, data.astype(np.float16) if f16 and data.ndim == 2 else data)

@@ -106,6 +106,9 @@ def serve(verbose: bool, log_level: str | None, log_format: str, drain_timeout: 
     from proxy.service.notify import Notifier
     from proxy.service.server import run
 
+    # Nothing the server or its runners create (store folders, blobs, runtime builds) is writable
+    # by other users, whatever umask it was started with (0 in some containers).
+    os.umask(os.umask(0o022) | 0o022)
     logs.configure(logs.level_of(log_level, verbose, os.environ), log_format)
     notifier = Notifier.from_env(os.environ)
     config = _settings(**flags)

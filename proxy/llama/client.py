@@ -50,6 +50,12 @@ class Target(Protocol):
 _CODES = {"exceed_context_size_error": "context_length_exceeded"}
 
 
+def _unreadable(error: msgspec.DecodeError) -> LlamagateError:
+    """An answer of llama-server's that is no JSON of the shape it sends (a bug, or a process
+    other than llama-server on its port): the client's error, not a traceback."""
+    return LlamagateError(500, f"llama-server sent an answer that can't be read: {error}")
+
+
 def _error(status: int, body: bytes) -> LlamagateError:
     """llama-server's error answer as ours: its status, message and (where it has one) code."""
     try:
@@ -140,7 +146,8 @@ class Hop:
         whole hands its last chunk (the one with llama-server's timings or usage) to `last`.
 
         An error status before the stream starts is raised with llama-server's status and
-        message; an error event inside the stream is raised as a 500. Closing this generator
+        message; an error event inside the stream, or an event that is no JSON, is raised as a
+        500 (a broken connection as its target's failure). Closing this generator
         closes the connection, which makes llama-server cancel the generation and free the slot.
         """
         chunk = None
@@ -160,7 +167,10 @@ class Hop:
                             break
                         if payload.startswith(b'{"error"'):
                             raise _error(500, payload)
-                        chunk = decoder.decode(payload)
+                        try:
+                            chunk = decoder.decode(payload)
+                        except msgspec.DecodeError as e:
+                            raise _unreadable(e) from None
                         yield chunk
                     elif line.startswith(b"error:"):
                         # llama-server builds before Nov 2025 sent mid-stream errors this way.
@@ -196,7 +206,10 @@ class Hop:
         async with self._post(target, path, msgspec.json.encode(body), stream=False) as response:
             if response.status_code != 200:
                 raise _error(response.status_code, response.content)
-            return msgspec.json.decode(response.content, type=response_type)
+            try:
+                return msgspec.json.decode(response.content, type=response_type)
+            except msgspec.DecodeError as e:
+                raise _unreadable(e) from None
 
     async def get(self, target: Target, path: str, timeout: float) -> bytes:
         """GET a small answer within `timeout` seconds (a runner's /metrics); a failure raises

@@ -215,7 +215,7 @@ async def chat(request: Request) -> Response[Any]:
     if not req.model:
         raise bad_request("model is required")
     gate = gate_of(request)
-    model = gate.catalog.require(req.model)
+    model = await gate.catalog.resolve(req.model)
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.messages:
@@ -305,7 +305,7 @@ async def generate(request: Request) -> Response[Any]:
     if not req.model:
         raise not_found("model '' not found")
     gate = gate_of(request)
-    model = gate.catalog.require(req.model)
+    model = await gate.catalog.resolve(req.model)
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.prompt and not req.suffix:

@@ -20,13 +20,15 @@ from supervisor.models.model import Model
 from supervisor.runners.scheduler import LoadOptions
 
 
-def embedding_model(gate: Gateway, text: str) -> Model:
-    """The model an embedding (or rerank) request names; unknown is Ollama's 404."""
+async def embedding_model(gate: Gateway, text: str) -> Model:
+    """The model an embedding (or rerank) request names, its GGUF's header read off the loop;
+    unknown is Ollama's 404."""
     if not text:
         raise not_found("model '' not found")
     model = gate.catalog.get(ModelName.parse(text))
     if model is None:
         raise not_found(f'model "{text}" not found, try pulling it first')
+    await model.read_info()
     return model
 
 
@@ -68,7 +70,7 @@ async def _embed(
 async def embed(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbedRequest)
     gate = gate_of(request)
-    model = embedding_model(gate, req.model)
+    model = await embedding_model(gate, req.model)
     inputs = [req.input] if isinstance(req.input, str) else (req.input or [])
     if inputs == [""]:
         inputs = []  # an empty input only loads the model, as in Ollama
@@ -89,7 +91,7 @@ async def embeddings(request: Request) -> Response[bytes]:
     if not req.model:
         raise bad_request("model is required")
     gate = gate_of(request)
-    model = embedding_model(gate, req.model)
+    model = await embedding_model(gate, req.model)
     inputs = [req.prompt] if req.prompt else []
     vectors, _ = await _embed(gate, model, inputs, req.options, req.keep_alive, True, Timer())
     return json_response(schemas.EmbeddingsResponse(translate.normalize(vectors[0]) if vectors else []))

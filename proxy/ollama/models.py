@@ -25,7 +25,9 @@ from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.models import quantize
 from supervisor.models.model import Model
-from supervisor.models.store import ADAPTER, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel
+from supervisor.models.store import (
+    ADAPTER, DISK_FULL, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel, disk_error,
+)
 from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
 from supervisor.runtime.binary import find_llama_server
@@ -61,7 +63,9 @@ def _listed(m: Model) -> schemas.ListedModel:
 
 @route("/api/tags", http_method=[HttpMethod.GET, HttpMethod.HEAD])
 async def tags(request: Request) -> Response[bytes]:
-    return json_response(schemas.TagsResponse([_listed(m) for m in gate_of(request).catalog.list()]))
+    catalog = gate_of(request).catalog
+    # In a thread: a model listed for the first time has its GGUF's header read.
+    return json_response(schemas.TagsResponse(await asyncio.to_thread(lambda: [_listed(m) for m in catalog.list()])))
 
 
 @route("/api/version", http_method=[HttpMethod.GET, HttpMethod.HEAD])
@@ -234,8 +238,22 @@ async def _quantized(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.St
         plan.layer = await asyncio.to_thread(gate.store.commit_blob_file, tmp, MODEL)
 
 
-async def _run(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct]:
-    """The create's work, its status lines streamed as each step is done."""
+async def _run(gate: Gateway, req: schemas.CreateRequest) -> AsyncIterator[msgspec.Struct]:
+    """The create's work, its status lines streamed as each step is done. The blobs it builds on
+    are pinned from before its checks to its manifest (a delete meanwhile leaves them); the
+    checks, which read GGUF headers, and the writes run in threads, off the event loop."""
+    named = [gate.store.blob_path(d) for d in [*(req.files or {}).values(), *(req.adapters or {}).values()]]
+    async with gate.store.pinned(named):
+        plan = await asyncio.to_thread(_plan, gate, req)
+        used = [plan.layer, *plan.extra]
+        async with gate.store.pinned(gate.store.blob_path(la.digest) for la in used):
+            if gone := [la.digest for la in used if not gate.store.has_blob(la.digest)]:
+                raise bad_request(f"blob {gone[0]} was deleted while the create began")
+            async for line in _steps(gate, plan):
+                yield line
+
+
+async def _steps(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct]:
     if plan.parsed:
         yield schemas.StatusLine("parsing GGUF")
     if plan.quantize:
@@ -248,11 +266,15 @@ async def _run(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct]:
         fresh = new or la.digest == made
         lines.append(schemas.StatusLine(f"{'creating new' if fresh else 'using existing'} layer {la.digest}"))
 
-    await asyncio.to_thread(
-        gate.store.create, plan.name, plan.layer, template=plan.template, system=plan.system, params=plan.params,
-        messages=plan.messages, license=plan.licenses, extra_layers=plan.extra, described=plan.described,
-        on_layer=report,
-    )
+    try:
+        # A change of the store: under its lock, so that no delete's prune runs in between.
+        await gate.store.change(lambda: gate.store.create(
+            plan.name, plan.layer, template=plan.template, system=plan.system, params=plan.params,
+            messages=plan.messages, license=plan.licenses, extra_layers=plan.extra, described=plan.described,
+            on_layer=report,
+        ))
+    except OSError as e:
+        raise disk_error(f"create {plan.name.display}", e) if e.errno in DISK_FULL else e
     for line in lines:
         yield line
     yield schemas.StatusLine("writing manifest")
@@ -263,8 +285,7 @@ async def _run(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct]:
 async def create(request: Request) -> Response[Any]:
     req = await decode_body(request, schemas.CreateRequest)
     gate = gate_of(request)
-    # In a thread: the checks read GGUF headers, which must not stall every other stream.
-    lines = _run(gate, await asyncio.to_thread(_plan, gate, req))
+    lines = _run(gate, req)
     if req.stream is False:  # one object: the last, or the failure with its status
         async with aclosing(lines):
             async for line in lines:
@@ -291,7 +312,7 @@ async def copy(request: Request) -> Response[None]:
     source = gate.catalog.stored(source_name)
     if source is None:
         raise not_found(f'model "{req.source}" not found')
-    gate.store.copy(source, destination)
+    await gate.store.change(lambda: gate.store.copy(source, destination))
     return Response(None, status_code=200)
 
 
@@ -312,7 +333,7 @@ async def delete(request: Request) -> Response[None]:
     model_layer = model.model_path.name.replace("sha256-", "sha256:")
     if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
         await gate.scheduler.unload(gate.catalog.require(text))
-    pruned = gate.store.delete(model)
+    pruned = await gate.store.delete(model)
     log.info("deleted %s; pruned %d blob(s)", model.name.display, len(pruned))
     return Response(None, status_code=200)
 
@@ -332,8 +353,9 @@ async def show(request: Request) -> Response[bytes]:
     if model is None:
         raise not_found(f"model '{name.display}' not found")
     target = model.target
-    # Verbose reads the whole header (the vocabulary, every tensor): in a thread, not on the loop.
-    info = await asyncio.to_thread(target.info, verbose=True) if req.verbose else model.info
+    # Off the loop: a first read of the header, and a verbose one every time (it is not kept).
+    info = await (asyncio.to_thread(target.info, verbose=True) if req.verbose else model.read_info())
+    projector = await asyncio.to_thread(cached_info, target.projector) if target.projector else None
     system = req.system if req.system is not None else model.system
     params = dict(model.params)
     if "num_ctx" in params:  # shown as the context the server will really use (clients read it)
@@ -354,8 +376,7 @@ async def show(request: Request) -> Response[bytes]:
         modified_at=model.modified_at.isoformat(),
         system=system,
         messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,
-        projector_info=translate.model_info(cached_info(target.projector).metadata, 0, req.verbose)
-        if target.projector else None,
+        projector_info=translate.model_info(projector.metadata, 0, req.verbose) if projector else None,
         thinking=translate.thinking(info.chat_template, model.capabilities),
         tensors=translate.tensors(info.tensors) if req.verbose else None,
         requires=model.details.requires,

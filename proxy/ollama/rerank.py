@@ -17,7 +17,7 @@ from proxy.rerank import rerank as score
 async def rerank(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.RerankRequest)
     gate = gate_of(request)
-    model = embedding_model(gate, req.model)
+    model = await embedding_model(gate, req.model)
     documents = req.documents or []
     timer = Timer()
     result = await score(gate, model, load_options(gate, model, req.options, req.keep_alive), req.query, documents,

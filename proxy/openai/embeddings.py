@@ -17,7 +17,7 @@ from proxy.rerank import refuse_for_embeddings
 async def embeddings(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbeddingRequest)
     gate = gate_of(request)
-    model = require_model(gate, req.model)
+    model = await require_model(gate, req.model)
     refuse_for_embeddings(model)
     body = wire.EmbeddingsRequest(translate.embedding_input(req))
     result = await gate.inference.call(model, load_options(gate, model, req, embedding=True), "/v1/embeddings", body,

@@ -32,12 +32,12 @@ def new_id(prefix: str) -> str:
     return prefix + secrets.token_hex(12)
 
 
-def require_model(gate: Gateway, name: str) -> Model:
+async def require_model(gate: Gateway, name: str) -> Model:
     """The model a request names; an unknown one is OpenAI's 404 `model_not_found`."""
     if not name:
         raise bad_request("you must provide a model parameter")
     try:
-        return gate.catalog.require(name)
+        return await gate.catalog.resolve(name)
     except LlamagateError as e:
         if e.status == 404:
             raise LlamagateError(404, f"The model '{name}' does not exist", "model_not_found") from None
@@ -64,7 +64,7 @@ def load_options(gate: Gateway, model: Model, req: schemas._Extensions, embeddin
 async def begin(request: Request, type_: type[T]) -> tuple[Gateway, T, Model]:
     req = await decode_body(request, type_)
     gate = gate_of(request)
-    model = require_model(gate, req.model)  # type: ignore[attr-defined]
+    model = await require_model(gate, req.model)  # type: ignore[attr-defined]
     if req.user:  # type: ignore[attr-defined]
         log.info("%s for user %r", request.url.path, req.user)  # type: ignore[attr-defined]
     return gate, req, model
@@ -83,4 +83,4 @@ async def list_models(request: Request) -> Response[bytes]:
 async def retrieve_model(request: Request, model: str) -> Response[bytes]:
     """The path may hold slashes (`hf.co/user/repo:tag`); the id is the name as asked."""
     name = model.lstrip("/")
-    return json_answer(_model_object(require_model(gate_of(request), name), name))
+    return json_answer(_model_object(await require_model(gate_of(request), name), name))

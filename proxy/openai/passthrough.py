@@ -48,7 +48,7 @@ async def _relay(request: Request, path: str) -> Response[Any]:
     """Route by `model` to its runner and let llama-server's own implementation answer."""
     req = await decode_body(request, schemas.Routed)
     gate = gate_of(request)
-    model = require_model(gate, req.model)
+    model = await require_model(gate, req.model)
     body = await request.body()
     if path == "/v1/responses" and req.reasoning is not None:
         think = translate.responses_think(req.reasoning.effort)

@@ -45,7 +45,7 @@ class Catalog:
                     return model
             except OSError:
                 pass
-            del self._cache[key]
+            self._cache.pop(key, None)  # /api/tags lists in a thread: the loop may drop it too
         return None
 
     def require(self, text: str) -> Model:
@@ -53,6 +53,12 @@ class Catalog:
         model = self.get(ModelName.parse(text))
         if model is None:
             raise not_found(f"model '{text}' not found")
+        return model
+
+    async def resolve(self, text: str) -> Model:
+        """`require`, with the GGUF's header read off the event loop (what a request reads first)."""
+        model = self.require(text)
+        await model.read_info()
         return model
 
     def list(self) -> list[Model]:

@@ -3,6 +3,7 @@ model (Modelfile defaults, details, capabilities), and its target, where it is s
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -51,6 +52,11 @@ class LocalFiles:
     def vision(self) -> bool:
         return self.projector is not None
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file a runner of the model opens."""
+        return (self.model, *((self.projector,) if self.projector else ()), *self.adapters)
+
     def info(self, *, verbose: bool = False) -> GGUFInfo:
         # Verbose reads every array (the vocabulary) and the tensors: too big to keep, so never cached.
         return read_gguf(self.model, max_array=1 << 62, tensors=True) if verbose else cached_info(self.model)
@@ -78,6 +84,13 @@ class Model:
         """The GGUF's metadata, read on first need (/api/tags lists capabilities from it): once
         per resolved model, which the catalog keeps while its manifest is unchanged."""
         return self.target.info()
+
+    async def read_info(self) -> GGUFInfo:
+        """`info`, read in a thread the first time: a GGUF's header (a 262k-token vocabulary
+        takes 0.2-0.4 s) must not stall every other stream on the event loop."""
+        if "info" not in self.__dict__ and isinstance(self.target, LocalFiles):
+            await asyncio.to_thread(lambda: self.info)
+        return self.info
 
     @cached_property
     def capabilities(self) -> list[str]:

@@ -3,23 +3,30 @@ Disk only: the catalog (catalog.py) resolves names over it and the `--upstream` 
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from supervisor.errors import LlamagateError, bad_request
+from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import human_number, read_gguf
 from supervisor.names import ModelName
+
+
+T = TypeVar("T")
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -33,7 +40,12 @@ MESSAGES = "application/vnd.ollama.image.messages"
 LICENSE = "application/vnd.ollama.image.license"
 
 _DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_BLOB_NAME = re.compile(r"sha256-[0-9a-f]{64}")
 _CHUNK = 1 << 20
+# Ollama's layerPruneGracePeriod: a file this young may belong to another process's pull or
+# create whose manifest is not written yet, so the startup prune leaves it.
+PRUNE_GRACE = 3600.0
 
 
 class Layer(msgspec.Struct, omit_defaults=True):
@@ -82,6 +94,30 @@ def digest_hex(digest: str) -> str:
     if not m:
         raise bad_request(f"invalid digest format {digest!r}")
     return m.group(1).lower()
+
+
+def disk_error(what: str, e: OSError) -> LlamagateError:
+    return LlamagateError(507, f"not enough disk space to {what}: {e.strerror or e}")
+
+
+def write_at(fd: int, data: bytes, offset: int) -> None:
+    """pwrite all of `data`, for a thread, on a dup of the file's fd that it closes: the task that
+    started it may be cancelled and close its own fd meanwhile, whose number a new file may get."""
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    finally:
+        os.close(fd)
+
+
+def fsync_dup(fd: int) -> None:
+    """fsync, for a thread, on a dup of the fd that it closes (see `write_at`)."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -204,6 +240,14 @@ class Store:
         self.manifests = root / "manifests"
         # Counts this process's writes of manifests, so that what was read before one is read again.
         self.generation = 0
+        # The store lock: every change (a manifest written, a model created or deleted) and every
+        # pin is taken under it, so a delete's prune never runs between a pin and its check.
+        self._lock = asyncio.Lock()
+        # Blobs in use by work in flight (a pull before its manifest is written, a request on its
+        # runner), and those a delete left to them: pruned when their last pin goes.
+        self._pins: Counter[Path] = Counter()
+        self._orphans: set[Path] = set()
+        self._pruning: set[asyncio.Task[None]] = set()
 
     def blob_path(self, digest: str) -> Path:
         return self.blobs / f"sha256-{digest_hex(digest)}"
@@ -260,6 +304,107 @@ class Store:
     def get(self, name: ModelName) -> StoredModel | None:
         path = self._existing_path(name)
         return self._load(path) if path else None
+
+    # Changing, under the store lock ------------------------------------------------------------
+
+    async def change(self, work: Callable[[], T]) -> T:
+        """`work` (a manifest written, a model created) in a thread under the store lock: its
+        fsyncs and GGUF reads never stall the event loop, and no delete's prune runs meanwhile."""
+        async with self._lock:
+            return await asyncio.to_thread(work)
+
+    @asynccontextmanager
+    async def pinned(self, blobs: Iterable[Path]) -> AsyncIterator[None]:
+        """Keep `blobs` while the work inside needs them: a delete meanwhile leaves them, and
+        they are pruned once the last pin goes if no manifest names them by then. Pinning waits
+        for a delete under way, so a blob found on disk inside is there until the end."""
+        held = list(blobs)
+        async with self._lock:
+            self._pins.update(held)
+        try:
+            yield
+        finally:
+            self._pins.subtract(held)
+            freed = {path for path in held if self._pins[path] <= 0}
+            for path in freed:
+                del self._pins[path]
+            if freed & self._orphans:
+                task = asyncio.create_task(self._prune_orphans())
+                self._pruning.add(task)
+                task.add_done_callback(self._pruning.discard)
+
+    async def delete(self, model: StoredModel) -> list[str]:
+        """Remove a manifest, then the blobs no other manifest names and no work in flight
+        pins; returns the digests pruned now (the pinned ones go when their work ends)."""
+        async with self._lock:
+            pruned, left = await asyncio.to_thread(self._delete, model, set(self._pins))
+            self._orphans.update(left)
+        await self._prune_orphans()  # a pin that went while the delete ran
+        return pruned
+
+    async def _prune_orphans(self) -> None:
+        async with self._lock:
+            free = {path for path in self._orphans if path not in self._pins}
+            self._orphans -= free
+            if free:
+                await asyncio.to_thread(self._prune, free)
+
+    def _prune(self, paths: set[Path]) -> list[str]:
+        """Unlink those of `paths` no manifest names now (a pull may have named one meanwhile)."""
+        in_use = {self.blob_path(digest) for digest in self.digests_in_use()}
+        pruned = []
+        for path in paths - in_use:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            pruned.append(path.name.replace("sha256-", "sha256:"))
+        return pruned
+
+    def _delete(self, model: StoredModel, pinned: set[Path]) -> tuple[list[str], set[Path]]:
+        self.generation += 1
+        try:
+            model.manifest_path.unlink()
+        except FileNotFoundError:  # a delete of the same model just before this one
+            raise not_found(f"model '{model.name.display}' not found") from None
+        self._remove_empty_dirs(model.manifest_path.parent)
+        layers = {self.blob_path(layer.digest) for layer in [model.manifest.config, *model.manifest.layers]}
+        return self._prune(layers - pinned), layers & pinned
+
+    def _remove_empty_dirs(self, directory: Path) -> None:
+        while directory != self.manifests and directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+            directory = directory.parent
+
+    def prune(self, grace: float = PRUNE_GRACE) -> int:
+        """At startup, as Ollama prunes unless OLLAMA_NOPRUNE: files in blobs/ that are no blob
+        (partial downloads, temporary files of a killed upload or write), blobs no manifest names,
+        temporary files beside manifests, and empty manifest folders; each only when older than
+        `grace`, since another process may be writing it. Returns how many files went."""
+        old = time.time() - grace
+        removed = 0
+        in_use = {digest_hex(d) for d in self.digests_in_use()}
+        for path in self.blobs.iterdir() if self.blobs.is_dir() else ():
+            try:
+                if not path.is_file() or path.stat().st_mtime > old:
+                    continue
+                if not _BLOB_NAME.fullmatch(path.name) or path.name[7:] not in in_use:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if self.manifests.is_dir():
+            for path in sorted(self.manifests.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                try:
+                    if path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp"):
+                        if path.stat().st_mtime <= old:
+                            path.unlink()
+                            removed += 1
+                    elif path.is_dir() and not any(path.iterdir()):
+                        path.rmdir()
+                except FileNotFoundError:
+                    continue
+        return removed
 
     # Writing -----------------------------------------------------------------------------------
 
@@ -324,29 +469,48 @@ class Store:
     async def add_blob_stream(self, digest: str, chunks: AsyncIterator[bytes]) -> bool:
         """Store an uploaded blob if its bytes hash to `digest`; False if it was already there.
 
-        A mismatch is a 400 and leaves nothing behind.
+        Written in a thread a megabyte at a time, so the disk never stalls the event loop. A
+        mismatch is a 400 and a full disk a 507; either leaves nothing behind.
         """
         want = digest_hex(digest)
         if self.has_blob(digest):
             async for _ in chunks:
                 pass
             return False
-        fd, tmp = self._new_blob_tmp()
+        fd, tmp = await asyncio.to_thread(self._new_blob_tmp)
         h = hashlib.sha256()
+        size = 0
+
+        async def write(data: bytes) -> None:
+            nonlocal size
+            h.update(data)
+            await asyncio.to_thread(write_at, os.dup(fd), data, size)
+            size += len(data)
+
         try:
-            with os.fdopen(fd, "wb") as f:
+            try:
+                buffer = bytearray()
                 async for chunk in chunks:
-                    h.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+                    buffer += chunk
+                    if len(buffer) >= _CHUNK:
+                        await write(bytes(buffer))
+                        buffer.clear()
+                await write(bytes(buffer))
+                await asyncio.to_thread(fsync_dup, os.dup(fd))
+            finally:
+                os.close(fd)
             if h.hexdigest() != want:
                 raise bad_request(f'digest mismatch, expected "sha256:{want}", got "sha256:{h.hexdigest()}"')
-            self._commit_blob(tmp, want)
-        except BaseException:
+            await asyncio.to_thread(self._commit_blob, tmp, want)
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            async for _ in chunks:  # read to the end, so that the client hears why, not a reset
+                pass
+            raise disk_error(f"store blob {digest}", e) from e
+        finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            raise
         return True
 
     def write_manifest(self, name: ModelName, manifest: Manifest, raw: bytes | None = None) -> StoredModel:
@@ -367,22 +531,6 @@ class Store:
         self.generation += 1
         _atomic_write(path, source.manifest_bytes)
         return self._load(path)
-
-    def delete(self, model: StoredModel) -> list[str]:
-        """Remove a manifest, then the blobs no other manifest names; returns the pruned digests."""
-        self.generation += 1
-        model.manifest_path.unlink()
-        directory = model.manifest_path.parent
-        while directory != self.manifests and not any(directory.iterdir()):
-            directory.rmdir()
-            directory = directory.parent
-        in_use = self.digests_in_use()
-        pruned = []
-        for layer in [model.manifest.config, *model.manifest.layers]:
-            if layer.digest not in in_use and self.has_blob(layer.digest):
-                self.blob_path(layer.digest).unlink()
-                pruned.append(layer.digest)
-        return pruned
 
     def create(
         self,

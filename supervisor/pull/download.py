@@ -9,12 +9,12 @@ killed process never leaves a blob that looks complete but is not.
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -27,7 +27,7 @@ import httpx
 import msgspec
 
 from supervisor.errors import LlamagateError
-from supervisor.models.store import Store, digest_hex, fsync_dir
+from supervisor.models.store import DISK_FULL, Store, disk_error, digest_hex, fsync_dir, fsync_dup, write_at
 
 log = logging.getLogger("llamagate.download")
 
@@ -37,7 +37,9 @@ MIN_PART = 16 * MB  # Ollama's 100 MB floor leaves a 100 MB model on one connect
 MAX_PART = 1000 * MB
 SAVE_EVERY = 1.0  # seconds between writes of a part's progress file
 TICK = 0.06  # seconds between progress reports, as Ollama's
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# A part writes what it gathered, in a thread at its offset, once it has this many bytes or
+# they are a progress report (TICK) old: few writes when fast, fresh progress when slow.
+WRITE_EVERY = 1 << 20
 
 
 class Part(msgspec.Struct):
@@ -87,10 +89,6 @@ def parts_fit(parts: list[Part], total: int) -> bool:
             return False
         offset += part.Size
     return offset == total
-
-
-def disk_error(digest: str, e: OSError) -> LlamagateError:
-    return LlamagateError(507, f"not enough disk space to download {digest}: {e.strerror or e}")
 
 
 @asynccontextmanager
@@ -188,7 +186,7 @@ class BlobDownload:
             try:
                 fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise disk_error(self.digest, e) if e.errno in _DISK_FULL else e
+                raise disk_error(f"download {self.digest}", e) if e.errno in DISK_FULL else e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 # The holder before us may have renamed the file we opened into the blob.
@@ -224,7 +222,9 @@ class BlobDownload:
 
     def _save(self, part: Part) -> None:
         path = self._part_path(part.N)
-        tmp = path.with_name(f".{path.name}.tmp")
+        # A name of its own: a periodic save in a thread may still be writing when the part's
+        # last save runs (a cancelled download); whichever lands last is never more than is in.
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         tmp.write_bytes(msgspec.json.encode(part))
         os.replace(tmp, path)
 
@@ -248,8 +248,7 @@ class BlobDownload:
                 for path in self._saved_parts():
                     path.unlink()
                 parts = [Part(0, 0, self.total)]
-            for part in parts:
-                self._save(part)
+            await asyncio.to_thread(lambda: [self._save(part) for part in parts])
             self.completed = sum(p.Completed for p in parts)
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -258,9 +257,9 @@ class BlobDownload:
                             tasks.create_task(self._fetch_part(part, fd))
             except BaseExceptionGroup as group:
                 raise group.exceptions[0] from None
-            os.fsync(fd)
+            await asyncio.to_thread(fsync_dup, os.dup(fd))
         except OSError as e:
-            raise disk_error(self.digest, e) if e.errno in _DISK_FULL else e
+            raise disk_error(f"download {self.digest}", e) if e.errno in DISK_FULL else e
 
     def _check_space(self, parts: list[Part]) -> None:
         need = sum(p.Size - p.Completed for p in parts)
@@ -332,23 +331,38 @@ class BlobDownload:
                 raise LlamagateError(502, f"download {self.digest}: unexpected status code {r.status_code}")
             # A 200 carries the whole blob: skip to where this part resumes.
             position = part.start if r.status_code == 206 else 0
-            last_save = time.monotonic()
-            async for chunk in r.aiter_raw():
-                if position < part.start:
-                    skip = min(len(chunk), part.start - position)
-                    chunk, position = chunk[skip:], position + skip
-                chunk = chunk[: part.end - part.start]
-                if chunk:
-                    os.pwrite(fd, chunk, part.start)
+            last_save = last_write = time.monotonic()
+            pending = bytearray()
+            try:
+                async for chunk in r.aiter_raw():
+                    if position < part.start:
+                        skip = min(len(chunk), part.start - position)
+                        chunk, position = chunk[skip:], position + skip
+                    chunk = chunk[: part.end - part.start - len(pending)]
+                    pending += chunk
                     position += len(chunk)
-                    part.Completed += len(chunk)
-                    self.completed += len(chunk)
-                if part.Completed >= part.Size:
-                    return
-                if time.monotonic() - last_save > SAVE_EVERY:
-                    self._save(part)
-                    last_save = time.monotonic()
+                    now = time.monotonic()
+                    if len(pending) >= WRITE_EVERY or now - last_write > TICK or part.start + len(pending) >= part.end:
+                        await self._write(part, fd, pending)
+                        last_write = now
+                    if part.Completed >= part.Size:
+                        return
+                    if time.monotonic() - last_save > SAVE_EVERY:
+                        await asyncio.to_thread(self._save, msgspec.structs.replace(part))
+                        last_save = time.monotonic()
+            except httpx.TransportError:
+                await self._write(part, fd, pending)  # what came before the cut is good
+                raise
+            await self._write(part, fd, pending)
             raise _Transient("the connection closed early")
+
+    async def _write(self, part: Part, fd: int, pending: bytearray) -> None:
+        """The bytes gathered for `part`, written at its next offset, then counted as completed."""
+        if pending:
+            await asyncio.to_thread(write_at, os.dup(fd), bytes(pending), part.start)
+            part.Completed += len(pending)
+            self.completed += len(pending)
+            pending.clear()
 
     async def _commit(self) -> None:
         got = await asyncio.to_thread(_sha256, self.partial)
@@ -356,6 +370,9 @@ class BlobDownload:
             self._discard()
             raise LlamagateError(502, f"digest mismatch, file must be downloaded again: "
                                       f"want sha256:{self.hex}, got sha256:{got}")
+        await asyncio.to_thread(self._rename)
+
+    def _rename(self) -> None:
         os.replace(self.partial, self.final)
         fsync_dir(self.final.parent)
         for path in self._saved_parts():

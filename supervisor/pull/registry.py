@@ -109,20 +109,28 @@ class Puller:
 
     async def _manifest(self, base: str, name: ModelName, creds: Credentials) -> bytes:
         url = f"{base}/v2/{name.namespace}/{name.model}/manifests/{name.tag}"
-        accept = {"Accept": MANIFEST_TYPE}
         try:
-            async with follow(self.client, url, {**accept, **creds.headers}, creds.insecure) as r:
-                if r.status_code != 401:
-                    return await _read_manifest(r)
-                await creds.answer(r)  # a private model: the registry wants a token
-            async with follow(self.client, url, {**accept, **creds.headers}, creds.insecure) as r:
-                if r.status_code == 401:
-                    raise LlamagateError(403, f"pull model manifest: {DENIED}")
-                return await _read_manifest(r)
+            try:
+                return await self._get_manifest(url, creds)
+            except httpx.RemoteProtocolError:
+                # A pooled connection the registry closed while it sat idle (the soak met it):
+                # a GET is safe to send again, on a new connection.
+                return await self._get_manifest(url, creds)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             raise _Unreachable(f"{url}: {e}") from e
         except httpx.TransportError as e:
             raise LlamagateError(502, f"pull model manifest: {e or type(e).__name__}") from e
+
+    async def _get_manifest(self, url: str, creds: Credentials) -> bytes:
+        accept = {"Accept": MANIFEST_TYPE}
+        async with follow(self.client, url, {**accept, **creds.headers}, creds.insecure) as r:
+            if r.status_code != 401:
+                return await _read_manifest(r)
+            await creds.answer(r)  # a private model: the registry wants a token
+        async with follow(self.client, url, {**accept, **creds.headers}, creds.insecure) as r:
+            if r.status_code == 401:
+                raise LlamagateError(403, f"pull model manifest: {DENIED}")
+            return await _read_manifest(r)
 
     async def pull(self, text: str, insecure: bool) -> AsyncIterator[Progress]:
         """Pull a model, reporting each step; the first step comes once the manifest is in,
@@ -144,26 +152,31 @@ class Puller:
         manifest = check_manifest(raw)
         yield Progress("pulling manifest")
         blob_base = f"{base}/v2/{name.namespace}/{name.model}/blobs/"
-        async with AsyncExitStack() as waiting:
-            fresh = []
-            for layer in layers_of(manifest):
-                status = f"pulling {digest_hex(layer.digest)[:12]}"
-                if self.store.has_blob(layer.digest):
-                    self.downloads.clean_leftovers(layer.digest)
-                    yield Progress(status, layer.digest, layer.size, layer.size)
-                    continue
-                download = waiting.enter_context(
-                    self.downloads.join(layer.digest, layer.size, blob_base + layer.digest, insecure, creds.headers)
-                )
-                async for completed in download.progress():
-                    yield Progress(status, layer.digest, layer.size, completed)
-                fresh.append(download)
-            yield Progress("verifying sha256 digest")
-            for download in fresh:
-                await download.wait()
-        yield Progress("writing manifest")
-        try:
-            self.store.write_manifest(name, manifest, raw)
-        except OSError as e:
-            raise LlamagateError(507, f"writing the manifest of {name.display}: {e.strerror or e}") from e
+        layers = layers_of(manifest)
+        # Pinned from before the first is looked for until the manifest names them: a delete
+        # of a model sharing one meanwhile leaves it.
+        async with self.store.pinned(self.store.blob_path(layer.digest) for layer in layers):
+            async with AsyncExitStack() as waiting:
+                fresh = []
+                for layer in layers:
+                    status = f"pulling {digest_hex(layer.digest)[:12]}"
+                    if self.store.has_blob(layer.digest):
+                        self.downloads.clean_leftovers(layer.digest)
+                        yield Progress(status, layer.digest, layer.size, layer.size)
+                        continue
+                    download = waiting.enter_context(
+                        self.downloads.join(layer.digest, layer.size, blob_base + layer.digest, insecure,
+                                            creds.headers)
+                    )
+                    async for completed in download.progress():
+                        yield Progress(status, layer.digest, layer.size, completed)
+                    fresh.append(download)
+                yield Progress("verifying sha256 digest")
+                for download in fresh:
+                    await download.wait()
+            yield Progress("writing manifest")
+            try:
+                await self.store.change(lambda: self.store.write_manifest(name, manifest, raw))
+            except OSError as e:
+                raise LlamagateError(507, f"writing the manifest of {name.display}: {e.strerror or e}") from e
         yield Progress("success")

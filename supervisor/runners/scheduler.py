@@ -7,15 +7,15 @@ import asyncio
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.runners import memory
 from supervisor.runtime.install import ensure_llama_server
 from supervisor.config import Config
-from supervisor.errors import LlamagateError
+from supervisor.errors import LlamagateError, not_found
 from supervisor.models.gguf import embedding_pooling
 from supervisor.models.model import LocalFiles, Model
 from supervisor.model_tables import ModelTables, is_path
@@ -67,13 +67,18 @@ def _flag(requested: bool | None, model: Model, name: str) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+Pin = Callable[[Iterable[Path]], AbstractAsyncContextManager[None]]
+
+
 class Scheduler:
     """`tables` are the config file's model tables, read at each load (a reload swaps them);
-    `find` resolves a draft_model given by name to its GGUF."""
+    `find` resolves a draft_model given by name to its GGUF; `pin` holds a request's model files
+    in the store (Store.pinned), so that a delete racing a runner's start leaves them."""
 
     def __init__(self, config: Config, events: RunnerEvents | None = None, tables: ModelTables | None = None,
-                 find: Callable[[str], Path] | None = None) -> None:
+                 find: Callable[[str], Path] | None = None, pin: Pin | None = None) -> None:
         self.config = config
+        self._pin = pin or (lambda _files: nullcontext())
         self.tables = tables or ModelTables(config.models)
         self._find = find
         self._events = events
@@ -164,8 +169,11 @@ class Scheduler:
                 async with pool.lease() as lease:
                     yield lease
             case LocalFiles() as files:
-                async with self._runner(model, files, load) as runner:
-                    yield runner
+                async with self._pin(files.files):
+                    if not files.model.is_file():  # deleted since the name was resolved
+                        raise not_found(f"model '{model.name.display}' not found")
+                    async with self._runner(model, files, load) as runner:
+                        yield runner
 
     @asynccontextmanager
     async def _runner(self, model: Model, files: LocalFiles, load: LoadOptions) -> AsyncIterator[Runner]:
