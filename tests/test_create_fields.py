@@ -75,3 +75,12 @@ def test_what_cannot_apply_is_refused(server: Server, tiny_files: dict[str, str]
     assert r.status_code == 400 and message in r.json()["error"], r.text
     assert "refused:latest" not in [m["name"] for m in httpx.get(f"{server.url}/api/tags").json()["models"]]
 
+
+
+def test_cli_create_and_show(server: Server, tiny_gguf: Path):
+    """`llamagate create` sends a Modelfile's RENDERER, PARSER and REQUIRES; `llamagate show`
+    lists `requires` under Model, as `ollama show` does."""
+    server.create("cli-described", tiny_gguf, "RENDERER qwen3-coder", "PARSER harmony", "REQUIRES v0.14.0")
+    assert "\nRENDERER qwen3-coder\nPARSER harmony\n" in _show(server, "cli-described")["modelfile"]
+    model = server.cli("show", "cli-described").stdout.split("\n\n")[0]
+    assert model.splitlines()[-1].split() == ["requires", "0.14.0"]
