@@ -1,5 +1,5 @@
 """/api/create's `requires`, `renderer`, `parser`, `info` and draft fields, as /api/show and
-/api/tags give them back."""
+/api/tags give them back (the draft model's launch: test_ollama_fake_upstream)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def test_requires_renderer_parser_and_info_are_stored_and_shown(server: Server, 
     ({"info": {"capabilities": ["vision"]}}, "info field 'capabilities' is not supported"),
     ({"info": {"context_length": 131072}}, "info field 'context_length' is not supported"),
     ({"draft_quantize": "q8_0"}, "--draft-quantize requires a DRAFT model"),
-    ({"draft_files": {"draft.gguf": "sha256:" + "0" * 64}}, "draft_model in the model's [models] table"),
+    ({"draft_files": {"draft.gguf": "sha256:" + "0" * 64}}, "for draft.gguf not found"),
+    ({"draft_files": {"../draft.gguf": "sha256:" + "0" * 64}}, "file path must be relative"),
 ])
 def test_what_cannot_apply_is_refused(server: Server, tiny_files: dict[str, str], body: dict, message: str):
     r = _create(server, {"model": "refused", "files": tiny_files, **body})

@@ -170,3 +170,21 @@ def test_draft_num_predict_reaches_llama_server_as_speculative_n_max(fake):
 def test_status_source_with_ollama_no_cloud(fake):
     """llamagate's cloud is always off, as a config file turns Ollama's off; the variable too is "both"."""
     assert httpx.get(f"{fake.url}/api/status").json() == {"cloud": {"disabled": True, "source": "both"}}
+
+
+def test_a_created_draft_model_is_llama_servers_model_draft(fake, tmp_path):
+    """draft_files becomes the model's draft layer, started as --model-draft and kept by a model
+    made FROM it; draft_quantize is refused."""
+    files = {"main.gguf": fake.client.create_blob(_metadata_gguf(tmp_path / "main.gguf", "llama"))}
+    draft = {"small.gguf": fake.client.create_blob(_metadata_gguf(tmp_path / "small.gguf", "llama", **{"x": "d"}))}
+    body = {"model": "drafted", "files": files, "draft_files": draft, "stream": False}
+    r = httpx.post(f"{fake.url}/api/create", json={**body, "draft_quantize": "q8_0"})
+    assert r.status_code == 400 and "draft_quantize is not supported" in r.json()["error"]
+    # The ollama client has no draft_files (its `create` predates them).
+    assert httpx.post(f"{fake.url}/api/create", json=body).json() == {"status": "success"}
+    fake.client.create(model="drafted-too", from_="drafted", system="Be brief.")
+    blob = fake.models / "blobs" / draft["small.gguf"].replace(":", "-")
+    assert f"\nDRAFT {blob}\n" in fake.client.show("drafted-too").modelfile
+    fake.client.chat(model="drafted-too", messages=[{"role": "user", "content": "hi"}])
+    argv = next(r["argv"] for r in reversed(fake.requests()) if "argv" in r)
+    assert argv[argv.index("--model-draft") + 1] == str(blob)

@@ -26,7 +26,7 @@ from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.models import quantize
 from supervisor.models.model import Model
 from supervisor.models.store import (
-    ADAPTER, DISK_FULL, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel, disk_error,
+    ADAPTER, DISK_FULL, DRAFT, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel, disk_error,
 )
 from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
@@ -157,14 +157,13 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
     """Every check of a create, before its first status line: a failure gets a real status
     instead of an error line in a 200 stream."""
     name = ModelName.parse(req.model or req.name)
-    for filename in [*(req.files or {}), *(req.adapters or {})]:
+    for filename in [*(req.files or {}), *(req.adapters or {}), *(req.draft_files or {})]:
         if filename.startswith(("/", "\\")) or ".." in Path(filename).parts:
             raise bad_request("file path must be relative")
     if req.draft_quantize and not req.draft_files:
         raise bad_request("--draft-quantize requires a DRAFT model")
-    if req.draft_files:
-        raise bad_request("a DRAFT model inside a created model is not supported: name the draft GGUF "
-                          "as draft_model in the model's [models] table of the config file instead")
+    if req.draft_quantize:
+        raise bad_request("draft_quantize is not supported: quantize the draft GGUF before the create")
     quantize_to = quantize.parse_type(req.quantize or req.quantization) if (req.quantize or req.quantization) else ""
     base: StoredModel | None = None
     extra: list[Layer] = []
@@ -181,7 +180,7 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
         if base is None:
             raise not_found(f"model '{req.from_}' not found")
         layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
-        extra = [la for la in base.manifest.layers if la.mediaType in (PROJECTOR, ADAPTER)]
+        extra = [la for la in base.manifest.layers if la.mediaType in (PROJECTOR, ADAPTER, DRAFT)]
     else:
         raise bad_request("neither 'from' or 'files' was specified")
     for filename, digest in (req.adapters or {}).items():
@@ -189,6 +188,11 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
         if adapter.mediaType != ADAPTER or read_gguf(gate.store.blob_path(digest)).metadata.get("general.type") != "adapter":
             raise bad_request(f"{filename}: not a LoRA adapter GGUF")
         extra.append(adapter)
+    if req.draft_files:  # llama-server's --model-draft, replacing a base model's draft
+        drafts = [_gguf_layer(gate, digest, filename, DRAFT) for filename, digest in req.draft_files.items()]
+        if len(drafts) != 1 or drafts[0].mediaType != DRAFT:
+            raise bad_request("draft_files must hold exactly one GGUF model")
+        extra = [la for la in extra if la.mediaType != DRAFT] + drafts
     source_type = cached_info(gate.store.blob_path(layer.digest)).file_type
     if quantize_to:
         quantize.check_source(source_type)
@@ -242,7 +246,8 @@ async def _run(gate: Gateway, req: schemas.CreateRequest) -> AsyncIterator[msgsp
     """The create's work, its status lines streamed as each step is done. The blobs it builds on
     are pinned from before its checks to its manifest (a delete meanwhile leaves them); the
     checks, which read GGUF headers, and the writes run in threads, off the event loop."""
-    named = [gate.store.blob_path(d) for d in [*(req.files or {}).values(), *(req.adapters or {}).values()]]
+    named = [gate.store.blob_path(d) for files in (req.files, req.adapters, req.draft_files)
+             for d in (files or {}).values()]
     async with gate.store.pinned(named):
         plan = await asyncio.to_thread(_plan, gate, req)
         used = [plan.layer, *plan.extra]
@@ -365,7 +370,8 @@ async def show(request: Request) -> Response[bytes]:
             model.name.display, target.location, template=model.template, system=system,
             params=model.params, messages=[(m.role, m.content) for m in model.messages],
             licenses=list(model.licenses), projector=str(target.projector or ""),
-            adapters=[str(a) for a in target.adapters], renderer=model.details.renderer, parser=model.details.parser,
+            adapters=[str(a) for a in target.adapters], draft=str(target.draft or ""),
+            renderer=model.details.renderer, parser=model.details.parser,
         ),
         parameters=translate.parameters_text(params),
         template=model.template or translate.shown_template(info.chat_template, model.capabilities),

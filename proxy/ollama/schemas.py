@@ -196,7 +196,7 @@ class CreateRequest(msgspec.Struct):
     parser: str = ""
     requires: str = ""
     info: dict[str, Any] | None = None
-    # A draft model for speculative decoding inside the model: refused (see models._plan).
+    # A draft model for speculative decoding (one GGUF), stored as the model's draft layer.
     draft_files: dict[str, str] | None = None
     draft_quantize: str = ""
 

@@ -33,6 +33,7 @@ CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 MODEL = "application/vnd.ollama.image.model"
 PROJECTOR = "application/vnd.ollama.image.projector"
 ADAPTER = "application/vnd.ollama.image.adapter"
+DRAFT = "application/vnd.ollama.image.draft"  # speculative decoding's draft model (Ollama 0.30)
 TEMPLATE = "application/vnd.ollama.image.template"
 SYSTEM = "application/vnd.ollama.image.system"
 PARAMS = "application/vnd.ollama.image.params"
@@ -196,6 +197,11 @@ class StoredModel:
     @property
     def projector_path(self) -> Path | None:
         layer = self._layer(PROJECTOR)
+        return self.store.blob_path(layer.digest) if layer else None
+
+    @property
+    def draft_path(self) -> Path | None:
+        layer = self._layer(DRAFT)
         return self.store.blob_path(layer.digest) if layer else None
 
     @property
