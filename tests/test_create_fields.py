@@ -11,6 +11,7 @@ import ollama
 import pytest
 
 from conftest import Server
+from tinymodel import write_tiny_model
 
 
 def _create(server: Server, body: dict) -> httpx.Response:
@@ -85,3 +86,19 @@ def test_cli_create_and_show(server: Server, tiny_gguf: Path):
     assert "\nRENDERER qwen3-coder\nPARSER harmony\n" in _show(server, "cli-described")["modelfile"]
     model = server.cli("show", "cli-described").stdout.split("\n\n")[0]
     assert model.splitlines()[-1].split() == ["requires", "0.14.0"]
+
+
+def test_a_draft_layer_runs_speculative_decoding(server: Server, tiny_files: dict[str, str], tmp_path: Path):
+    """The real llama-server starts with the draft layer as --model-draft and takes a request's
+    draft_num_predict (a random-weight model drafting for another of the same vocabulary)."""
+    client = ollama.Client(server.url)
+    draft = {"draft.gguf": client.create_blob(write_tiny_model(tmp_path / "draft.gguf", padding=64))}
+    r = _create(server, {"model": "drafted", "files": tiny_files, "draft_files": draft})
+    assert r.json() == {"status": "success"}, r.text
+    answer = client.generate(model="drafted", prompt="hi", options={"num_predict": 8, "draft_num_predict": 4,
+                                                                   "temperature": 0})
+    assert answer.done and answer.eval_count > 0
+    blob = str(server.models / "blobs" / draft["draft.gguf"].replace(":", "-"))
+    argvs = [Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") for pid in server.runner_pids()]
+    assert any(a[a.index("--model-draft") + 1] == blob for a in argvs if "--model-draft" in a), argvs
+    client.generate(model="drafted", keep_alive=0)  # unloaded: the shared server's other runners keep their room
