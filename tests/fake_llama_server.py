@@ -1,11 +1,18 @@
-"""A stand-in for llama-server, for what no small model here can do (thinking, vision, infill)
-and for an engine's faults: it logs its arguments and every request it gets to $FAKE_LLAMA_LOG
-and streams canned answers shaped like llama-server's. Started by llamagate through
-`--llama-server`, like the real one.
+"""A stand-in for llama-server, for what no small model here can do (thinking, vision, infill,
+GPUs) and for an engine's faults: it logs its arguments and every request it gets to
+$FAKE_LLAMA_LOG and streams canned answers shaped like llama-server's. Started by llamagate
+through `--llama-server`, like the real one.
 
 A generation whose body holds `FAULT:<kind>` fails: `500` answers llama-server's error, `garbage`
 answers bytes that are no JSON (an SSE event of them when streamed), `die` kills the process
-(SIGKILL) after the first streamed event, `hang` stops it (SIGSTOP: alive, answering nothing)."""
+(SIGKILL) after the first streamed event, `hang` stops it (SIGSTOP: alive, answering nothing).
+
+GPUs: $FAKE_GPUS lists the machine's, `NAME=description:total MiB:free MiB` separated by `;`.
+`--list-devices` prints them as llama-server does, and a load logs its offload and buffer lines
+as llama-server does at `--log-verbosity 4`, for a model of $FAKE_MODEL_MIB (default: its file) in
+$FAKE_LAYERS offloadable layers (default 31) with a KV cache of $FAKE_KV_MIB (default 40): every
+layer on the GPUs given by `--device` (else all), split evenly, or `--n-gpu-layers` of them, or
+$FAKE_FIT_LAYERS (what --fit would choose)."""
 
 from __future__ import annotations
 
@@ -239,8 +246,65 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def _gpus() -> list[tuple[str, str, int, int]]:
+    out = []
+    for entry in filter(None, os.environ.get("FAKE_GPUS", "").split(";")):
+        name, rest = entry.split("=", 1)
+        description, total, free = rest.rsplit(":", 2)
+        out.append((name, description, int(total), int(free)))
+    return out
+
+
+def _list_devices() -> None:
+    print("Available devices:")
+    for name, description, total, free in _gpus():
+        print(f"  {name}: {description} ({total} MiB, {free} MiB free)")
+    if not _gpus():
+        print("  (none)")
+
+
+def _arg(flag: str) -> str | None:
+    args = sys.argv[1:]
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def _log_load() -> None:
+    """The offload and buffer lines of a load, in llama-server's format (timestamps and levels)."""
+    file_mib = os.path.getsize(_arg("--model")) / (1 << 20)
+    model, layers, kv = (float(os.environ.get(k, d)) for k, d in
+                         (("FAKE_MODEL_MIB", file_mib), ("FAKE_LAYERS", 31), ("FAKE_KV_MIB", 40)))
+    layers = int(layers)
+    chosen = _arg("--device")
+    gpus = [g[0] for g in _gpus() if chosen is None or g[0] in chosen.split(",")]
+    n = int(_arg("--n-gpu-layers") or os.environ.get("FAKE_FIT_LAYERS") or layers) if gpus else 0
+    n = max(min(n, layers), 0)
+    lines = []
+    if n:
+        lines.append(f"load_tensors: offloading {min(n, layers - 1)} repeating layers to GPU")
+        lines.append(f"load_tensors: offloaded {n}/{layers} layers to GPU")
+    on_gpu = model * n / layers
+    for g in gpus if n else []:
+        lines.append(f"load_tensors: {g:>12} model buffer size = {on_gpu / len(gpus):8.2f} MiB")
+    lines.append(f"load_tensors: {'CPU_Mapped':>12} model buffer size = {model - on_gpu:8.2f} MiB")
+    lines.append(f"llama_context: {'CPU':>10}  output buffer size = {0.75:8.2f} MiB")
+    kv_gpu = kv * min(n, layers - 1) / (layers - 1)
+    for g in gpus if n else []:
+        lines.append(f"llama_kv_cache: {g:>10} KV buffer size = {kv_gpu / len(gpus):8.2f} MiB")
+    if kv - kv_gpu:
+        lines.append(f"llama_kv_cache: {'CPU':>10} KV buffer size = {kv - kv_gpu:8.2f} MiB")
+    for g in gpus if n else []:
+        lines.append(f"sched_reserve: {g:>10} compute buffer size = {10:8.2f} MiB")
+    lines.append(f"sched_reserve: {'CUDA_Host' if n else 'CPU':>10} compute buffer size = {5:8.2f} MiB")
+    for i, line in enumerate(lines):
+        print(f"0.00.{100 + i:03d}.000 I {line}", flush=True)
+
+
 def main() -> None:
+    if "--list-devices" in sys.argv:  # not a start: not recorded
+        _list_devices()
+        return
     _record({"argv": sys.argv[1:]})
+    _log_load()
     server = _Server(("127.0.0.1", 0), Handler)
     print(f"main: server is listening on http://127.0.0.1:{server.server_address[1]} - starting the main loop",
           flush=True)

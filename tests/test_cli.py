@@ -25,9 +25,11 @@ def test_run_reads_a_piped_prompt(server):
 
 
 def test_run_unknown_model_is_a_clear_error(server):
-    r = server.cli("run", "nosuch", "hi", check=False)
-    # `run` asks /api/show first, as `ollama run` does; it names the model with its tag.
-    assert r.returncode == 1 and "model 'nosuch:latest' not found" in r.stderr
+    # `run` asks /api/show first and pulls what it doesn't find, as `ollama run` does (a registry
+    # that has it or not: test_run_session); here no registry answers at the name's host.
+    r = server.cli("run", "127.0.0.1:9/library/nosuch", "--insecure", "hi", check=False)
+    assert r.returncode == 1
+    assert r.stderr.startswith("Error: pull model manifest: registry unreachable: http://127.0.0.1:9/v2/")
 
 
 def test_create_from_an_existing_model_and_bad_modelfiles(server, tmp_path):

@@ -1,10 +1,13 @@
-"""The llama-server hop (proxy/llama/client.py) against loopback servers: one that hangs up on the
-first connection without answering, as llama-server does with a pooled connection it closed as
-idle, and one that counts connections, to show that requests share one."""
+"""The llama-server hop (proxy/llama/client.py on its client, proxy/llama/http11.py) against
+loopback servers: one that hangs up on the first connection without answering, as llama-server
+does with a pooled connection it closed as idle; ones that count connections, to show that
+requests share one and that a stream left early closes its own; one that cuts an answer short;
+and a port nothing listens on."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from proxy.llama import wire
 from proxy.llama.client import Hop
@@ -125,19 +128,10 @@ def test_requests_to_one_server_share_its_connection_whatever_holds_them():
 
 def test_concurrent_requests_to_several_servers_all_complete(monkeypatch):
     """New pools (a new server, a restarted runner's new key) retire only idle pools, never one
-    whose request is still waiting for its answer, and two requests never retire one twice."""
-    import httpx
-
+    whose request is still waiting for its answer."""
     import proxy.llama.client
 
     monkeypatch.setattr(proxy.llama.client, "_STALE", 0.0)  # every idle pool is stale at once
-    close = httpx.AsyncClient.aclose
-
-    async def slow_close(self: httpx.AsyncClient) -> None:
-        await asyncio.sleep(0.05)  # closing real sockets yields to other requests, here always
-        await close(self)
-
-    monkeypatch.setattr(httpx.AsyncClient, "aclose", slow_close)
 
     async def main() -> None:
         async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -173,5 +167,156 @@ def test_concurrent_requests_to_several_servers_all_complete(monkeypatch):
             await hop.aclose()
             for s in servers:
                 s.close()
+
+    asyncio.run(main())
+
+
+def _serve(handler):
+    return asyncio.start_server(handler, "127.0.0.1", 0)
+
+
+def test_leaving_a_stream_closes_its_connection_and_a_whole_answer_keeps_it():
+    """Closing a stream before its end closes the connection (how llama-server learns to stop
+    generating); an answer read to its end, chunked or not, leaves the connection for the next."""
+    async def main() -> None:
+        connections: list[int] = []
+        closed = asyncio.Event()
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    closed.set()
+                    break
+                await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+                if b"/tokenize" in head:
+                    writer.write(SSE.replace(b"text/event-stream", b"application/json") + _chunk(b'{"tokens"')
+                                 + _chunk(b":[3]}") + _chunk(b""))
+                else:
+                    writer.write(SSE + b"".join(_chunk(b'data: {"content":"a","stop":false}\n\n') for _ in range(3)))
+                await writer.drain()
+            writer.close()
+
+        server = await _serve(answer)
+        hop = Hop()
+        try:
+            endpoint = _Endpoint(server.sockets[0].getsockname()[1])
+            for _ in range(2):
+                r = await hop.post(endpoint, "/tokenize", wire.TokenizeRequest("x"), wire.TokenizeResponse)
+                assert r.tokens == [3]
+            assert len(connections) == 1
+            body = wire.CompletionRequest(prompt="x", stream=True, cache_prompt=True)
+            chunks = hop.stream(endpoint, "/completion", body, wire.CompletionChunk)
+            assert (await anext(chunks)).content == "a"
+            await chunks.aclose()
+            await asyncio.wait_for(closed.wait(), 5)
+        finally:
+            await hop.aclose()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_a_connection_broken_mid_answer_fails_the_request_with_the_targets_error():
+    async def main() -> None:
+        async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(SSE + _chunk(b'data: {"content":"a","stop":false}\n\n'))
+            await writer.drain()
+            writer.close()
+
+        server = await _serve(cut)
+        hop = Hop()
+        try:
+            endpoint = _Endpoint(server.sockets[0].getsockname()[1])
+            body = wire.CompletionRequest(prompt="x", stream=True, cache_prompt=True)
+            seen = []
+            try:
+                async for c in hop.stream(endpoint, "/completion", body, wire.CompletionChunk):
+                    seen.append(c.content)
+            except LlamagateError as e:
+                assert e.status == 500 and "closed the connection" in e.message
+            else:
+                raise AssertionError("a cut stream must fail")
+            assert seen == ["a"]
+        finally:
+            await hop.aclose()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_a_refused_connection_asks_the_target_to_fail_over(monkeypatch):
+    """Nothing listening: the target is asked whether it moved (an --upstream pool's next
+    server); where it did, the call goes there; where not, its error is the answer."""
+    async def main() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            body = b'{"tokens":[5]}'
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            writer.close()
+
+        server = await _serve(answer)
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        live_port = server.sockets[0].getsockname()[1]
+
+        class Moving(_Endpoint):
+            def failover(self, error: Exception) -> bool:
+                self.base_url = f"http://127.0.0.1:{live_port}"
+                return True
+
+        hop = Hop()
+        try:
+            dead_port = dead.getsockname()[1]
+            r = await hop.post(Moving(dead_port), "/tokenize", wire.TokenizeRequest("x"), wire.TokenizeResponse)
+            assert r.tokens == [5]
+            try:
+                await hop.post(_Endpoint(dead_port), "/tokenize", wire.TokenizeRequest("x"), wire.TokenizeResponse)
+            except LlamagateError as e:
+                assert e.status == 500 and "cannot connect" in e.message
+            else:
+                raise AssertionError("a refused connection must fail")
+        finally:
+            await hop.aclose()
+            server.close()
+            dead.close()
+
+    asyncio.run(main())
+
+
+def test_a_connection_idle_past_the_keep_alive_is_not_reused(monkeypatch):
+    """Idle longer than llama-server keeps a connection (5 s, ours 4 s), a new one is made,
+    rather than a request written into one the server is closing."""
+    from proxy.llama import http11
+
+    async def main() -> None:
+        connections: list[int] = []
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break
+                writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\n{"tokens":[]}')
+                await writer.drain()
+            writer.close()
+
+        server = await _serve(answer)
+        hop = Hop()
+        try:
+            endpoint = _Endpoint(server.sockets[0].getsockname()[1])
+            await hop.post(endpoint, "/tokenize", wire.TokenizeRequest("x"), wire.TokenizeResponse)
+            monkeypatch.setattr(http11, "KEEPALIVE", 0.0)
+            await hop.post(endpoint, "/tokenize", wire.TokenizeRequest("x"), wire.TokenizeResponse)
+            assert len(connections) == 2
+        finally:
+            await hop.aclose()
+            server.close()
 
     asyncio.run(main())

@@ -40,7 +40,7 @@ def test_a_rerankers_embedding_runner_reranks():
 
 _BASE = ["/bin/llama-server", "--model", "/m.gguf", "--host", "127.0.0.1", "--port", "0", "--ctx-size", "1024",
          "--parallel", "2", "--threads", "1", "--jinja", "--no-webui", "--offline", "--log-colors", "off",
-         "--metrics"]
+         "--log-verbosity", "4", "--metrics"]
 
 
 @pytest.mark.parametrize(
@@ -59,6 +59,8 @@ _BASE = ["/bin/llama-server", "--model", "/m.gguf", "--host", "127.0.0.1", "--po
         ({"use_mlock": True}, ["--load-mode", "mmap+mlock"]),
         ({"use_mmap": False, "use_mlock": True, "main_gpu": 1}, ["--main-gpu", "1", "--load-mode", "mlock"]),
         ({"use_mmap": True, "use_mlock": False}, []),
+        # The GPU the scheduler chose for it alone (OLLAMA_SCHED_SPREAD off, several GPUs).
+        ({"device": "CUDA1"}, ["--device", "CUDA1"]),
         # Model tables: then their extra_args, last.
         ({"flash_attention": False, "cache_type_k": "f32", "cache_type_v": "bf16", "draft": Path("/d.gguf"),
           "draft_max": 8, "draft_min": 2, "extra_args": ("--no-warmup",)},
@@ -68,6 +70,12 @@ _BASE = ["/bin/llama-server", "--model", "/m.gguf", "--host", "127.0.0.1", "--po
 )
 def test_whole_command_line(options, after_base):
     assert _spec(**options).args() == _BASE + after_base
+
+
+def test_the_chosen_gpu_is_no_other_process():
+    """A runner started on CUDA1 serves requests whose spec chose no GPU yet: the choice is the
+    scheduler's, made at each load, not the request's."""
+    assert _spec(device="CUDA1") == _spec()
 
 
 def test_child_env_drops_llama_variables_and_carries_the_key(monkeypatch):

@@ -1,6 +1,7 @@
 """`llamagate run` as people use `ollama run`: the chat session in a pseudo-terminal (pexpect) with
-its commands, and the flags of a one-shot run, against SmolLM2 on a real llama-server; thinking and
-images against tests/fake_llama_server.py, since no small model here thinks or sees."""
+its commands, and the flags of a one-shot run, against SmolLM2 on a real llama-server; thinking,
+images, word wrap and a model pulled first (from the loopback registry of tests/registries.py)
+against tests/fake_llama_server.py, since no small model here thinks or sees."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ import httpx
 import pexpect
 import pytest
 from conftest import fake_upstream_server, llamagate_cmd
+from registries import MODEL
 from test_ollama_fake_upstream import THINKING_TEMPLATE, _metadata_gguf
 
 from proxy.cli.client import Client, ClientError
 from proxy.cli.images import ImageError, extract
 from proxy.cli.modelfile import ModelfileError, parameter
+from proxy.cli.wordwrap import WordWrap
 from supervisor.durations import format_go_duration
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
@@ -36,10 +39,10 @@ def short(server, tmp_path_factory):
     return server
 
 
-def _spawn(srv, *args: str, cwd=None) -> pexpect.spawn:
+def _spawn(srv, *args: str, cwd=None, columns: int = 200) -> pexpect.spawn:
     cmd = [*llamagate_cmd(), "run", *args]
     return pexpect.spawn(cmd[0], cmd[1:], env={**srv.env, "TERM": "xterm"}, encoding="utf-8", timeout=60,
-                         cwd=cwd, dimensions=(40, 200))
+                         cwd=cwd, dimensions=(40, columns))
 
 
 def _shown(output: str) -> str:
@@ -162,9 +165,9 @@ def test_one_shot_flags(short):
 
 
 @pytest.fixture(scope="module")
-def fake(tmp_path_factory):
+def fake(tmp_path_factory, registry):
     tmp = tmp_path_factory.mktemp("fake-run")
-    srv = fake_upstream_server(tmp)
+    srv = fake_upstream_server(tmp, env={"LLAMAGATE_REGISTRY_MIRRORS": f"registry.ollama.ai={registry.url}"})
     try:
         ggufs = {"thinker.gguf": _metadata_gguf(tmp / "thinker.gguf", "qwen3",
                                                 **{"tokenizer.chat_template": THINKING_TEMPLATE}),
@@ -288,3 +291,87 @@ def test_a_server_lost_mid_answer_is_an_error_not_a_traceback():
     with pytest.raises(ClientError, match="lost the connection to the server"):
         next(chunks)
     httpd.server_close()
+
+
+def test_a_model_not_found_is_pulled_first(fake, registry, tiny_gguf):
+    registry.publish("test/pulled:v1", [(MODEL, tiny_gguf.read_bytes())])
+    r = fake.cli("run", "test/pulled:v1", "--think=false", "hi")
+    # `llamagate pull`'s display (each step once, standard error being no terminal), then the answer.
+    steps = r.stderr.splitlines()
+    assert steps[0] == "pulling manifest" and steps[-1] == "success"
+    assert any(re.fullmatch(r"pulling [0-9a-f]{12}\.\.\. 100% ▕█{25}▏ .+", line) for line in steps)
+    assert r.stdout == "MIDDLE\n\n"  # the fake's answer to a prompt without a chat template (the tiny model's)
+    assert fake.cli("run", "test/pulled:v1", "--think=false", "hi").stderr == ""  # there now: no pull
+    listed = fake.cli("list", "TEST/").stdout  # `list PREFIX`, in any case, as `ollama list PREFIX`
+    assert "test/pulled:v1" in listed and "thinker" not in listed
+    r = fake.cli("run", "test/nosuch", "hi", check=False)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1] == "Error: pull model manifest: file does not exist"
+    r = fake.cli("run", "Bad:Name:Here", "hi", check=False)  # refused by /api/show (400): nothing pulled
+    assert r.returncode == 1 and "pulling" not in r.stderr
+
+
+def _screen(output: str) -> list[str]:
+    """The lines a terminal shows for `output`: text, \\r, \\n, the cursor moved left (ESC [n D) and
+    the line cleared from the cursor (ESC [K); a character a column."""
+    lines, column = [""], 0
+    for token in re.findall(r"\x1b\[(\d*)([DK])|(\r)|(\n)|(.)", output, re.S):
+        count, code, cr, nl, ch = token
+        if code == "D":
+            column -= int(count or 1)
+        elif code == "K":
+            lines[-1] = lines[-1][:column]
+        elif cr:
+            column = 0
+        elif nl:  # a terminal's \n: the next line's start, as the pty's onlcr makes it
+            lines.append("")
+            column = 0
+        else:
+            lines[-1] = lines[-1][:column].ljust(column) + ch + lines[-1][column + 1:]
+            column += 1
+    return lines
+
+
+SENTENCE = "the quick brown fox jumps over the lazy dog while seven zebras watch it from afar"
+
+
+def test_answers_wrap_at_the_terminal_width_unless_nowordwrap(fake):
+    child = _spawn(fake, "thinker", "--think=false", columns=40)
+    child.expect_exact(">>> ")
+    child.sendline("ECHO:" + SENTENCE)
+    child.expect_exact(">>> ")
+    answer = [line for line in _screen(child.before)[1:] if line.strip()]
+    # Lines end before the word that would come within 5 columns of the edge (35 here), no word cut.
+    assert answer == ["the quick brown fox jumps over the ", "lazy dog while seven zebras watch ",
+                      "it from afar"]
+    _say(child, "/set nowordwrap", "Set 'nowordwrap' mode.", ">>> ")
+    child.sendline("ECHO:" + SENTENCE)
+    child.expect_exact(SENTENCE + "\r\n")  # one line: the terminal folds it, where it may cut a word
+    child.expect_exact(">>> ")
+    _say(child, "/set wordwrap", "Set 'wordwrap' mode.", ">>> ")
+    # /list is `llamagate list` (a prefix narrows it), as in Ollama's session.
+    _say(child, "/list", ">>> ")
+    assert re.search(r"NAME\s+ID\s+SIZE\s+MODIFIED", child.before)
+    assert "thinker:latest" in child.before and "vision:latest" in child.before
+    _say(child, "/list THINK", ">>> ")
+    assert "thinker:latest" in child.before and "vision" not in child.before
+    _say(child, "/bye")
+    child.expect(pexpect.EOF)
+    child = _spawn(fake, "thinker", "--think=false", "--nowordwrap", columns=40)
+    child.expect_exact(">>> ")
+    child.sendline("ECHO:" + SENTENCE)
+    child.expect_exact(SENTENCE + "\r\n")
+    child.expect_exact(">>> ")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+
+
+def test_word_wrap_of_wide_characters_and_long_words():
+    wrap = WordWrap()
+    # Width 20: lines up to 15 columns; pieces of one stream share the column and the word.
+    assert _screen(wrap.feed("one two three ", 20) + wrap.feed("four five", 20)) == [
+        "one two three ", "four five"]
+    # A wide character takes two columns, and a line may break after it.
+    assert _screen(WordWrap().feed("日本語の文章はとても長いです", 20)) == ["日本語の文章はと", "ても長いです"]
+    # A word too long to move breaks at the margin.
+    assert _screen(WordWrap().feed("a " + "x" * 30, 20)) == ["a xxxxxxxxxxxxx", "xxxxxxxxxxxxxxx", "xx"]
+    assert WordWrap().feed("no terminal " * 5, 0) == "no terminal " * 5

@@ -206,6 +206,9 @@ def test_binary_search_order(tmp_path, monkeypatch):
 # prints a loader line every 0.2 s for three seconds and then becomes healthy.
 _FAKE = """#!{python}
 import http.server, sys, threading, time
+if "--list-devices" in sys.argv:  # as llama-server answers it on a machine without a GPU
+    print("Available devices:\\n  (none)")
+    sys.exit()
 MODE = "{mode}"
 ready = threading.Event()
 class H(http.server.BaseHTTPRequestHandler):

@@ -177,8 +177,11 @@ def test_load_option_changes_restart_and_others_wait(two_slots):
 
 @pytest.fixture
 def budget_server(tmp_path, tinies, llama_server_binary) -> Iterator[Server]:
-    """Room in LLAMAGATE_MAX_MEMORY for two tiny runners (≈257 MB each, mostly compute buffers)."""
-    srv = Server(tmp_path, env={"LLAMAGATE_MAX_MEMORY": "600MiB"})
+    """Room in LLAMAGATE_MAX_MEMORY for a tiny runner about to load (its estimate: the file, its KV
+    cache and the flat 256 MiB compute allowance) beside one loaded (its load log's buffers, 1.3 MiB
+    on the pinned build), not beside two: a 2 MiB margin."""
+    estimate = (256 << 20) + tinies[0].stat().st_size + 256 * 512
+    srv = Server(tmp_path, env={"LLAMAGATE_MAX_MEMORY": str(estimate + (2 << 20))})
     try:
         for i, path in enumerate(tinies):
             srv.create(f"t{i}", path)

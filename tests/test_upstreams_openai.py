@@ -236,14 +236,15 @@ def test_sequential_requests_share_one_pooled_connection(tmp_path, smol):
         # idle timeout are both ~5 s), so none of them had a reason to open a new connection.
         assert took < 4, (took, answers)
         connections = forwarder.requests()
-        # Exactly two connections ever reached the llama-server: the probe client's (GETs
-        # only: /health, /props, /v1/models) and the hop's, one pooled connection that carried
-        # the POSTs of all five requests in order. A hop client per request shows up here as
-        # one POST-carrying connection per request.
+        # Besides the probe client's (GETs only: /api/version, answered 404, which can end its
+        # connection, then /health, /props, /v1/models), exactly one connection reached the
+        # llama-server: the hop's, one pooled connection that carried the POSTs of all five
+        # requests in order. A hop client per request shows up here as one POST-carrying
+        # connection per request.
         with_posts = [c for c in connections if any(m == "POST" for m, _ in c)]
         assert len(with_posts) == 1, (connections, answers)
         probes = [c for c in connections if c not in with_posts]
-        assert len(probes) == 1 and all(m == "GET" for m, _ in probes[0]), connections
+        assert len(probes) <= 2 and all(m == "GET" for c in probes for m, _ in c), connections
         upstream_paths = {"/v1/chat/completions": "/v1/chat/completions", "/v1/completions": "/v1/completions",
                           "/api/chat": "/v1/chat/completions"}
         assert [p for _, p in with_posts[0]] == [upstream_paths[p] for p, _ in _SEQUENCE], with_posts

@@ -14,6 +14,7 @@ import click
 
 from proxy.cli.client import Client, ClientError
 from proxy.cli.images import extract
+from proxy.cli.wordwrap import WordWrap, stdout_width
 from supervisor.durations import format_go_duration, parse_go_duration
 from supervisor.errors import LlamagateError
 
@@ -32,6 +33,7 @@ class RunOptions:
     hide_thinking: bool = False
     keep_alive: str | None = None
     verbose: bool = False
+    word_wrap: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     system: str = ""
     template: str = ""
@@ -42,7 +44,7 @@ class RunOptions:
 
     @classmethod
     def from_flags(cls, model: str, format_: str | None, think: str | None, hide_thinking: bool,
-                   keep_alive: str | None, verbose: bool) -> RunOptions:
+                   keep_alive: str | None, verbose: bool, nowordwrap: bool) -> RunOptions:
         """The session `run`'s flags start; a --keepalive or --format that can't be sent is a
         ValueError saying so, before anything is."""
         if keep_alive is not None:
@@ -55,7 +57,7 @@ class RunOptions:
         except ValueError:
             raise ValueError(f"--format {format_}: neither json nor a JSON schema") from None
         return cls(model, response_format, {"true": True, "false": False}.get(think or "", think), hide_thinking,
-                   keep_alive, verbose)
+                   keep_alive, verbose, not nowordwrap)
 
     @property
     def vision(self) -> bool:
@@ -128,20 +130,27 @@ def summary(final: dict[str, Any]) -> None:
         click.echo(line, err=True)
 
 
+def write(text: str, wrap: WordWrap | None) -> None:
+    """Text of an answer on standard output, word-wrapped at the terminal's width unless `wrap` is None."""
+    sys.stdout.write(wrap.feed(text, stdout_width()) if wrap else text)
+    sys.stdout.flush()
+
+
 class _Printer:
     """Writes the stream's thinking and text to standard output, opening and closing the thinking
-    block around the thinking (in grey on a terminal)."""
+    block around the thinking (in grey on a terminal), each word-wrapped on its own."""
 
-    def __init__(self, hide_thinking: bool) -> None:
+    def __init__(self, hide_thinking: bool, word_wrap: bool) -> None:
         self.hide_thinking = hide_thinking
+        self.word_wrap = word_wrap
+        self.wrap = WordWrap() if word_wrap else None
         self.colour = sys.stdout.isatty()
         self.thinking: list[str] = []
         self.content: list[str] = []
         self.open = False
 
     def _write(self, text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write(text, self.wrap)
 
     def thought(self, text: str) -> None:
         self.thinking.append(text)
@@ -158,16 +167,17 @@ class _Printer:
             closing = "...done thinking.\n\n"
             self._write(tail + (f"{GREY}{BOLD}{closing}{DEFAULT}" if self.colour else closing))
             self.open = False
+            self.wrap = WordWrap() if self.word_wrap else None
         self.content.append(text)
         self._write(text)
 
 
-def stream(client: Client, path: str, body: dict[str, Any], hide_thinking: bool) -> tuple[
+def stream(client: Client, path: str, body: dict[str, Any], opts: RunOptions) -> tuple[
         dict[str, Any], str, str] | None:
     """Stream one answer of /api/chat or /api/generate; its final chunk, thinking and text, or
     None when Ctrl+C stopped it (the request is closed, which stops the model)."""
     spinner = Spinner().start()
-    printer = _Printer(hide_thinking)
+    printer = _Printer(opts.hide_thinking, opts.word_wrap)
     final: dict[str, Any] = {}
     try:
         for chunk in client.stream(path, body):
@@ -175,7 +185,7 @@ def stream(client: Client, path: str, body: dict[str, Any], hide_thinking: bool)
             thinking = message.get("thinking") or chunk.get("thinking") or ""
             content = message.get("content") or chunk.get("response") or ""
             # With --hidethinking the spinner stays up while the model thinks.
-            if content or (thinking and not hide_thinking):
+            if content or (thinking and not opts.hide_thinking):
                 spinner.stop()
             if thinking:
                 printer.thought(thinking)
@@ -214,7 +224,7 @@ def generate_once(client: Client, opts: RunOptions, prompt: str) -> None:
         body["prompt"], images = extract(prompt)
         if images:
             body["images"] = images
-    answered = stream(client, "/api/generate", body, opts.hide_thinking)
+    answered = stream(client, "/api/generate", body, opts)
     if answered is None:
         return
     if prompt:

@@ -15,7 +15,12 @@ if TYPE_CHECKING:  # httpx is imported by the first command that talks to a serv
 
 
 class ClientError(Exception):
-    pass
+    """The server's error message; `status` is the HTTP status it came with (0 for an error line
+    in a stream, or no answer at all)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def base_url() -> str:
@@ -42,7 +47,7 @@ class Client:
                 message = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 message = response.text.strip() or f"HTTP {response.status_code}"
-            raise ClientError(message)
+            raise ClientError(message, response.status_code)
         return response
 
     @contextmanager

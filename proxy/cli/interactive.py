@@ -14,6 +14,7 @@ from proxy.cli.answer import RunOptions
 from proxy.cli.client import Client, ClientError
 from proxy.cli.images import ImageError, extract, paths_in
 from proxy.cli.modelfile import ModelfileError, parameter
+from proxy.cli.wordwrap import WordWrap
 
 QUOTES = '"""'
 
@@ -37,6 +38,8 @@ USAGE_SET = """Available Commands:
   /set template <string> Set prompt template
   /set history           Enable history
   /set nohistory         Disable history
+  /set wordwrap          Enable wordwrap
+  /set nowordwrap        Disable wordwrap
   /set format json       Enable JSON mode
   /set noformat          Disable formatting
   /set verbose           Show LLM stats
@@ -156,7 +159,7 @@ class Session:
         if command.startswith(("/exit", "/bye")):
             return False
         handler = {"/set": self.command_set, "/show": self.command_show, "/load": self.command_load,
-                   "/save": self.command_save, "/clear": self.command_clear,
+                   "/save": self.command_save, "/clear": self.command_clear, "/list": self.command_list,
                    "/help": self.command_help, "/?": self.command_help}.get(command)
         if handler:
             handler(words[1:])
@@ -181,7 +184,7 @@ class Session:
         self.opts.messages.append(message)
         try:
             answered = answer.stream(self.client, "/api/chat", self.opts.request(messages=self.opts.messages),
-                                     self.opts.hide_thinking)
+                                     self.opts)
         except ClientError as e:
             # The turn is dropped, so the next message doesn't carry one the server refused.
             self.opts.messages.pop()
@@ -242,6 +245,9 @@ class Session:
             click.echo(f"Set parameter '{rest[0]}' to '{', '.join(rest[1:])}'")
         elif what in ("history", "nohistory"):
             self.readline.set_auto_history(what == "history")
+        elif what in ("wordwrap", "nowordwrap"):
+            self.opts.word_wrap = what == "wordwrap"
+            click.echo(f"Set '{what}' mode.")
         elif what in ("verbose", "quiet"):
             self.opts.verbose = what == "verbose"
             click.echo(f"Set '{what}' mode.")
@@ -347,6 +353,15 @@ class Session:
             return
         click.echo(f"Created new model '{args[0]}'")
 
+    def command_list(self, args: list[str]) -> None:
+        """`llamagate list [PREFIX]` inside the session (Ollama's session has it, unlisted in /?)."""
+        from proxy.cli.main import print_models
+
+        try:
+            print_models(self.client, args[0] if args else "")
+        except ClientError as e:
+            click.echo(f"error: {e}")
+
     def command_clear(self, _args: list[str]) -> None:
         self.opts.messages = [{"role": "system", "content": self.opts.system}] if self.opts.system else []
         click.echo("Cleared session context")
@@ -370,5 +385,6 @@ def chat(client: Client, opts: RunOptions, info: dict[str, Any], think_set: bool
         if message["role"] == "user":
             click.echo(f">>> {message['content']}")
         elif message["role"] == "assistant":
-            click.echo(f"{message['content']}\n")
+            answer.write(message["content"], WordWrap() if opts.word_wrap else None)
+            click.echo("\n")
     Session(client, opts, think_set).run()

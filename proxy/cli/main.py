@@ -123,8 +123,9 @@ def serve(verbose: bool, log_level: str | None, log_format: str, drain_timeout: 
 @_settings_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: name → {value, source}.")
 def config_(as_json: bool, **flags: Any) -> None:
-    """Print the settings `serve` would run with, and where each comes from."""
-    rows = _settings(**flags).describe()
+    """Print the settings `serve` would run with, and where each comes from, then the GPUs it would use."""
+    settings = _settings(**flags)
+    rows = [*settings.describe(), _gpus_row(settings)]
     if as_json:
         click.echo(json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2))
         return
@@ -132,19 +133,40 @@ def config_(as_json: bool, **flags: Any) -> None:
         click.echo(f"{name} = {value}  ({source})")
 
 
-@main.command("list")
-def list_() -> None:
-    """List the models in the store."""
-    from proxy.cli.progress import human_bytes
+def _gpus_row(settings: Config) -> tuple[str, str, str]:
+    """The GPUs of the llama-server `serve` would run, as a row of `llamagate config`."""
+    from supervisor.errors import LlamagateError
+    from supervisor.runtime.binary import find_llama_server
+    from supervisor.runtime.devices import list_devices
 
     try:
-        models = Client().request("GET", "/api/tags").json()["models"]
+        binary = find_llama_server(settings.llama_server, settings.runtime_dir).path
+    except LlamagateError:
+        return "gpus", "(unknown)", "no llama-server found yet: listed at its first load"
+    devices = list_devices(binary)
+    return "gpus", "; ".join(d.describe() for d in devices) or "none", f"{binary} --list-devices"
+
+
+@main.command("list")
+@click.argument("prefix", default="")
+def list_(prefix: str) -> None:
+    """List the models in the store (those whose name starts with PREFIX)."""
+    try:
+        print_models(Client(), prefix)
     except ClientError as e:
         _fail(str(e))
+
+
+def print_models(client: Client, prefix: str) -> None:
+    """`list`'s table, also `run`'s /list: the models whose name starts with `prefix`, in any case."""
+    from proxy.cli.progress import human_bytes
+
+    models = client.request("GET", "/api/tags").json()["models"]
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for m in models:
-        modified = datetime.fromisoformat(m["modified_at"])
-        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_since(modified)])
+        if m["name"].lower().startswith(prefix.lower()):
+            modified = datetime.fromisoformat(m["modified_at"])
+            rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_since(modified)])
     _table(rows)
 
 
@@ -321,14 +343,17 @@ class _RunCommand(click.Command):
 @click.option("--hidethinking", is_flag=True, help="Hide the model's thinking (it still thinks).")
 @click.option("--keepalive", metavar="DURATION", help="How long the model stays loaded after this (e.g. 5m).")
 @click.option("--verbose", is_flag=True, help="Show timings after each answer.")
+@click.option("--nowordwrap", is_flag=True, help="Don't wrap words to the next line at the terminal's width.")
+@click.option("--insecure", is_flag=True, help="Allow plain HTTP to the registry, for a model pulled first.")
 def run(model: str, prompt: tuple[str, ...], format_: str | None, think: str | None, hidethinking: bool,
-        keepalive: str | None, verbose: bool) -> None:
-    """Answer PROMPT with MODEL, or chat with it until /bye when no prompt is given."""
+        keepalive: str | None, verbose: bool, nowordwrap: bool, insecure: bool) -> None:
+    """Answer PROMPT with MODEL, or chat with it until /bye when no prompt is given (a model the
+    server doesn't have is pulled first)."""
     from proxy.cli import answer
     from proxy.cli.images import ImageError
 
     try:
-        opts = answer.RunOptions.from_flags(model, format_, think, hidethinking, keepalive, verbose)
+        opts = answer.RunOptions.from_flags(model, format_, think, hidethinking, keepalive, verbose, nowordwrap)
     except ValueError as e:
         _fail(str(e))
     words = list(prompt)
@@ -337,7 +362,14 @@ def run(model: str, prompt: tuple[str, ...], format_: str | None, think: str | N
     text = " ".join(words)
     client = Client()
     try:
-        info = answer.prepare(client, opts, think is not None)
+        try:
+            info = answer.prepare(client, opts, think is not None)
+        except ClientError as e:
+            if e.status != 404:
+                raise
+            # As `ollama run`: a model the server doesn't have is pulled, as `pull` does, then run.
+            _transfer("/api/pull", "pulling", model, insecure, quiet=False)
+            info = answer.prepare(client, opts, think is not None)
         if words or not (sys.stdin.isatty() and sys.stdout.isatty()):
             answer.generate_once(client, opts, text)
             return
@@ -368,6 +400,7 @@ def _human_until(expires: datetime) -> str:
 def ps() -> None:
     """List the models loaded in memory."""
     from proxy.cli.progress import human_bytes
+    from supervisor.runtime.devices import processor
 
     try:
         models = Client().request("GET", "/api/ps").json()["models"]
@@ -375,20 +408,14 @@ def ps() -> None:
         _fail(str(e))
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in models:
-        size, vram = m["size"], m.get("size_vram", 0)
-        if vram == 0:
-            processor = "100% CPU"
-        elif vram >= size:
-            processor = "100% GPU"
-        else:
-            cpu = round(100 * (size - vram) / size)
-            processor = f"{cpu}%/{100 - cpu}% CPU/GPU"
+        size = m["size"]
         until = _human_until(datetime.fromisoformat(m["expires_at"]))
         if m.get("loading"):
             until = f"Loading ({round(m.get('load_seconds') or 0)}s)"
         if m.get("queued"):
             until += f", {m['queued']} queued"
-        rows.append([m["name"], m["digest"][:12], human_bytes(size), processor, str(m.get("context_length", "")), until])
+        rows.append([m["name"], m["digest"][:12], human_bytes(size), processor(size, m.get("size_vram", 0)),
+                     str(m.get("context_length", "")), until])
     _table(rows)
 
 
@@ -451,6 +478,36 @@ def stop(model: str) -> None:
         Client().request("POST", "/api/generate", json={"model": model, "keep_alive": 0})
     except ClientError as e:
         _fail(str(e))
+
+
+@main.command("rpc-worker")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on: a private network's only, since RPC has no authentication.")
+@click.option("--port", default=50052, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("-t", "--threads", type=click.IntRange(1), help="CPU threads (default: rpc-server's own).")
+@click.option("-c", "--cache", is_flag=True, help="Keep the tensors sent here in a local cache, for faster reloads.")
+def rpc_worker(host: str, port: int, threads: int | None, cache: bool) -> None:
+    """Lend this machine to a model split over llama.cpp RPC (`--rpc` on the serving host).
+
+    Runs the rpc-server (ggml-rpc-server in newer builds) of the llama.cpp build `serve` would
+    use, in place of this command, so that a worker machine needs only llamagate.
+    """
+    from supervisor.runners.rpc import rpc_server_of
+    from supervisor.runtime.binary import find_llama_server
+    from supervisor.runtime.environment import clean_env
+
+    config = _settings()
+    try:
+        llama_server = find_llama_server(config.llama_server, config.runtime_dir).path
+    except LlamagateError as e:
+        _fail(e.message)
+    binary = rpc_server_of(llama_server)
+    if binary is None:
+        _fail(f"the llama.cpp build at {llama_server.parent} has no rpc-server: it was built without RPC "
+              "(-DGGML_RPC=ON); install one that has it (contrib/setup.sh builds one)")
+    args = [str(binary), "--host", host, "--port", str(port), *(["--threads", str(threads)] if threads else []),
+            *(["--cache"] if cache else [])]
+    os.execve(binary, args, clean_env())
 
 
 @main.group()

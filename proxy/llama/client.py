@@ -1,28 +1,27 @@
 """The hop to llama-server: one pooled HTTP client per target (a runner of ours, or a server of an
 `--upstream` pool); SSE bytes in, decoded chunks out.
 
-Kept behind this one small interface so the HTTP client can be tuned or swapped with numbers in
-hand (see README, Performance).
+The HTTP client under it is proxy/llama/http11.py, chosen with numbers (see there and README,
+Performance).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-import httpx
 import msgspec
 
+from proxy.llama import http11
 from proxy.llama.wire import ErrorEnvelope
 from supervisor.errors import LlamagateError
-from supervisor.httpclient import async_client
 
 T = TypeVar("T")
 
-_TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)
 # A client unused this long belongs to a process that is gone (a restart has a new port and key).
 _STALE = 60.0
 
@@ -69,7 +68,7 @@ def _error(status: int, body: bytes) -> LlamagateError:
 
 @dataclass
 class _Pool:
-    client: httpx.AsyncClient
+    client: http11.Client
     in_flight: int = 0
     used: float = field(default_factory=time.monotonic)
 
@@ -79,41 +78,37 @@ class Hop:
         # Keyed by where and as whom, so every request to one server shares its connections.
         self._pools: dict[tuple[str, str], _Pool] = {}
 
-    def _pool(self, target: Target) -> tuple[_Pool, list[_Pool]]:
-        """The target's pool, and the pools it retires: without an await in between, so that
-        concurrent requests never build two pools for one server."""
+    def _pool(self, target: Target) -> _Pool:
+        """The target's pool, built without an await so that concurrent requests never build two
+        pools for one server."""
         key = (target.base_url, target.api_key)
         if pool := self._pools.get(key):
-            return pool, []
+            return pool
         # A new server or a restarted runner (new port, new key): a pool left idle this long
         # belongs to a process that is gone.
         now = time.monotonic()
-        stale = [k for k, p in self._pools.items() if p.in_flight == 0 and now - p.used > _STALE]
-        pool = self._pools[key] = _Pool(async_client(
-            base_url=target.base_url,
-            headers={"Content-Type": "application/json",
-                     **({"Authorization": f"Bearer {target.api_key}"} if target.api_key else {})},
-            timeout=_TIMEOUT,
-            limits=httpx.Limits(max_keepalive_connections=32),
-        ))
-        return pool, [self._pools.pop(k) for k in stale]
+        for k in [k for k, p in self._pools.items() if p.in_flight == 0 and now - p.used > _STALE]:
+            self._pools.pop(k).client.close()
+        pool = self._pools[key] = _Pool(http11.Client(target.base_url, {
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}),
+        }))
+        return pool
 
     @asynccontextmanager
-    async def _post(self, target: Target, path: str, content: bytes, stream: bool) -> AsyncIterator[httpx.Response]:
+    async def _post(self, target: Target, path: str, content: bytes) -> AsyncIterator[http11.Response]:
         """POST and hold the answer open; a target that refused the connection may move to
         another server and be tried there."""
         while True:
-            pool, retired = self._pool(target)
+            pool = self._pool(target)
             pool.in_flight += 1  # from before the send: a pool in use is never retired
             try:
-                for old in retired:
-                    await old.client.aclose()
-                response = await self._send(pool.client, path, content, stream)
+                response = await pool.client.request("POST", path, content)
                 break
-            except httpx.ConnectError as e:
+            except http11.ConnectError as e:
                 if not target.failover(e):
                     raise await target.failure(e) from e
-            except httpx.HTTPError as e:
+            except http11.HTTPError as e:
                 raise await target.failure(e) from e
             finally:
                 pool.in_flight -= 1
@@ -121,22 +116,12 @@ class Hop:
         pool.in_flight += 1
         try:
             yield response
-        except httpx.HTTPError as e:
+        except http11.HTTPError as e:
             raise await target.failure(e) from e
         finally:
             pool.in_flight -= 1
             pool.used = time.monotonic()
-            await response.aclose()
-
-    @staticmethod
-    async def _send(client: httpx.AsyncClient, path: str, content: bytes, stream: bool) -> httpx.Response:
-        try:
-            return await client.send(client.build_request("POST", path, content=content), stream=stream)
-        except httpx.RemoteProtocolError:
-            # A pooled connection llama-server closed while it sat idle (its keep-alive timeout
-            # is 5 s) fails before any answer: nothing ran, so once more on a new connection (a
-            # dead server then fails to connect, which the caller handles).
-            return await client.send(client.build_request("POST", path, content=content), stream=stream)
+            response.close()
 
     async def stream(
         self, target: Target, path: str, body: msgspec.Struct, chunk_type: type,
@@ -151,7 +136,7 @@ class Hop:
         closes the connection, which makes llama-server cancel the generation and free the slot.
         """
         chunk = None
-        async with self._post(target, path, msgspec.json.encode(body), stream=True) as response:
+        async with self._post(target, path, msgspec.json.encode(body)) as response:
             if response.status_code != 200:
                 raise _error(response.status_code, await response.aread())
             decoder = msgspec.json.Decoder(chunk_type)
@@ -184,10 +169,10 @@ class Hop:
         """POST a body as the client sent it and yield llama-server's answer as (event, data)
         pairs: one per SSE event, or ("", body) for a JSON answer. An error status before the
         answer starts is raised; a broken connection after it is raised as a 500."""
-        async with self._post(target, path, content, stream=True) as response:
+        async with self._post(target, path, content) as response:
             if response.status_code != 200:
                 raise _error(response.status_code, await response.aread())
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            if not response.header(b"content-type").startswith("text/event-stream"):
                 yield "", await response.aread()
                 return
             event, buffer = "", b""
@@ -203,32 +188,35 @@ class Hop:
 
     async def post(self, target: Target, path: str, body: msgspec.Struct, response_type: type[T]) -> T:
         """POST `body` and decode the whole JSON answer (embeddings, tokenize, apply-template)."""
-        async with self._post(target, path, msgspec.json.encode(body), stream=False) as response:
+        async with self._post(target, path, msgspec.json.encode(body)) as response:
+            content = await response.aread()
             if response.status_code != 200:
-                raise _error(response.status_code, response.content)
+                raise _error(response.status_code, content)
             try:
-                return msgspec.json.decode(response.content, type=response_type)
+                return msgspec.json.decode(content, type=response_type)
             except msgspec.DecodeError as e:
                 raise _unreadable(e) from None
 
     async def get(self, target: Target, path: str, timeout: float) -> bytes:
         """GET a small answer within `timeout` seconds (a runner's /metrics); a failure raises
-        httpx's error or ours, for the caller to shrug off."""
-        pool, retired = self._pool(target)
+        http11's error, TimeoutError or ours, for the caller to shrug off."""
+        pool = self._pool(target)
         pool.in_flight += 1
+        response = None
         try:
-            for old in retired:
-                await old.client.aclose()
-            response = await pool.client.get(path, timeout=timeout)
+            async with asyncio.timeout(timeout):
+                response = await pool.client.request("GET", path)
+                content = await response.aread()
         finally:
             pool.in_flight -= 1
             pool.used = time.monotonic()
+            if response is not None:
+                response.close()
         if response.status_code != 200:
-            raise _error(response.status_code, response.content)
-        return response.content
+            raise _error(response.status_code, content)
+        return content
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
-            await pool.client.aclose()
+            pool.client.close()
         self._pools.clear()
-

@@ -117,7 +117,7 @@ class ApplyTemplateResponse(msgspec.Struct):
 
 
 class EmbeddingsRequest(msgspec.Struct):
-    # Token-id lists (/api/embed tokenizes first), or what /v1/embeddings was sent: a string, or
+    # Texts and token-id lists (/api/embed tokenizes what may not fit), or what /v1/embeddings was sent: a string, or
     # a list of strings, of token ids or of token-id lists.
     input: str | list[Any]
     encoding_format: str = "float"

@@ -3,6 +3,7 @@ answer; an empty request loads (or, with keep_alive 0, unloads) the model."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -216,6 +217,8 @@ async def chat(request: Request) -> Response[Any]:
         raise bad_request("model is required")
     gate = gate_of(request)
     model = await gate.catalog.resolve(req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.messages:
@@ -251,6 +254,7 @@ async def _generate_chunks(
     timer, ending = Timer(), _Ending()
     response: list[str] = []
     generated: list[int] = []
+    context = None
     async with gate.inference.lease(model, load, timer) as lease:
         rendered = None
         if isinstance(body, wire.ChatRequest) and not req.images:
@@ -264,16 +268,26 @@ async def _generate_chunks(
         elif isinstance(body, wire.CompletionRequest) and not req.raw:
             body = msgspec.structs.replace(body, return_tokens=True)
         refit = _cut_prompt(lease, load.num_ctx or 0, load.context_shift) if req.truncate is not False else None
-        async for p in truncation.fitted(body, lambda b: _pieces(lease, b, ending), refit):
-            response.append(p.content)
-            generated += p.tokens
-            yield schemas.GenerateChunk(model=name, created_at=now_rfc3339(), response=p.content,
-                                        thinking=p.thinking, done=False, logprobs=p.logprobs)
-        context = None
+        # The context's prompt part (the whole prompt, as Ollama's context has it even when it
+        # was cut to fit) is tokenized beside the generation, not after it.
+        prompt_tokens = None
         if isinstance(body, wire.CompletionRequest) and body.return_tokens:
-            # The whole prompt, as Ollama's context has it even when it was cut to fit.
-            context = [*await _prompt_tokens(lease, body.prompt), *generated]
-        elif rendered is not None:
+            prompt_tokens = asyncio.ensure_future(_prompt_tokens(lease, body.prompt))
+        try:
+            async for p in truncation.fitted(body, lambda b: _pieces(lease, b, ending), refit):
+                response.append(p.content)
+                generated += p.tokens
+                yield schemas.GenerateChunk(model=name, created_at=now_rfc3339(), response=p.content,
+                                            thinking=p.thinking, done=False, logprobs=p.logprobs)
+            if prompt_tokens is not None:
+                context = [*await prompt_tokens, *generated]
+        finally:
+            if prompt_tokens is not None:
+                prompt_tokens.cancel()  # a stream that failed or was left needs it no more
+                await asyncio.wait([prompt_tokens])
+                if not prompt_tokens.cancelled():
+                    prompt_tokens.exception()  # seen: a failure of both reports the stream's
+        if prompt_tokens is None and rendered is not None:
             tokens = await lease.post("/tokenize", wire.TokenizeRequest(rendered + "".join(response)),
                                       wire.TokenizeResponse)
             context = tokens.tokens
@@ -306,6 +320,8 @@ async def generate(request: Request) -> Response[Any]:
         raise not_found("model '' not found")
     gate = gate_of(request)
     model = await gate.catalog.resolve(req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.prompt and not req.suffix:

@@ -3,12 +3,14 @@ older /api/embeddings (one prompt)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from litestar import Request, Response, post
 
 from proxy.llama import wire
 from proxy.body import INFERENCE_BODY_LIMIT, decode_body
 from proxy.gateway import Gateway, gate_of
-from proxy.llama.lease import Timer
+from proxy.llama.lease import Lease, Timer
 from proxy.ollama import schemas, translate
 from proxy.ollama.ndjson import json_response
 from proxy.rerank import refuse_for_embeddings
@@ -43,27 +45,40 @@ async def _embed(
     gate: Gateway, model: Model, inputs: list[str], options: Options | None,
     keep_alive: KeepAlive, truncate: bool, timer: Timer,
 ) -> tuple[list[list[float]], int]:
-    """Raw vectors and the token count of `inputs`. Each input is tokenized first, so that one
-    longer than the context is cut (truncate) or refused with Ollama's 400, not llama-server's."""
+    """Raw vectors and the token count of `inputs`. An input that may be longer than the context
+    is tokenized first, so that it is cut (truncate) or refused with Ollama's 400, not llama-server's."""
     refuse_for_embeddings(model)
     num_ctx = gate.scheduler.num_ctx(model, options.num_ctx if options else None)
     async with gate.inference.lease(model, load_options(gate, model, options, keep_alive), timer) as lease:
         if not inputs:
             return [], 0
-        tokens = []
-        for text in inputs:
-            ids = (await lease.post("/tokenize", wire.TokenizeRequest(text, add_special=True),
-                                    wire.TokenizeResponse)).tokens
-            if len(ids) > num_ctx:
-                if not truncate:
-                    raise bad_request("the input length exceeds the context length")
-                ids = ids[:num_ctx]
-            if not ids:
-                raise bad_request("cannot embed an empty input")
-            tokens.append(ids)
-        result = await lease.post("/v1/embeddings", wire.EmbeddingsRequest(tokens), wire.EmbeddingsResponse)
+        fitted = await asyncio.gather(*(_fitted(lease, text, num_ctx, truncate) for text in inputs),
+                                      return_exceptions=True)
+        for item in fitted:
+            if isinstance(item, BaseException):
+                raise item  # the first input's failure in order, as one by one would find it
+        result = await lease.post("/v1/embeddings", wire.EmbeddingsRequest(fitted), wire.EmbeddingsResponse)
     vectors = [item.embedding for item in sorted(result.data, key=lambda i: i.index)]
-    return vectors, sum(len(t) for t in tokens)
+    return vectors, result.usage.prompt_tokens
+
+
+# A token is at least one byte of its text; besides those a tokenizer adds a few of its own (BOS,
+# EOS, a leading space): an input this much shorter than the context fits without counting.
+_SPECIAL_TOKENS = 8
+
+
+async def _fitted(lease: Lease, text: str, num_ctx: int, truncate: bool) -> str | list[int]:
+    """One input as llama-server is sent it: the text where it surely fits, else its tokens."""
+    if text and len(text.encode()) + _SPECIAL_TOKENS <= num_ctx:
+        return text
+    ids = (await lease.post("/tokenize", wire.TokenizeRequest(text, add_special=True), wire.TokenizeResponse)).tokens
+    if len(ids) > num_ctx:
+        if not truncate:
+            raise bad_request("the input length exceeds the context length")
+        ids = ids[:num_ctx]
+    if not ids:
+        raise bad_request("cannot embed an empty input")
+    return ids
 
 
 @post("/api/embed", request_max_body_size=INFERENCE_BODY_LIMIT)
@@ -71,6 +86,8 @@ async def embed(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbedRequest)
     gate = gate_of(request)
     model = await embedding_model(gate, req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     inputs = [req.input] if isinstance(req.input, str) else (req.input or [])
     if inputs == [""]:
         inputs = []  # an empty input only loads the model, as in Ollama
@@ -92,6 +109,8 @@ async def embeddings(request: Request) -> Response[bytes]:
         raise bad_request("model is required")
     gate = gate_of(request)
     model = await embedding_model(gate, req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     inputs = [req.prompt] if req.prompt else []
     vectors, _ = await _embed(gate, model, inputs, req.options, req.keep_alive, True, Timer())
     return json_response(schemas.EmbeddingsResponse(translate.normalize(vectors[0]) if vectors else []))

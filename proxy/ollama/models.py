@@ -25,6 +25,7 @@ from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
 from supervisor.models import quantize
 from supervisor.models.model import Model
+from supervisor.models.remote import Pool, remote_config
 from supervisor.models.store import (
     ADAPTER, DISK_FULL, DRAFT, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel, disk_error,
 )
@@ -58,6 +59,11 @@ def _listed(m: Model) -> schemas.ListedModel:
         # A blob that isn't a readable GGUF fails the model's own requests; the list still
         # shows it, without what only the GGUF can tell.
         log.warning("listing %s without its GGUF's details: %s", m.name.display, e.message)
+    if isinstance(m.target, Pool) and m.target.ollama:
+        # As Ollama lists a remote model; of several servers, the first (README, Many machines).
+        listed.remote_model, listed.remote_host = m.target.name, m.target.endpoints[0].base_url
+        if m.target.listed and m.target.listed.capabilities:
+            listed.capabilities = m.target.listed.capabilities
     return listed
 
 
@@ -117,7 +123,8 @@ class _Creation:
     """A create request checked and resolved, before anything is written."""
 
     name: ModelName
-    layer: Layer  # the model's GGUF, before quantizing
+    layer: Layer | None  # the model's GGUF, before quantizing; None for a remote model
+    remote: ModelConfig | None  # a remote model's config, naming the server that serves it
     extra: list[Layer]  # projector, adapters
     template: str
     system: str
@@ -167,6 +174,8 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
     quantize_to = quantize.parse_type(req.quantize or req.quantization) if (req.quantize or req.quantization) else ""
     base: StoredModel | None = None
     extra: list[Layer] = []
+    layer: Layer | None
+    remote: ModelConfig | None = None
     if req.files:
         layers = [_gguf_layer(gate, digest, filename, MODEL) for filename, digest in req.files.items()]
         models = [la for la in layers if la.mediaType == MODEL]
@@ -175,11 +184,16 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
                               "plus at most a vision projector")
         layer = models[0]
         extra = [la for la in layers if la.mediaType == PROJECTOR]
+    elif req.from_ and req.remote_host:
+        layer, remote = None, remote_config(gate.config.remotes, req.remote_host, req.from_)
     elif req.from_:
         base = gate.catalog.stored(ModelName.parse(req.from_))
         if base is None:
             raise not_found(f"model '{req.from_}' not found")
-        layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
+        if base.config.remote_host:  # derived from a remote model: served there too
+            layer, remote = None, base.config
+        else:
+            layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
         extra = [la for la in base.manifest.layers if la.mediaType in (PROJECTOR, ADAPTER, DRAFT)]
     else:
         raise bad_request("neither 'from' or 'files' was specified")
@@ -193,7 +207,11 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
         if len(drafts) != 1 or drafts[0].mediaType != DRAFT:
             raise bad_request("draft_files must hold exactly one GGUF model")
         extra = [la for la in extra if la.mediaType != DRAFT] + drafts
-    source_type = cached_info(gate.store.blob_path(layer.digest)).file_type
+    if layer is None and req.draft_files:
+        raise bad_request("DRAFT cannot be used with remote models")
+    if layer is None and quantize_to:
+        raise bad_request("quantize needs a GGUF in this store; a remote model is served as its host has it")
+    source_type = cached_info(gate.store.blob_path(layer.digest)).file_type if layer else ""
     if quantize_to:
         quantize.check_source(source_type)
         if quantize_to == source_type:
@@ -213,7 +231,7 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
     else:
         licenses = base.licenses if base else []
     return _Creation(
-        name=name, layer=layer, extra=extra, params=params, messages=messages, licenses=licenses,
+        name=name, layer=layer, remote=remote, extra=extra, params=params, messages=messages, licenses=licenses,
         template=req.template if req.template is not None else (base.template if base else ""),
         system=req.system if req.system is not None else (base.system if base else ""),
         parsed=bool(req.files), described=_described(req, base), quantize=quantize_to,
@@ -250,7 +268,7 @@ async def _run(gate: Gateway, req: schemas.CreateRequest) -> AsyncIterator[msgsp
              for d in (files or {}).values()]
     async with gate.store.pinned(named):
         plan = await asyncio.to_thread(_plan, gate, req)
-        used = [plan.layer, *plan.extra]
+        used = [*([plan.layer] if plan.layer else []), *plan.extra]
         async with gate.store.pinned(gate.store.blob_path(la.digest) for la in used):
             if gone := [la.digest for la in used if not gate.store.has_blob(la.digest)]:
                 raise bad_request(f"blob {gone[0]} was deleted while the create began")
@@ -274,7 +292,7 @@ async def _steps(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct
     try:
         # A change of the store: under its lock, so that no delete's prune runs in between.
         await gate.store.change(lambda: gate.store.create(
-            plan.name, plan.layer, template=plan.template, system=plan.system, params=plan.params,
+            plan.name, plan.layer, remote=plan.remote, template=plan.template, system=plan.system, params=plan.params,
             messages=plan.messages, license=plan.licenses, extra_layers=plan.extra, described=plan.described,
             on_layer=report,
         ))
@@ -334,10 +352,11 @@ async def delete(request: Request) -> Response[None]:
     if model is None:
         raise not_found(f"model '{text}' not found")
     # Its runner is stopped first (after the requests in flight) unless another name (a copy)
-    # still uses the model file, so that no runner outlives its model.
-    model_layer = model.model_path.name.replace("sha256-", "sha256:")
-    if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
-        await gate.scheduler.unload(gate.catalog.require(text))
+    # still uses the model file, so that no runner outlives its model. A remote model has none.
+    if not model.config.remote_host:
+        model_layer = model.model_path.name.replace("sha256-", "sha256:")
+        if sum(model_layer in (la.digest for la in m.manifest.layers) for m in gate.store.stored()) == 1:
+            await gate.scheduler.unload(gate.catalog.require(text))
     pruned = await gate.store.delete(model)
     log.info("deleted %s; pruned %d blob(s)", model.name.display, len(pruned))
     return Response(None, status_code=200)
@@ -357,6 +376,8 @@ async def show(request: Request) -> Response[bytes]:
     model = gate.catalog.get(name)
     if model is None:
         raise not_found(f"model '{name.display}' not found")
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     target = model.target
     # Off the loop: a first read of the header, and a verbose one every time (it is not kept).
     info = await (asyncio.to_thread(target.info, verbose=True) if req.verbose else model.read_info())
@@ -401,6 +422,16 @@ def _expires(runner: Runner, now: datetime) -> datetime:
     return datetime.fromtimestamp(runner.expires_at).astimezone()
 
 
+def _sizes(runner: Runner, model: Model) -> tuple[int, int]:
+    """(size, size_vram) of one runner: where its load log put its buffers, or, loading, where
+    the scheduler predicts it will on the GPUs; on the CPU with neither, what its process holds
+    or the file, whichever is more."""
+    footprint = runner.footprint
+    if footprint is not None and (runner.placement or footprint.vram):
+        return footprint.size, footprint.vram_total
+    return max(runner.resident_bytes, model.size), 0
+
+
 @get("/api/ps")
 async def ps(request: Request) -> Response[bytes]:
     """One entry per model, however many runners serve it (chat and embeddings are two): its
@@ -411,14 +442,15 @@ async def ps(request: Request) -> Response[bytes]:
     for model, runners in scheduler.loaded():
         spec = next((r.spec for r in runners if r.spec), None)
         since = min((r.loading_since for r in runners if r.loading_since is not None), default=None)
+        sizes = [_sizes(r, model) for r in runners]
         models.append(schemas.RunningModel(
             name=model.name.display,
             model=model.name.display,
-            size=sum(max(r.resident_bytes, model.size) for r in runners),
+            size=sum(size for size, _ in sizes),
             digest=model.digest,
             details=details(model),
             expires_at=max(_expires(r, now) for r in runners).isoformat(),
-            size_vram=0,  # CPU only
+            size_vram=sum(vram for _, vram in sizes),
             context_length=spec.num_ctx if spec else 0,
             queued=sum(scheduler.queued(r) for r in runners),
             loading=since is not None,

@@ -22,11 +22,16 @@ JSON = "application/json; charset=utf-8"
 encode = msgspec.json.Encoder().encode
 
 
+_second: list = [-1, ""]  # the last second formatted, and its text: strftime once a second, not per chunk
+
+
 def now_rfc3339() -> str:
     """UTC with nanoseconds and a Z, as Go's RFC3339Nano writes `created_at`."""
-    ns = time.time_ns()
-    frac = f"{ns % 1_000_000_000:09d}".rstrip("0")
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + (f".{frac}" if frac else "") + "Z"
+    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
+    if seconds != _second[0]:
+        _second[:] = seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    frac = f"{ns:09d}".rstrip("0")
+    return f"{_second[1]}.{frac}Z" if frac else f"{_second[1]}Z"
 
 
 def json_response(obj: msgspec.Struct, status: int = 200) -> Response[bytes]:

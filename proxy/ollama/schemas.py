@@ -157,6 +157,9 @@ class ListedModel(msgspec.Struct, omit_defaults=True):
     digest: str
     details: ModelDetails
     capabilities: list[str] | None = None
+    # A model another Ollama-API server serves: its name there, and that server.
+    remote_model: str = ""
+    remote_host: str = ""
 
 
 class TagsResponse(msgspec.Struct):
@@ -190,6 +193,7 @@ class CreateRequest(msgspec.Struct):
     quantize: str = ""
     quantization: str = ""  # its older name, still read by Ollama
     stream: bool | None = None
+    remote_host: str = ""  # with `from`: the model of that name served by that Ollama-API server
     # Ollama's built-in renderer and parser, and the least Ollama version the model needs: stored
     # in the config blob and shown; `info` overrides the details the GGUF would give.
     renderer: str = ""

@@ -62,6 +62,8 @@ _CHAT = "/v1/chat/completions"
 @post(_CHAT, request_max_body_size=INFERENCE_BODY_LIMIT)
 async def chat_completions(request: Request) -> Response[Any]:
     gate, req, model = await begin(request, schemas.ChatCompletionRequest)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     if translate.has_images(req.messages) and "vision" not in model.capabilities:
         raise bad_request(f"model '{req.model}' does not support image input")
     load = load_options(gate, model, req)
@@ -176,6 +178,8 @@ async def _completion_call(
 @post("/v1/completions", request_max_body_size=INFERENCE_BODY_LIMIT)
 async def completions(request: Request) -> Response[Any]:
     gate, req, model = await begin(request, schemas.CompletionRequest)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     load = load_options(gate, model, req)
     rewrites = rewrites_of(gate)
     defaults = ModelDefaults.of(model)

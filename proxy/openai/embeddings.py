@@ -18,6 +18,8 @@ async def embeddings(request: Request) -> Response[bytes]:
     req = await decode_body(request, schemas.EmbeddingRequest)
     gate = gate_of(request)
     model = await require_model(gate, req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     refuse_for_embeddings(model)
     body = wire.EmbeddingsRequest(translate.embedding_input(req))
     result = await gate.inference.call(model, load_options(gate, model, req, embedding=True), "/v1/embeddings", body,

@@ -49,6 +49,8 @@ async def _relay(request: Request, path: str) -> Response[Any]:
     req = await decode_body(request, schemas.Routed)
     gate = gate_of(request)
     model = await require_model(gate, req.model)
+    if (forwarded := await gate.remote.forward(request, model)) is not None:
+        return forwarded
     body = await request.body()
     if path == "/v1/responses" and req.reasoning is not None:
         think = translate.responses_think(req.reasoning.effort)

@@ -45,6 +45,14 @@ _END = object()
 async def fan_in(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     """The items of several streams as they come, each with its stream's index; the first
     failure ends it all (and closing it closes every stream, freeing their slots)."""
+    if len(streams) == 1:
+        # The usual n == 1: no queue and task between each chunk and the client.
+        try:
+            async for item in streams[0]:
+                yield 0, item
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
+        return
     queue: asyncio.Queue[tuple[int, Any, BaseException | None]] = asyncio.Queue()
 
     async def pump(i: int, stream: AsyncIterator[T]) -> None:

@@ -8,7 +8,7 @@ import time
 from html import escape
 
 from proxy.activity import Record
-from proxy.ui.snapshot import RunnerView, Snapshot
+from proxy.ui.snapshot import GpuView, RunnerView, Snapshot
 from supervisor.pull.inflight import PullStatus
 from supervisor.runners.process import OUTPUT_LINES
 from supervisor.version import VERSION
@@ -28,9 +28,17 @@ def _left(s: int) -> str:
 
 # The script's runnerFields and pullFields say the same as these two, for its updates.
 def _runner_fields(r: RunnerView) -> dict[str, str]:
-    return {"name": r.name, "kind": r.kind, "state": r.state, "rss": _mb(r.rss), "context": str(r.context),
+    return {"name": r.name, "kind": r.kind, "state": r.state, "rss": _mb(r.rss), "processor": r.processor,
+            "context": str(r.context),
             "slots": f"{r.busy} / {r.slots}", "waiting": str(r.waiting),
             "keep_alive": r.keep_alive or _left(r.expires_in or 0), "log": "\n".join(r.log)}
+
+
+def _gpus_text(gpus: list[GpuView]) -> str:
+    if not gpus:
+        return "none: models run on the CPU"
+    return "; ".join(f"{g.name} {g.description}: {_mb(g.used)} of ours, {_mb(g.free)} free of {_mb(g.total)}"
+                     for g in gpus)
 
 
 def _pull_fields(p: PullStatus) -> dict[str, str]:
@@ -48,6 +56,7 @@ _RUNNER = """<article class="runner" data-key="{key}" data-state="{state}">\
 <h3><span data-f="name">{name}</span> <small data-f="kind">{kind}</small> <span class="state" data-f="state">{state}\
 </span></h3><dl>\
 <dt>memory (RSS)</dt><dd data-f="rss">{rss}</dd>\
+<dt>processor</dt><dd data-f="processor">{processor}</dd>\
 <dt>context</dt><dd data-f="context">{context}</dd>\
 <dt>slots busy</dt><dd data-f="slots">{slots}</dd>\
 <dt>waiting</dt><dd data-f="waiting">{waiting}</dd>\
@@ -62,7 +71,7 @@ _PULL = """<li class="pull" data-key="{key}"><b data-f="name">{name}</b> \
 
 
 def _runner(r: RunnerView | None) -> str:
-    fields = _runner_fields(r) if r else dict.fromkeys(["name", "kind", "state", "rss", "context", "slots",
+    fields = _runner_fields(r) if r else dict.fromkeys(["name", "kind", "state", "rss", "processor", "context", "slots",
                                                          "waiting", "keep_alive", "log"], "")
     key = f"{r.name}|{r.kind}" if r else ""
     return _RUNNER.format(key=escape(key), lines=OUTPUT_LINES, **{k: escape(v) for k, v in fields.items()})
@@ -91,7 +100,7 @@ header { display: flex; align-items: baseline; gap: 1rem; }
 .runner small { color: #666; font-weight: normal; }
 .state { font-size: 0.8em; padding: 0 0.4em; border-radius: 4px; background: #dfd; }
 [data-state=loading] .state { background: #ffd; }
-dl { display: grid; grid-template-columns: repeat(5, auto); grid-auto-flow: column; grid-template-rows: auto auto;
+dl { display: grid; grid-template-columns: repeat(6, auto); grid-auto-flow: column; grid-template-rows: auto auto;
      gap: 0 1.5rem; margin: 0.3rem 0; justify-content: start; }
 dt { color: #666; font-size: 0.85em; } dd { margin: 0; font-variant-numeric: tabular-nums; }
 .unload { margin: 0.3rem 0; }
@@ -113,7 +122,8 @@ const mb = n => (n / MB).toFixed(n < 10 * MB ? 1 : 0) + " MB";
 const pad = n => String(n).padStart(2, "0");
 const left = s => s >= 3600 ? `${Math.floor(s / 3600)}h ${pad(Math.floor(s / 60) % 60)}m`
   : s >= 60 ? `${Math.floor(s / 60)}m ${pad(s % 60)}s` : `${s}s`;
-const runnerFields = r => ({name: r.name, kind: r.kind, state: r.state, rss: mb(r.rss), context: String(r.context),
+const runnerFields = r => ({name: r.name, kind: r.kind, state: r.state, rss: mb(r.rss), processor: r.processor,
+  context: String(r.context),
   slots: `${r.busy} / ${r.slots}`, waiting: String(r.waiting), keep_alive: r.keep_alive || left(r.expires_in || 0),
   log: r.log.join("\\n")});
 const pullFields = p => ({name: p.name, status: p.error ? "failed" : p.status,
@@ -123,6 +133,10 @@ const hms = t => new Date(t * 1000).toTimeString().slice(0, 8);
 const requestCells = r => [hms(r.time), r.route, r.model, String(r.status), `${Math.round(r.seconds * 1000)} ms`,
   `${r.prompt_tokens} / ${r.generated_tokens}`, r.tokens_per_second === null ? "" : r.tokens_per_second.toFixed(1)];
 const byId = id => document.getElementById(id);
+// The same text as _gpus_text.
+const gpusText = gpus => gpus.length ? gpus.map(g =>
+  `${g.name} ${g.description}: ${mb(g.used)} of ours, ${mb(g.free)} free of ${mb(g.total)}`).join("; ")
+  : "none: models run on the CPU";
 
 function fill(el, fields) {
   for (const [f, v] of Object.entries(fields)) {
@@ -153,6 +167,7 @@ function render(s) {
     return row;
   }));
   byId("pending").textContent = String(s.pending);
+  byId("gpus").textContent = gpusText(s.gpus);
   sync(byId("runners"), byId("runner-row"), s.runners, r => `${r.name}|${r.kind}`, (el, r) => {
     fill(el, runnerFields(r));
     el.dataset.state = r.state;
@@ -192,6 +207,7 @@ def render(s: Snapshot, nonce: str) -> str:
 <body><header><h1>llamagate</h1><span id="live">connecting…</span><small>{escape(VERSION)}</small></header>
 <main>
 <section><h2>Loaded models</h2>
+<p>GPUs: <span id="gpus">{escape(_gpus_text(s.gpus))}</span></p>
 <p>Requests queued for a load or a restart: <b id="pending">{s.pending}</b></p>
 <div id="runners">{"".join(_runner(r) for r in s.runners)}</div><p class="empty">Nothing is loaded.</p>
 </section>

@@ -12,6 +12,7 @@ from proxy.activity import Record
 from proxy.gateway import Gateway
 from supervisor.pull.inflight import PullStatus
 from supervisor.runners.runner import Runner, State
+from supervisor.runtime.devices import processor
 
 
 class RunnerView(msgspec.Struct):
@@ -21,6 +22,8 @@ class RunnerView(msgspec.Struct):
     kind: str  # "chat" or "embedding"
     state: str  # "loading" or "ready"
     rss: int  # bytes its process holds now, from /proc (not the scheduler's estimate)
+    vram: int  # bytes it holds on GPUs, from its load log (or predicted while it loads)
+    processor: str  # as `llamagate ps` says it: "100% GPU", "48%/52% CPU/GPU"
     context: int  # num_ctx of each slot
     busy: int  # slots serving a request
     slots: int
@@ -30,7 +33,18 @@ class RunnerView(msgspec.Struct):
     log: list[str]  # its llama-server's last lines of output
 
 
+class GpuView(msgspec.Struct):
+    """A GPU of the llama-server build in use."""
+
+    name: str  # CUDA0, Vulkan1…
+    description: str
+    total: int  # bytes
+    free: int  # bytes, when last listed (before each load)
+    used: int  # bytes our runners hold on it
+
+
 class Snapshot(msgspec.Struct):
+    gpus: list[GpuView]
     runners: list[RunnerView]
     pending: int  # requests queued for a load or a restart, all models together
     pulls: list[PullStatus]
@@ -42,6 +56,7 @@ RECENT = 20  # of the activity ring's records: what fits on a screen
 
 def _view(name: str, runner: Runner, now: float) -> RunnerView:
     spec = runner.spec
+    footprint = runner.footprint
     keep_alive, expires_in = "", None
     if runner.keep_alive == math.inf:
         keep_alive = "forever"
@@ -54,6 +69,8 @@ def _view(name: str, runner: Runner, now: float) -> RunnerView:
         kind="embedding" if spec and spec.embedding else "chat",
         state="ready" if runner.state is State.READY else "loading",
         rss=runner.resident_bytes,
+        vram=footprint.vram_total if footprint else 0,
+        processor=processor(footprint.size, footprint.vram_total) if footprint else "",
         context=spec.num_ctx if spec else 0,
         busy=runner.active,
         slots=spec.parallel if spec else 0,
@@ -67,4 +84,5 @@ def _view(name: str, runner: Runner, now: float) -> RunnerView:
 def snapshot(gate: Gateway) -> Snapshot:
     now = time.time()
     runners = [_view(model.name.display, r, now) for model, rs in gate.scheduler.loaded() for r in rs]
-    return Snapshot(runners, gate.scheduler.queued(), gate.pulls.list(), gate.activity.records()[-RECENT:][::-1])
+    gpus = [GpuView(d.name, d.description, d.total, d.free, used) for d, used in gate.scheduler.gpus()]
+    return Snapshot(gpus, runners, gate.scheduler.queued(), gate.pulls.list(), gate.activity.records()[-RECENT:][::-1])

@@ -33,7 +33,12 @@ class Catalog:
         if model := self._fresh(name):
             return model
         stored = self.store.get(name)
-        return self._local(stored) if stored else None
+        return self._stored(stored) if stored else None
+
+    def _stored(self, stored: StoredModel) -> Model:
+        if stored.config.remote_host:
+            return self._hosted(stored)
+        return self._local(stored)
 
     def _fresh(self, name: ModelName) -> Model | None:
         """The cached Model of `name` while its manifest is unchanged; a stale one is dropped."""
@@ -69,7 +74,7 @@ class Catalog:
         for stored in self.store.stored():
             try:
                 # What is cached is reused: a listing reads only the manifests that changed.
-                local.append(self._fresh(stored.name) or self._local(stored))
+                local.append(self._fresh(stored.name) or self._stored(stored))
             except LlamagateError:
                 continue  # no GGUF layer: nothing llama-server could serve
         return remote + local
@@ -100,6 +105,16 @@ class Catalog:
         )
         self._cache[stored.name.display.lower()] = (str(stored.manifest_path), signature, generation, model)
         return model
+
+    def _hosted(self, stored: StoredModel) -> Model:
+        """A stored model that another Ollama-API server serves: its manifest's texts (template,
+        system, parameters) are kept for /api/show, the answers come from there. Not cached: the
+        pool's probe fills in its details."""
+        pool = self.upstreams.hosted(stored.config)
+        return Model(name=stored.name, digest=stored.digest, modified_at=stored.modified_at,
+                     size=pool.size or stored.size, details=pool.details() if pool.listed else stored.config,
+                     target=pool, template=stored.template, system=stored.system, params=stored.params,
+                     messages=tuple(stored.messages), licenses=tuple(stored.licenses))
 
     def _remote(self, name: ModelName, pool: Pool) -> Model:
         return Model(

@@ -75,6 +75,9 @@ class ModelConfig(msgspec.Struct, omit_defaults=True):
     os: str = "linux"
     context_length: int = 0
     embedding_length: int = 0
+    # A model another Ollama-API server serves (`remote_host` in /api/create): no GGUF here.
+    remote_host: str = ""
+    remote_model: str = ""
     base_name: str = ""
     # Names of Ollama's built-in prompt renderer and output parser, and the least Ollama version
     # the model needs: kept for Ollama, which may serve the same store (llamagate renders with
@@ -82,6 +85,10 @@ class ModelConfig(msgspec.Struct, omit_defaults=True):
     renderer: str = ""
     parser: str = ""
     requires: str = ""
+
+
+# What a create request may say of a model (renderer, parser, requires, `info`'s details).
+_DESCRIBED = ("model_family", "model_type", "file_type", "base_name", "renderer", "parser", "requires")
 
 
 class Message(msgspec.Struct, omit_defaults=True):
@@ -541,8 +548,9 @@ class Store:
     def create(
         self,
         name: ModelName,
-        model_layer: Layer,
+        model_layer: Layer | None,
         *,
+        remote: ModelConfig | None = None,
         template: str = "",
         system: str = "",
         params: dict[str, Any] | None = None,
@@ -552,27 +560,34 @@ class Store:
         described: ModelConfig | None = None,
         on_layer: Callable[[Layer, bool], None] | None = None,
     ) -> StoredModel:
-        """Write a model from a GGUF blob already in the store plus its text layers.
+        """Write a model from a GGUF blob already in the store plus its text layers, or (with no
+        layer) one that `remote`, a config naming its server, says is served elsewhere.
 
         `extra_layers` (a projector, adapters) are blobs already in the store; `described` holds
         what the request said of the model (renderer, parser, requires, `info`'s details), the
         GGUF filling in what it left empty, as Ollama does; `on_layer` hears of every layer with
         whether its blob was new, for `create`'s status lines.
         """
-        info = read_gguf(self.blob_path(model_layer.digest))
         given = described or ModelConfig()
-        family = given.model_family or info.architecture
-        config = msgspec.structs.replace(
-            given,
-            model_format="gguf",
-            model_family=family,
-            model_families=[family] if family else None,
-            model_type=given.model_type or human_number(info.parameter_count),
-            file_type=given.file_type or info.file_type,
-            context_length=info.context_length,
-            embedding_length=info.embedding_length,
-        )
-        layers = [model_layer, *(extra_layers or [])]
+        if remote is not None:
+            # What the request said of it over the remote's config, as Ollama fills one config.
+            said = {k: v for k, v in msgspec.structs.asdict(given).items() if v and k in _DESCRIBED}
+            config = msgspec.structs.replace(remote, **said)
+        else:
+            assert model_layer is not None, "a model is a GGUF here or a remote one"
+            info = read_gguf(self.blob_path(model_layer.digest))
+            family = given.model_family or info.architecture
+            config = msgspec.structs.replace(
+                given,
+                model_format="gguf",
+                model_family=family,
+                model_families=[family] if family else None,
+                model_type=given.model_type or human_number(info.parameter_count),
+                file_type=given.file_type or info.file_type,
+                context_length=info.context_length,
+                embedding_length=info.embedding_length,
+            )
+        layers = [*([model_layer] if model_layer else []), *(extra_layers or [])]
         if on_layer:
             for layer in layers:
                 on_layer(layer, False)

@@ -3,7 +3,7 @@ Pure code, no I/O."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervisor.runtime.environment import clean_env
@@ -46,6 +46,10 @@ class LaunchSpec:
     draft_min: int | None = None
     # The table's extra_args, checked against model_tables.EXTRA_ARGS; last, so they win.
     extra_args: tuple[str, ...] = ()
+    # The GPU chosen for it alone (`--device`; OLLAMA_SCHED_SPREAD off, several GPUs), or none:
+    # all. Chosen by the scheduler as it loads, by free memory at that moment, so not part of
+    # what a request asks for: a running process serves requests whatever it chose.
+    device: str = field(default="", compare=False)
 
     @property
     def ctx_total(self) -> int:
@@ -70,6 +74,8 @@ class LaunchSpec:
             args.append("--context-shift")
         if self.main_gpu is not None:
             args += ["--main-gpu", str(self.main_gpu)]
+        if self.device:
+            args += ["--device", self.device]
         if mode := self._load_mode():
             args += ["--load-mode", mode]
         if self.flash_attention is not None:
@@ -118,6 +124,9 @@ class LaunchSpec:
             "--no-webui",
             "--offline",
             "--log-colors", "off",
+            # Its load's buffer sizes per device and offloaded layers are logged at 4 (debug)
+            # only: they are where a runner's memory really went (runners/placement.py).
+            "--log-verbosity", "4",
             # Its Prometheus endpoint, re-exported by our /metrics (behind the runner's API key).
             "--metrics",
         ]

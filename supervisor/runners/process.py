@@ -22,6 +22,8 @@ import httpx
 from supervisor.errors import LlamagateError
 from supervisor.httpclient import async_client
 from supervisor.runners.launch import LaunchSpec, child_env
+from supervisor.runners.placement import LoadLog
+from supervisor.runners.rpc import check_workers
 
 # The runner's logger: a process's lines are part of its runner's story in the log.
 log = logging.getLogger("llamagate.runner")
@@ -30,6 +32,9 @@ _LISTENING = re.compile(r"listening on https?://[^\s:]+:(\d+)")
 # llama-server's lines start with the time since start and a level letter: "0.00.944.017 I srv ...".
 _MARKED = re.compile(r"[\d.]+ ([DIWE]) ")
 _LEVELS = {"D": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR}
+# What --log-verbosity 4 (runners/launch.py) adds to a load that is no news at INFO: the GGUF's
+# metadata, key by key (`llamagate show -v` prints it), half of a load's lines.
+_DUMP = re.compile(r"[\d.]+ [DI] (llama_model_loader: - |print_info: )")
 _PR_SET_PDEATHSIG = 1
 OUTPUT_LINES = 100
 _TAIL_LINES = 20
@@ -71,6 +76,8 @@ class Process:
         self._kill_reason = ""
         self._stopping = False
         self._ready = False
+        # Its buffers per device and offloaded layers, from the load's log lines.
+        self.load_log = LoadLog()
 
     @property
     def base_url(self) -> str:
@@ -95,6 +102,8 @@ class Process:
 
     async def start(self, spec: LaunchSpec, load_timeout: float) -> None:
         """Spawn it and return once it is healthy; if this fails, the caller terminates it."""
+        if spec.rpc:
+            await check_workers(self.name, spec.rpc)
         log.info("[%s] starting: %s", self.name, " ".join(spec.args()))
         started = time.monotonic()
         try:
@@ -120,7 +129,9 @@ class Process:
 
     def _level(self, line: str) -> int:
         """Warnings and errors always show; the rest at INFO while loading (people watch loads),
-        then at DEBUG: a dozen lines a request is no news."""
+        but for the metadata dump, then at DEBUG: a dozen lines a request is no news."""
+        if _DUMP.match(line):
+            return logging.DEBUG
         marked = _MARKED.match(line)
         if marked and marked.group(1) in _LEVELS:
             return _LEVELS[marked.group(1)]
@@ -140,6 +151,8 @@ class Process:
                 if not line:
                     continue
                 self._output.append(line)
+                if not self._ready:
+                    self.load_log.feed(line)
                 log.log(self._level(line), "[%s] %s", self.name, line)
                 if not self._port_found.done() and (m := _LISTENING.search(line)):
                     self._port_found.set_result(int(m.group(1)))

@@ -35,7 +35,8 @@ def _backoff(failures: int) -> float:
     return 0.0 if failures <= 1 else min(2.0 ** (failures - 2), 30.0)
 
 
-Admit = Callable[["Runner", LaunchSpec], contextlib.AbstractAsyncContextManager[None]]
+# The scheduler's gate before a start; it yields the spec to start, with the GPU it chose.
+Admit = Callable[["Runner", LaunchSpec], contextlib.AbstractAsyncContextManager[LaunchSpec]]
 
 
 class Runner:
@@ -70,12 +71,15 @@ class Runner:
         self.load_timeout = load_timeout
         self.stop_grace = stop_grace
         self.hang_timeout = hang_timeout
-        self._admit = admit or (lambda runner, spec: contextlib.nullcontext())
+        self._admit = admit or (lambda runner, spec: contextlib.nullcontext(spec))
         self._on_change = on_change
         self.spec: LaunchSpec | None = None
         # The spec whose memory this runner holds, or is about to once admitted; None when no
         # process is alive or starting. The scheduler sums these to decide what fits.
         self.holds: LaunchSpec | None = None
+        # The scheduler's estimate of its memory, made as it admitted the load; the load's log
+        # replaces it once read (see `footprint`).
+        self.predicted: memory.Estimate | None = None
         self.state = State.STOPPED
         # When (wall clock) the load under way began, waiting for room included; else None.
         self.loading_since: float | None = None
@@ -121,6 +125,25 @@ class Runner:
     def resident_bytes(self) -> int:
         """What its process holds in memory now, from /proc (0 without one)."""
         return memory.resident_bytes(self.pid) if self.pid else 0
+
+    @property
+    def placement(self) -> memory.Estimate | None:
+        """Where its memory is, as its process's load log says (None before it said, or if its
+        build doesn't)."""
+        if self.holds is None or self._process is None:
+            return None
+        return self._process.load_log.placement(self._file_size())
+
+    @property
+    def footprint(self) -> memory.Estimate | None:
+        """Where its memory is: as its load log says, else as predicted; None when it holds none."""
+        return self.placement or (self.predicted if self.holds is not None else None)
+
+    def _file_size(self) -> int:
+        try:
+            return self.holds.model_path.stat().st_size if self.holds else 0
+        except OSError:
+            return 0
 
     @property
     def idle(self) -> bool:
@@ -299,7 +322,7 @@ class Runner:
     async def _load(self, spec: LaunchSpec) -> None:
         # Room first (the scheduler may evict others, or wait for them to go idle), outside the
         # process lock so that no one holds that lock while waiting for others.
-        async with self._admit(self, spec):
+        async with self._admit(self, spec) as spec:
             self.holds = spec
         async with self._lifecycle:
             try:
@@ -323,6 +346,7 @@ class Runner:
         self.state = State.STOPPED
         self._running_spec = None
         self.holds = None
+        self.predicted = None
         self._on_change()
 
     async def _spawn(self, spec: LaunchSpec) -> None:

@@ -9,11 +9,12 @@ import math
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from supervisor.runners import memory
 from supervisor.runtime.install import ensure_llama_server
+from supervisor.runtime.devices import Device, Devices, default_context_length
 from supervisor.config import Config
 from supervisor.errors import LlamagateError, not_found
 from supervisor.models.gguf import embedding_pooling
@@ -95,12 +96,18 @@ class Scheduler:
         self._queued: Counter[Runner] = Counter()
         self._closed = False  # see `close`
         self._rpc = {ModelName.parse(name).display.lower(): tuple(workers) for name, workers in config.rpc.items()}
+        self.devices = Devices()
+
+    def max_loaded(self) -> int:
+        """OLLAMA_MAX_LOADED_MODELS; 0 is Ollama's 3 per GPU (3 without one)."""
+        return self.config.max_loaded_models or 3 * max(len(self.devices.current), 1)
 
     def num_ctx(self, model: Model, requested: int | None) -> int:
-        """Request, else the model's config table, else its PARAMETER, else the server default;
-        capped by training."""
+        """Request, else the model's config table, else its PARAMETER, else OLLAMA_CONTEXT_LENGTH,
+        else the default for the VRAM found; capped by training."""
         table = self.tables.of(model.name).num_ctx
-        num_ctx = requested or table or int(model.params.get("num_ctx") or 0) or self.config.context_length
+        num_ctx = (requested or table or int(model.params.get("num_ctx") or 0) or self.config.context_length
+                   or default_context_length(self.devices.current, self.config.gpu_overhead))
         trained = model.context_length
         if trained:
             num_ctx = min(num_ctx, trained)
@@ -133,8 +140,10 @@ class Scheduler:
         table = self.tables.of(model.name)
         flash_attention = self.config.flash_attention if table.flash_attention is None else table.flash_attention
         kv = self._kv_cache(flash_attention)
+        binary = (await ensure_llama_server(self.config)).path
+        await self.devices.of(binary)  # the default num_ctx depends on them
         return LaunchSpec(
-            binary=(await ensure_llama_server(self.config)).path,
+            binary=binary,
             model_path=files.model,
             num_ctx=self.num_ctx(model, load.num_ctx),
             threads=_option(load.num_thread, model, "num_thread", table.threads) or self.config.threads,
@@ -217,34 +226,49 @@ class Scheduler:
                 await asyncio.shield(other.keep(load.keep_alive))
 
     @asynccontextmanager
-    async def _admit(self, runner: Runner, spec: LaunchSpec) -> AsyncIterator[None]:
-        """Held by a runner about to start: returns once it fits, and the runner marks itself
-        as holding memory before the next load is considered."""
+    async def _admit(self, runner: Runner, spec: LaunchSpec) -> AsyncIterator[LaunchSpec]:
+        """Held by a runner about to start: yields once it fits, with the spec to start (its GPU
+        chosen), and the runner marks itself as holding memory before the next load is considered."""
         async with self._admission:
-            await self._make_room(runner, spec)
-            yield
+            yield await self._make_room(runner, spec)
 
-    async def _make_room(self, runner: Runner, spec: LaunchSpec) -> None:
+    def _footprints(self, runner: Runner) -> tuple[list[Runner], list[memory.Estimate], list[memory.Estimate]]:
+        """The other runners holding memory, and the footprints of those loaded and starting."""
+        held = {r: r.holds for r in self._runners.values() if r is not runner and r.holds is not None}
+        loaded, starting = [], []
+        for r, spec in held.items():
+            if (footprint := r.footprint) is not None:
+                (loaded if r.serving(spec) else starting).append(footprint)
+        return list(held), loaded, starting
+
+    async def _make_room(self, runner: Runner, spec: LaunchSpec) -> LaunchSpec:
         """Evict idle runners, shortest remaining keep_alive first, until the new one fits under
-        OLLAMA_MAX_LOADED_MODELS and in memory; wait while only busy runners are in the way."""
-        need = memory.estimate(spec.model_path, spec.ctx_total)
+        OLLAMA_MAX_LOADED_MODELS, on the GPUs and in RAM; wait while only busy runners are in
+        the way. Returns the spec with the GPU chosen for it, its memory predicted on the runner."""
         while True:
             self._changed.clear()
-            held = {r: r.holds for r in self._runners.values() if r is not runner and r.holds is not None}
-            others = list(held)
-            estimates = {r: memory.estimate(h.model_path, h.ctx_total) for r, h in held.items()}
-            room = len(others) < self.config.max_loaded_models
-            fits = memory.fits(
-                need,
-                loaded=[estimates[r] for r, h in held.items() if r.serving(h)],
-                starting=[estimates[r] for r, h in held.items() if not r.serving(h)],
-                available=memory.available_bytes(),
-                budget=self.config.max_memory,
-            )
-            if room and fits:
-                return
+            # Listed again (where the build has GPUs): what other processes, and runners just
+            # stopped, left free.
+            devices = await self.devices.of(spec.binary, fresh=True)
+            others, loaded, starting = self._footprints(runner)
+            overhead = self.config.gpu_overhead
+            free = memory.gpu_free(devices, overhead, loaded, starting)
+            if spec.gpu_layers != 0 and not self.config.sched_spread:
+                spec = replace(spec, device=memory.single_gpu(spec.model_path, spec.ctx_total, free) or "")
+            need = memory.estimate(spec.model_path, spec.ctx_total,
+                                   {spec.device: free[spec.device]} if spec.device else free, spec.gpu_layers)
+            # The most it could put on the GPUs, with none of our other runners loaded.
+            best = memory.estimate(spec.model_path, spec.ctx_total, memory.gpu_free(devices, overhead),
+                                   spec.gpu_layers)
+            room = len(others) < self.max_loaded()
+            on_gpus = memory.vram_fits(need, best, free)
+            in_ram = memory.fits(need, loaded=loaded, starting=starting, available=memory.available_bytes(),
+                                 budget=self.config.max_memory)
+            runner.predicted = need
+            if room and on_gpus and in_ram:
+                return spec
             for victim in sorted((r for r in others if r.idle), key=lambda r: r.expires_at):
-                reason = "model limit" if not room else "memory"
+                reason = "model limit" if not room else "GPU memory" if not on_gpus else "memory"
                 log.info("[%s] needs room (%s): evicting %s", runner.name, reason, victim.name)
                 # Shielded: a load abandoned now (its clients left) must not leave the victim half stopped.
                 if await asyncio.shield(victim.evict()):
@@ -253,7 +277,7 @@ class Scheduler:
                 if room and not any(not r.idle for r in others):
                     log.warning("[%s] may not fit in memory (needs ~%d MB), loading anyway: nothing else to "
                                 "unload", runner.name, need.total >> 20)
-                    return
+                    return spec
                 log.info("[%s] waiting for a busy model to finish before loading", runner.name)
                 await self._changed.wait()
 
@@ -282,6 +306,11 @@ class Scheduler:
 
     def runners(self) -> list[Runner]:
         return list(self._runners.values())
+
+    def gpus(self) -> list[tuple[Device, int]]:
+        """Each GPU of the build in use (as last listed), with the bytes our runners hold on it."""
+        footprints = [f for r in self._runners.values() if (f := r.footprint) is not None]
+        return [(d, sum(f.vram.get(d.name, 0) for f in footprints)) for d in self.devices.current]
 
     def close(self) -> None:
         """Shutdown begins: runners already serving go on with the requests in flight, but no load

