@@ -54,6 +54,9 @@ class Options(msgspec.Struct, omit_defaults=True):
     mirostat: Int = None
     mirostat_tau: float | None = None
     mirostat_eta: float | None = None
+    # The most tokens a draft model proposes per step (Ollama lists it with the load-time options;
+    # llama-server takes it per request).
+    draft_num_predict: Int = None
     # Load-time options: they shape the llama-server process.
     num_ctx: CInt = None
     num_batch: Batch = None
@@ -123,6 +126,8 @@ def sampling(defaults: ModelDefaults, options: Options | None, num_ctx: int) -> 
     out["n_predict"] = num_predict
     if merged.get("num_keep") is not None:
         out["n_keep"] = merged["num_keep"]
+    if merged.get("draft_num_predict") is not None:
+        out["speculative_n_max"] = merged["draft_num_predict"]
     return out
 
 

@@ -307,6 +307,7 @@ SETTINGS = (
     _Setting("openai_seed_greedy", "LLAMAGATE_OPENAI_SEED_GREEDY", _bool, _const("true")),
     _Setting("openai_finish_stop", "LLAMAGATE_OPENAI_FINISH_STOP", _bool, _const("true")),
     _Setting("openai_tool_calls_stop", "LLAMAGATE_OPENAI_TOOL_CALLS_STOP", _bool, _const("false")),
+    _Setting("no_cloud", "OLLAMA_NO_CLOUD", _bool, _const("false")),
     _Setting("noprune", "OLLAMA_NOPRUNE", _bool, _const("false")),
     _Setting("registry_mirrors", "LLAMAGATE_REGISTRY_MIRRORS", _message_only(parse_mirrors), _const("")),
     _Setting("origins", "OLLAMA_ORIGINS", _message_only(parse_origins), _const("")),
@@ -423,6 +424,8 @@ class Config:
     openai_seed_greedy: bool = True
     openai_finish_stop: bool = True
     openai_tool_calls_stop: bool = False
+    # OLLAMA_NO_CLOUD: only what /api/status reports as the source; llamagate has no cloud.
+    no_cloud: bool = False
     registry_mirrors: dict[str, str] = field(default_factory=dict)
     # OLLAMA_NOPRUNE: leave a killed process's leftovers in the store at startup.
     noprune: bool = False

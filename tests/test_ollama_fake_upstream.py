@@ -36,7 +36,8 @@ def _metadata_gguf(path: Path, arch: str, **kv) -> Path:
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fake")
-    srv = fake_upstream_server(tmp)
+    # OLLAMA_NO_CLOUD: /api/status's source (the shared server's, without it, is test_newer_fields').
+    srv = fake_upstream_server(tmp, env={"OLLAMA_NO_CLOUD": "1"})
     client = ollama.Client(host=srv.url)
     try:
         srv.create("thinker", _metadata_gguf(tmp / "thinker.gguf", "qwen3", **{"tokenizer.chat_template": THINKING_TEMPLATE}))
@@ -156,3 +157,34 @@ def test_logprobs(fake):
     r = httpx.post(f"{fake.url}/api/chat", json={"model": "thinker", "messages": [{"role": "user", "content": "x"}],
                                                  "logprobs": True, "top_logprobs": 21})
     assert r.status_code == 400 and r.json()["error"] == "top_logprobs must be between 0 and 20"
+
+
+def test_draft_num_predict_reaches_llama_server_as_speculative_n_max(fake):
+    fake.client.chat(model="thinker", messages=[{"role": "user", "content": "hi"}],
+                     options={"draft_num_predict": 5})
+    assert _last(fake, "/v1/chat/completions")["speculative.n_max"] == 5
+    fake.client.chat(model="thinker", messages=[{"role": "user", "content": "hi"}])
+    assert "speculative.n_max" not in _last(fake, "/v1/chat/completions")
+
+
+def test_status_source_with_ollama_no_cloud(fake):
+    """llamagate's cloud is always off, as a config file turns Ollama's off; the variable too is "both"."""
+    assert httpx.get(f"{fake.url}/api/status").json() == {"cloud": {"disabled": True, "source": "both"}}
+
+
+def test_a_created_draft_model_is_llama_servers_model_draft(fake, tmp_path):
+    """draft_files becomes the model's draft layer, started as --model-draft and kept by a model
+    made FROM it; draft_quantize is refused."""
+    files = {"main.gguf": fake.client.create_blob(_metadata_gguf(tmp_path / "main.gguf", "llama"))}
+    draft = {"small.gguf": fake.client.create_blob(_metadata_gguf(tmp_path / "small.gguf", "llama", **{"x": "d"}))}
+    body = {"model": "drafted", "files": files, "draft_files": draft, "stream": False}
+    r = httpx.post(f"{fake.url}/api/create", json={**body, "draft_quantize": "q8_0"})
+    assert r.status_code == 400 and "draft_quantize is not supported" in r.json()["error"]
+    # The ollama client has no draft_files (its `create` predates them).
+    assert httpx.post(f"{fake.url}/api/create", json=body).json() == {"status": "success"}
+    fake.client.create(model="drafted-too", from_="drafted", system="Be brief.")
+    blob = fake.models / "blobs" / draft["small.gguf"].replace(":", "-")
+    assert f"\nDRAFT {blob}\n" in fake.client.show("drafted-too").modelfile
+    fake.client.chat(model="drafted-too", messages=[{"role": "user", "content": "hi"}])
+    argv = next(r["argv"] for r in reversed(fake.requests()) if "argv" in r)
+    assert argv[argv.index("--model-draft") + 1] == str(blob)

@@ -165,6 +165,12 @@ LICENSE "MIT"
     assert mf.license == ["MIT"]
 
 
+def test_modelfile_renderer_parser_requires():
+    mf = parse("FROM x\nRENDERER qwen3-coder\nPARSER qwen3-coder\nREQUIRES v0.14.0-rc1")
+    assert (mf.renderer, mf.parser, mf.requires) == ("qwen3-coder", "qwen3-coder", "0.14.0-rc1")
+    assert parse("FROM x\nREQUIRES 1.2").requires == "1.2"
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [
@@ -174,6 +180,8 @@ LICENSE "MIT"
         ('FROM x\nSYSTEM """never closed', "unterminated"),
         ("FROM x\nMESSAGE robot hi", "MESSAGE role"),
         ("FROM x\nADAPTER ./lora.gguf", "unsupported command ADAPTER"),
+        ("FROM x\nREQUIRES latest", "requires must be a valid semver"),
+        ("FROM x\nREQUIRES 1.2-rc1", "requires must be a valid semver"),
     ],
 )
 def test_modelfile_errors(text, error):

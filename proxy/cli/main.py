@@ -199,6 +199,8 @@ def create(name: str, modelfile: Path, quantize: str) -> None:
     for key, value in (("template", mf.template), ("system", mf.system)):
         if value is not None:
             body[key] = value
+    body.update((key, value) for key, value in (("renderer", mf.renderer), ("parser", mf.parser),
+                                                ("requires", mf.requires)) if value)
     if mf.license:
         body["license"] = mf.license
     if quantize:

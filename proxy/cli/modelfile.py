@@ -1,4 +1,5 @@
-"""Modelfiles as `ollama create` reads them: FROM, PARAMETER, TEMPLATE, SYSTEM, MESSAGE, LICENSE."""
+"""Modelfiles as `ollama create` reads them: FROM, PARAMETER, TEMPLATE, SYSTEM, MESSAGE, LICENSE,
+RENDERER, PARSER and REQUIRES."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from proxy.ollama.schemas import Options
 
 _COMMAND = re.compile(r"^\s*([A-Za-z]+)\s+(.*)$", re.DOTALL)
 _ROLES = {"system", "user", "assistant", "tool"}
+# A semantic version as Go's x/mod/semver takes it (the leading "v" optional here, as Ollama's
+# parser adds it): MAJOR[.MINOR[.PATCH]], a pre-release and build only after all three.
+_NUM = r"(?:0|[1-9][0-9]*)"
+_IDS = r"[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*"
+_SEMVER = re.compile(rf"v?{_NUM}(?:\.{_NUM}(?:\.{_NUM}(?:-{_IDS})?(?:\+{_IDS})?)?)?")
 
 
 class ModelfileError(ValueError):
@@ -26,6 +32,9 @@ class Modelfile:
     system: str | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
     license: list[str] = field(default_factory=list)
+    renderer: str = ""
+    parser: str = ""
+    requires: str = ""
 
 
 def _instructions(text: str) -> list[tuple[str, str, int]]:
@@ -93,6 +102,14 @@ def parse(text: str) -> Modelfile:
             mf.messages.append({"role": role, "content": content.strip()})
         elif command == "LICENSE":
             mf.license.append(arg)
+        elif command == "RENDERER":
+            mf.renderer = arg
+        elif command == "PARSER":
+            mf.parser = arg
+        elif command == "REQUIRES":
+            if not _SEMVER.fullmatch(arg):
+                raise ModelfileError(f"line {lineno}: requires must be a valid semver (e.g. 0.14.0)")
+            mf.requires = arg.removeprefix("v")
         else:
             raise ModelfileError(f"line {lineno}: unsupported command {command}")
     if not mf.from_:

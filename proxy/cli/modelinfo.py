@@ -26,6 +26,8 @@ def print_info(info: dict[str, Any], verbose: bool) -> None:
         if f"{arch}.{key}" in mi:
             rows.append((label, str(mi[f"{arch}.{key}"])))
     rows.append(("quantization", d.get("quantization_level", "")))
+    if info.get("requires"):
+        rows.append(("requires", info["requires"]))
     _section("Model", rows)
     if info.get("capabilities"):
         _section("Capabilities", [(c, "") for c in info["capabilities"]])

@@ -26,6 +26,8 @@ class Sampling(msgspec.Struct, omit_defaults=True):
     mirostat: int | None = None
     mirostat_tau: float | None = None
     mirostat_eta: float | None = None
+    # The most tokens the draft model proposes per step (with --model-draft), per request.
+    speculative_n_max: int | None = msgspec.field(default=None, name="speculative.n_max")
 
 
 class ChatMessage(msgspec.Struct, omit_defaults=True):

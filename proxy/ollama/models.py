@@ -27,7 +27,7 @@ from supervisor.models import quantize
 from supervisor.models.model import Model
 from supervisor.models.remote import Pool, remote_config
 from supervisor.models.store import (
-    ADAPTER, DISK_FULL, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel, disk_error,
+    ADAPTER, DISK_FULL, DRAFT, MODEL, PROJECTOR, Layer, Message, ModelConfig, StoredModel, disk_error,
 )
 from supervisor.names import ModelName
 from supervisor.runners.runner import Runner
@@ -80,10 +80,12 @@ async def version() -> Response[bytes]:
 
 
 @get("/api/status")
-async def status() -> Response[bytes]:
-    """Ollama's cloud switch (`ollama launch` asks): llamagate has no cloud, so it is off, as a
-    config file turns it off."""
-    return json_response(schemas.StatusResponse(schemas.CloudStatus(disabled=True, source="config")))
+async def status(request: Request) -> Response[bytes]:
+    """Ollama's cloud switch (`ollama launch` asks): llamagate has no cloud, so it is always off,
+    as Ollama's server.json turns it off ("config"); OLLAMA_NO_CLOUD set too makes it "both", as
+    Ollama counts the two."""
+    source = "both" if gate_of(request).config.no_cloud else "config"
+    return json_response(schemas.StatusResponse(schemas.CloudStatus(disabled=True, source=source)))
 
 
 @route("/", http_method=[HttpMethod.GET, HttpMethod.HEAD])
@@ -130,17 +132,45 @@ class _Creation:
     messages: list[Message]
     licenses: list[str]
     parsed: bool  # from uploaded files (Ollama reports "parsing GGUF"), not from a model
+    described: ModelConfig  # renderer, parser, requires and `info`'s details, for the config blob
     quantize: str = ""  # llama-quantize's type name; "" keeps the GGUF as it is
     source_type: str = ""
+
+
+# `info` keys that describe a model, as Ollama reads them, and the config field each sets.
+_INFO_DETAILS = {"model_family": "model_family", "base_name": "base_name",
+                 "quantization_level": "file_type", "parameter_size": "model_type"}
+
+
+def _described(req: schemas.CreateRequest, base: StoredModel | None) -> ModelConfig:
+    """What the request says of the model for its config blob: renderer, parser and requires (a
+    base model's where the request names none, as Ollama inherits them) and `info`'s details.
+    `info`'s capabilities, context and embedding lengths are refused: llamagate reads them from
+    the GGUF, and declaring them would not make llama-server serve them."""
+    inherited = base.config if base else ModelConfig()
+    described = ModelConfig(renderer=req.renderer or inherited.renderer, parser=req.parser or inherited.parser,
+                            requires=req.requires or inherited.requires)
+    for key, value in (req.info or {}).items():
+        if key in ("capabilities", "context_length", "embedding_length"):
+            raise bad_request(f"info field {key!r} is not supported: llamagate reads it from the GGUF")
+        if key in _INFO_DETAILS:
+            if not isinstance(value, str):
+                raise bad_request(f'info field "{key}" must be a string')
+            setattr(described, _INFO_DETAILS[key], value)
+    return described
 
 
 def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
     """Every check of a create, before its first status line: a failure gets a real status
     instead of an error line in a 200 stream."""
     name = ModelName.parse(req.model or req.name)
-    for filename in [*(req.files or {}), *(req.adapters or {})]:
+    for filename in [*(req.files or {}), *(req.adapters or {}), *(req.draft_files or {})]:
         if filename.startswith(("/", "\\")) or ".." in Path(filename).parts:
             raise bad_request("file path must be relative")
+    if req.draft_quantize and not req.draft_files:
+        raise bad_request("--draft-quantize requires a DRAFT model")
+    if req.draft_quantize:
+        raise bad_request("draft_quantize is not supported: quantize the draft GGUF before the create")
     quantize_to = quantize.parse_type(req.quantize or req.quantization) if (req.quantize or req.quantization) else ""
     base: StoredModel | None = None
     extra: list[Layer] = []
@@ -164,7 +194,7 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
             layer, remote = None, base.config
         else:
             layer = next(la for la in base.manifest.layers if la.mediaType == MODEL)
-        extra = [la for la in base.manifest.layers if la.mediaType in (PROJECTOR, ADAPTER)]
+        extra = [la for la in base.manifest.layers if la.mediaType in (PROJECTOR, ADAPTER, DRAFT)]
     else:
         raise bad_request("neither 'from' or 'files' was specified")
     for filename, digest in (req.adapters or {}).items():
@@ -172,6 +202,13 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
         if adapter.mediaType != ADAPTER or read_gguf(gate.store.blob_path(digest)).metadata.get("general.type") != "adapter":
             raise bad_request(f"{filename}: not a LoRA adapter GGUF")
         extra.append(adapter)
+    if req.draft_files:  # llama-server's --model-draft, replacing a base model's draft
+        drafts = [_gguf_layer(gate, digest, filename, DRAFT) for filename, digest in req.draft_files.items()]
+        if len(drafts) != 1 or drafts[0].mediaType != DRAFT:
+            raise bad_request("draft_files must hold exactly one GGUF model")
+        extra = [la for la in extra if la.mediaType != DRAFT] + drafts
+    if layer is None and req.draft_files:
+        raise bad_request("DRAFT cannot be used with remote models")
     if layer is None and quantize_to:
         raise bad_request("quantize needs a GGUF in this store; a remote model is served as its host has it")
     source_type = cached_info(gate.store.blob_path(layer.digest)).file_type if layer else ""
@@ -197,7 +234,8 @@ def _plan(gate: Gateway, req: schemas.CreateRequest) -> _Creation:
         name=name, layer=layer, remote=remote, extra=extra, params=params, messages=messages, licenses=licenses,
         template=req.template if req.template is not None else (base.template if base else ""),
         system=req.system if req.system is not None else (base.system if base else ""),
-        parsed=bool(req.files), quantize=quantize_to, source_type=source_type,
+        parsed=bool(req.files), described=_described(req, base), quantize=quantize_to,
+        source_type=source_type,
     )
 
 
@@ -226,7 +264,8 @@ async def _run(gate: Gateway, req: schemas.CreateRequest) -> AsyncIterator[msgsp
     """The create's work, its status lines streamed as each step is done. The blobs it builds on
     are pinned from before its checks to its manifest (a delete meanwhile leaves them); the
     checks, which read GGUF headers, and the writes run in threads, off the event loop."""
-    named = [gate.store.blob_path(d) for d in [*(req.files or {}).values(), *(req.adapters or {}).values()]]
+    named = [gate.store.blob_path(d) for files in (req.files, req.adapters, req.draft_files)
+             for d in (files or {}).values()]
     async with gate.store.pinned(named):
         plan = await asyncio.to_thread(_plan, gate, req)
         used = [*([plan.layer] if plan.layer else []), *plan.extra]
@@ -254,7 +293,8 @@ async def _steps(gate: Gateway, plan: _Creation) -> AsyncIterator[msgspec.Struct
         # A change of the store: under its lock, so that no delete's prune runs in between.
         await gate.store.change(lambda: gate.store.create(
             plan.name, plan.layer, remote=plan.remote, template=plan.template, system=plan.system, params=plan.params,
-            messages=plan.messages, license=plan.licenses, extra_layers=plan.extra, on_layer=report,
+            messages=plan.messages, license=plan.licenses, extra_layers=plan.extra, described=plan.described,
+            on_layer=report,
         ))
     except OSError as e:
         raise disk_error(f"create {plan.name.display}", e) if e.errno in DISK_FULL else e
@@ -351,7 +391,8 @@ async def show(request: Request) -> Response[bytes]:
             model.name.display, target.location, template=model.template, system=system,
             params=model.params, messages=[(m.role, m.content) for m in model.messages],
             licenses=list(model.licenses), projector=str(target.projector or ""),
-            adapters=[str(a) for a in target.adapters],
+            adapters=[str(a) for a in target.adapters], draft=str(target.draft or ""),
+            renderer=model.details.renderer, parser=model.details.parser,
         ),
         parameters=translate.parameters_text(params),
         template=model.template or translate.shown_template(info.chat_template, model.capabilities),
@@ -365,6 +406,7 @@ async def show(request: Request) -> Response[bytes]:
         projector_info=translate.model_info(projector.metadata, 0, req.verbose) if projector else None,
         thinking=translate.thinking(info.chat_template, model.capabilities),
         tensors=translate.tensors(info.tensors) if req.verbose else None,
+        requires=model.details.requires,
     ))
 
 

@@ -194,6 +194,15 @@ class CreateRequest(msgspec.Struct):
     quantization: str = ""  # its older name, still read by Ollama
     stream: bool | None = None
     remote_host: str = ""  # with `from`: the model of that name served by that Ollama-API server
+    # Ollama's built-in renderer and parser, and the least Ollama version the model needs: stored
+    # in the config blob and shown; `info` overrides the details the GGUF would give.
+    renderer: str = ""
+    parser: str = ""
+    requires: str = ""
+    info: dict[str, Any] | None = None
+    # A draft model for speculative decoding (one GGUF), stored as the model's draft layer.
+    draft_files: dict[str, str] | None = None
+    draft_quantize: str = ""
 
 
 class StatusLine(msgspec.Struct, omit_defaults=True):
@@ -270,6 +279,7 @@ class ShowResponse(msgspec.Struct, omit_defaults=True):
     projector_info: dict[str, Any] | None = None
     thinking: Thinking | None = None
     tensors: list[Tensor] | None = None  # with verbose
+    requires: str = ""
 
 
 class RunningModel(msgspec.Struct, omit_defaults=True):

@@ -96,7 +96,7 @@ class Catalog:
             modified_at=stored.modified_at,
             size=stored.size,
             details=stored.config,
-            target=LocalFiles(stored.model_path, stored.projector_path, stored.adapter_paths),
+            target=LocalFiles(stored.model_path, stored.projector_path, stored.adapter_paths, stored.draft_path),
             template=stored.template,
             system=stored.system,
             params=stored.params,

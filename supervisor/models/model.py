@@ -31,6 +31,9 @@ class Source(Protocol):
     def adapters(self) -> tuple[Path, ...]: ...
 
     @property
+    def draft(self) -> Path | None: ...
+
+    @property
     def vision(self) -> bool: ...
 
     def info(self, *, verbose: bool = False) -> GGUFInfo: ...
@@ -43,6 +46,7 @@ class LocalFiles:
     model: Path
     projector: Path | None = None
     adapters: tuple[Path, ...] = ()
+    draft: Path | None = None  # --model-draft, unless the model's table names another
 
     @property
     def location(self) -> str:
@@ -55,7 +59,7 @@ class LocalFiles:
     @property
     def files(self) -> tuple[Path, ...]:
         """Every file a runner of the model opens."""
-        return (self.model, *((self.projector,) if self.projector else ()), *self.adapters)
+        return (self.model, *(p for p in (self.projector, self.draft) if p), *self.adapters)
 
     def info(self, *, verbose: bool = False) -> GGUFInfo:
         # Verbose reads every array (the vocabulary) and the tensors: too big to keep, so never cached.

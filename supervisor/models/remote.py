@@ -240,6 +240,10 @@ class Pool:
         return ()
 
     @property
+    def draft(self) -> None:
+        return None
+
+    @property
     def vision(self) -> bool:
         return bool(self.props and self.props.modalities.vision)
 

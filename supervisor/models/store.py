@@ -33,6 +33,7 @@ CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 MODEL = "application/vnd.ollama.image.model"
 PROJECTOR = "application/vnd.ollama.image.projector"
 ADAPTER = "application/vnd.ollama.image.adapter"
+DRAFT = "application/vnd.ollama.image.draft"  # speculative decoding's draft model (Ollama 0.30)
 TEMPLATE = "application/vnd.ollama.image.template"
 SYSTEM = "application/vnd.ollama.image.system"
 PARAMS = "application/vnd.ollama.image.params"
@@ -77,6 +78,17 @@ class ModelConfig(msgspec.Struct, omit_defaults=True):
     # A model another Ollama-API server serves (`remote_host` in /api/create): no GGUF here.
     remote_host: str = ""
     remote_model: str = ""
+    base_name: str = ""
+    # Names of Ollama's built-in prompt renderer and output parser, and the least Ollama version
+    # the model needs: kept for Ollama, which may serve the same store (llamagate renders with
+    # the GGUF's chat template and parses with llama-server's parsers).
+    renderer: str = ""
+    parser: str = ""
+    requires: str = ""
+
+
+# What a create request may say of a model (renderer, parser, requires, `info`'s details).
+_DESCRIBED = ("model_family", "model_type", "file_type", "base_name", "renderer", "parser", "requires")
 
 
 class Message(msgspec.Struct, omit_defaults=True):
@@ -192,6 +204,11 @@ class StoredModel:
     @property
     def projector_path(self) -> Path | None:
         layer = self._layer(PROJECTOR)
+        return self.store.blob_path(layer.digest) if layer else None
+
+    @property
+    def draft_path(self) -> Path | None:
+        layer = self._layer(DRAFT)
         return self.store.blob_path(layer.digest) if layer else None
 
     @property
@@ -540,26 +557,33 @@ class Store:
         messages: list[Message] | None = None,
         license: str | list[str] = "",
         extra_layers: list[Layer] | None = None,
+        described: ModelConfig | None = None,
         on_layer: Callable[[Layer, bool], None] | None = None,
     ) -> StoredModel:
         """Write a model from a GGUF blob already in the store plus its text layers, or (with no
         layer) one that `remote`, a config naming its server, says is served elsewhere.
 
-        `extra_layers` (a projector, adapters) are blobs already in the store; `on_layer` hears of
-        every layer with whether its blob was new, for `create`'s status lines.
+        `extra_layers` (a projector, adapters) are blobs already in the store; `described` holds
+        what the request said of the model (renderer, parser, requires, `info`'s details), the
+        GGUF filling in what it left empty, as Ollama does; `on_layer` hears of every layer with
+        whether its blob was new, for `create`'s status lines.
         """
+        given = described or ModelConfig()
         if remote is not None:
-            config = remote
+            # What the request said of it over the remote's config, as Ollama fills one config.
+            said = {k: v for k, v in msgspec.structs.asdict(given).items() if v and k in _DESCRIBED}
+            config = msgspec.structs.replace(remote, **said)
         else:
             assert model_layer is not None, "a model is a GGUF here or a remote one"
             info = read_gguf(self.blob_path(model_layer.digest))
-            arch = info.architecture
-            config = ModelConfig(
+            family = given.model_family or info.architecture
+            config = msgspec.structs.replace(
+                given,
                 model_format="gguf",
-                model_family=arch,
-                model_families=[arch] if arch else None,
-                model_type=human_number(info.parameter_count),
-                file_type=info.file_type,
+                model_family=family,
+                model_families=[family] if family else None,
+                model_type=given.model_type or human_number(info.parameter_count),
+                file_type=given.file_type or info.file_type,
                 context_length=info.context_length,
                 embedding_length=info.embedding_length,
             )

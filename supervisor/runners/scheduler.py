@@ -156,7 +156,7 @@ class Scheduler:
             flash_attention=flash_attention,
             cache_type_k=table.cache_type_k or kv,
             cache_type_v=table.cache_type_v or kv,
-            draft=self._draft(table.draft_model),
+            draft=self._draft(table.draft_model) or files.draft,
             draft_max=table.draft_max,
             draft_min=table.draft_min,
             extra_args=table.extra_args,
