@@ -11,7 +11,7 @@ from proxy.llama import wire
 from supervisor.errors import bad_request
 
 if TYPE_CHECKING:  # the schemas import DebugInfo: keep the server's parts out of the CLI's imports
-    from proxy.gateway import Gateway
+    from proxy.llama.lease import Inference
     from supervisor.models.model import Model
     from supervisor.runners.scheduler import LoadOptions
 
@@ -26,14 +26,14 @@ class DebugInfo(msgspec.Struct, omit_defaults=True):
 
 
 async def rendered(
-    gate: Gateway, model: Model, load: LoadOptions, body: Body, context: list[int] | None = None,
+    inference: Inference, model: Model, load: LoadOptions, body: Body, context: list[int] | None = None,
 ) -> str:
     """The prompt the request would run, as llama-server renders it with the model's template
     (the model is loaded for that, as in Ollama); token ids (a generate `context`) as their text."""
     if isinstance(body, wire.InfillRequest):
         raise bad_request("_debug_render_only does not render fill-in-the-middle (suffix) prompts: llama-server "
                           "builds them from the model's FIM tokens")
-    async with gate.inference.lease(model, load) as lease:
+    async with inference.lease(model, load) as lease:
         if isinstance(body, wire.ChatRequest):
             request = wire.ApplyTemplateRequest(body.messages, body.chat_template_kwargs, body.tools)
             applied = await lease.post("/apply-template", request, wire.ApplyTemplateResponse)

@@ -355,7 +355,7 @@ class Session:
 
     def command_list(self, args: list[str]) -> None:
         """`llamagate list [PREFIX]` inside the session (Ollama's session has it, unlisted in /?)."""
-        from proxy.cli.main import print_models
+        from proxy.cli.tables import print_models
 
         try:
             print_models(self.client, args[0] if args else "")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from proxy.cli.client import Client, ClientError
+from proxy.cli.tables import human_since, print_models, table
 from proxy.service.logs import FORMATS, LEVELS
 from supervisor.config import Config
 from supervisor.errors import LlamagateError
@@ -28,22 +29,6 @@ if TYPE_CHECKING:
 def _fail(message: str) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(1)
-
-
-def human_since(when: datetime) -> str:
-    seconds = max(0.0, time.time() - when.timestamp())
-    for unit, size in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400),
-                       ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = int(seconds // size)
-            return f"{'About an' if unit == 'hour' and n == 1 else n} {unit}{'s' if n > 1 else ''} ago"
-    return "Less than a minute ago" if seconds >= 1 else "Less than a second ago"
-
-
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("    ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -155,19 +140,6 @@ def list_(prefix: str) -> None:
         print_models(Client(), prefix)
     except ClientError as e:
         _fail(str(e))
-
-
-def print_models(client: Client, prefix: str) -> None:
-    """`list`'s table, also `run`'s /list: the models whose name starts with `prefix`, in any case."""
-    from proxy.cli.progress import human_bytes
-
-    models = client.request("GET", "/api/tags").json()["models"]
-    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
-    for m in models:
-        if m["name"].lower().startswith(prefix.lower()):
-            modified = datetime.fromisoformat(m["modified_at"])
-            rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_since(modified)])
-    _table(rows)
 
 
 def _sha256(path: Path) -> str:
@@ -416,7 +388,7 @@ def ps() -> None:
             until += f", {m['queued']} queued"
         rows.append([m["name"], m["digest"][:12], human_bytes(size), processor(size, m.get("size_vram", 0)),
                      str(m.get("context_length", "")), until])
-    _table(rows)
+    table(rows)
 
 
 @main.command()
@@ -551,7 +523,7 @@ def runtime_list() -> None:
     for b in builds(config.runtime_dir):
         installed = human_since(datetime.fromisoformat(b.installed_at))
         rows.append(["*" if b.name == current else "", b.name, b.backend, b.version, installed])
-    _table(rows)
+    table(rows)
 
 
 @runtime.command("use")

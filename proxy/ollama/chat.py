@@ -228,7 +228,7 @@ async def chat(request: Request) -> Response[Any]:
         )
     body = translate.chat_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
     if req.debug_render_only:  # Ollama's answer: a chunk with no message of its own
-        info = DebugInfo(await rendered(gate, model, load, body), sum(len(m.images or []) for m in req.messages))
+        info = DebugInfo(await rendered(gate.inference, model, load, body), sum(len(m.images or []) for m in req.messages))
         empty = schemas.OutMessage("", "")
         return json_response(schemas.ChatChunk(req.model, now_rfc3339(), empty, False, debug_info=info))
     chunks = _chat_chunks(gate, req.model, model, load, body, req.truncate is not False)
@@ -331,7 +331,7 @@ async def generate(request: Request) -> Response[Any]:
         )
     body = translate.generate_request(req, ModelDefaults.of(model), num_ctx, req.model, model.capabilities)
     if req.debug_render_only:
-        info = DebugInfo(await rendered(gate, model, load, body, req.context), len(req.images or []))
+        info = DebugInfo(await rendered(gate.inference, model, load, body, req.context), len(req.images or []))
         return json_response(schemas.GenerateChunk(model=req.model, created_at=now_rfc3339(), response="", done=False,
                                                    debug_info=info))
     chunks = _generate_chunks(gate, req, model, load, body)

@@ -94,7 +94,7 @@ async def chat_completions(request: Request) -> Response[Any]:
     if req.debug_render_only:
         parts = [p for m in req.messages if isinstance(m.content, list) for p in m.content]
         images = sum(isinstance(p, schemas.ImagePart) for p in parts)
-        info = DebugInfo(await rendered(gate, model, load, body), images)
+        info = DebugInfo(await rendered(gate.inference, model, load, body), images)
         empty = schemas.ChatChoice(0, msgspec.Raw(b'{"role":"assistant","content":""}'), msgspec.Raw(b"null"), None)
         return json_answer(schemas.RenderedChat(**head, choices=[empty], usage=schemas.Usage(), debug_info=info))
     choice: Callable[[int, wire.OpenAIChoice], Any]
