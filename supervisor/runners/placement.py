@@ -67,4 +67,8 @@ class LoadLog:
         if file_size:
             mapped = min(mapped, max(file_size - on_gpu_weights, 0))
         gpu_layers, layers = self._offloaded
+        if not vram:
+            # A build with the RPC backend counts it as a GPU and prints "offloaded 3/3 layers to
+            # GPU" with no worker given; no buffer on a device means they all stayed in RAM.
+            gpu_layers = 0
         return Estimate(mapped, other, vram, gpu_layers, layers)
