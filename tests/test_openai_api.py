@@ -44,7 +44,14 @@ def alias(server) -> str:
 def _runner_of(server: Server, gguf: Path) -> list[int]:
     """The pids of the llama-servers running `gguf` (the blob is named by its digest)."""
     digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
-    return [pid for pid in server.runner_pids() if digest in Path(f"/proc/{pid}/cmdline").read_text()]
+    pids = []
+    for pid in server.runner_pids():
+        try:
+            if digest in Path(f"/proc/{pid}/cmdline").read_text():
+                pids.append(pid)
+        except OSError:
+            pass  # it exited since it was listed: that is what the callers wait for
+    return pids
 
 
 def _cmdline(pid: int) -> list[str]:
