@@ -49,6 +49,10 @@ class Target(Protocol):
 _CODES = {"exceed_context_size_error": "context_length_exceeded"}
 
 
+# The key a progress chunk carries; generated text can't hold it unescaped.
+_PROGRESS = b'"prompt_progress":{'
+
+
 def _unreadable(error: msgspec.DecodeError) -> LlamagateError:
     """An answer of llama-server's that is no JSON of the shape it sends (a bug, or a process
     other than llama-server on its port): the client's error, not a traceback."""
@@ -134,8 +138,14 @@ class Hop:
         message; an error event inside the stream, or an event that is no JSON, is raised as a
         500 (a broken connection as its target's failure). Closing this generator
         closes the connection, which makes llama-server cancel the generation and free the slot.
+
+        The stream asks for llama-server's prompt progress, a chunk per prompt batch, and drops
+        those chunks: writing one is how llama-server notices, within a batch, a connection closed
+        while it reads a long prompt. Its other check, once a second without any result on its
+        queue, never comes while other requests keep that queue busy.
         """
         chunk = None
+        body = msgspec.structs.replace(body, return_progress=True)
         async with self._post(target, path, msgspec.json.encode(body)) as response:
             if response.status_code != 200:
                 raise _error(response.status_code, await response.aread())
@@ -152,6 +162,8 @@ class Hop:
                             break
                         if payload.startswith(b'{"error"'):
                             raise _error(500, payload)
+                        if _PROGRESS in payload:
+                            continue
                         try:
                             chunk = decoder.decode(payload)
                         except msgspec.DecodeError as e:

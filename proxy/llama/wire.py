@@ -57,6 +57,8 @@ class ChatRequest(Sampling, omit_defaults=True, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     logit_bias: dict[str, float] | None = None
+    # Set by the hop on every stream (see Hop.stream): a chunk per prompt batch, dropped there.
+    return_progress: bool | None = None
 
 
 class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
@@ -75,6 +77,8 @@ class CompletionRequest(Sampling, omit_defaults=True, kw_only=True):
     logprobs: int | None = None
     # Each chunk then carries the ids of the tokens it generated (for generate's `context`).
     return_tokens: bool | None = None
+    # Set by the hop on every stream (see Hop.stream): a chunk per prompt batch, dropped there.
+    return_progress: bool | None = None
 
 
 class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
@@ -87,6 +91,8 @@ class InfillRequest(Sampling, omit_defaults=True, kw_only=True):
     stream: bool
     cache_prompt: bool
     n_probs: int | None = None
+    # Set by the hop on every stream (see Hop.stream): a chunk per prompt batch, dropped there.
+    return_progress: bool | None = None
 
 
 class TokenizeRequest(msgspec.Struct):
