@@ -12,7 +12,9 @@ import pty
 import resource
 import signal
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -207,8 +209,9 @@ def test_network_failure_keeps_the_partial_download_for_a_resume(tmp_path):
     assert e.value.status == 502 and "pull again to resume" in e.value.message
     assert "connect" in e.value.message.lower() or "refused" in e.value.message.lower()
     assert blob_files(tmp_path, hex_digest) == [f"sha256-{hex_digest}-partial", f"sha256-{hex_digest}-partial-0"]
-    saved = msgspec.json.decode((tmp_path / "blobs" / f"sha256-{hex_digest}-partial-0").read_bytes(), type=Part)
-    assert saved.Completed == MB
+    saved = (tmp_path / "blobs" / f"sha256-{hex_digest}-partial-0").read_bytes()
+    # What Ollama's part decoder reads (server/download.go), so `ollama pull` resumes it too.
+    assert saved == b'{"N":0,"Offset":0,"Size":%d,"Completed":%d}' % (len(data), MB)
 
     second = Cdn()
     second.add(data)
@@ -339,6 +342,64 @@ def test_corrupted_blob_is_rejected_and_deleted(server, registry):
     assert "success" not in [e.get("status") for e in events]
     assert blob_files(server.models, want) == []
     assert not (server.models / "manifests/registry.ollama.ai/test/corrupt").exists()
+
+
+def test_a_download_another_process_keeps_locked_is_a_409_and_loses_nothing(server, registry, tmp_path):
+    """Another llamagate (here a process that only holds the lock) downloading the same blob into
+    the store: the pull waits 5 s for it, then answers 409, and leaves that download alone."""
+    data = os.urandom(200_000)
+    registry.publish("test/locked:v1", [(MODEL, data)])
+    partial = server.models / "blobs" / f"sha256-{sha256(data)}-partial"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"theirs")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"), str(partial)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        started = time.monotonic()
+        r = httpx.post(f"{server.url}/api/pull", json={"model": "test/locked:v1", "stream": False}, timeout=30)
+        waited = time.monotonic() - started
+        assert r.status_code == 409, r.text
+        assert r.json() == {"error": f"another process is downloading sha256:{sha256(data)} into this store: "
+                                     "pull again when it is done"}
+        assert 4.5 < waited < 10
+        status, events = lines(server.url, {"model": "test/locked:v1"})
+        assert status == 200 and "another process is downloading" in events[-1]["error"]
+        assert partial.read_bytes() == b"theirs"
+        assert blob_files(server.models, sha256(data)) == [partial.name]
+        assert not (server.models / "manifests/registry.ollama.ai/test/locked").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its holder gone (killed: the lock goes with it), the next pull starts the blob over and has it.
+    status, events = lines(server.url, {"model": "test/locked:v1"})
+    assert status == 200 and events[-1] == {"status": "success"}
+    assert blob_files(server.models, sha256(data)) == [f"sha256-{sha256(data)}"]
+
+
+def test_a_download_ollama_left_resumes_where_it_stopped(server, registry, cdn):
+    """The files an interrupted `ollama pull` leaves, byte for byte as its JSON encoder writes
+    them (server/download.go: a part per file, one line each; the partial file truncated to the
+    blob's size): llamagate fetches only the bytes the parts lack, and the blob verifies."""
+    data = os.urandom(600_000)
+    hex_digest = sha256(data)
+    registry.publish("test/fromollama:v1", [(MODEL, data)])
+    blobs = server.models / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    partial = blobs / f"sha256-{hex_digest}-partial"
+    # Part 0 done, part 1 a third in, the rest of the file a hole.
+    partial.write_bytes(data[:400_000] + bytes(200_000))
+    (blobs / f"{partial.name}-0").write_bytes(b'{"N":0,"Offset":0,"Size":300000,"Completed":300000}\n')
+    (blobs / f"{partial.name}-1").write_bytes(b'{"N":1,"Offset":300000,"Size":300000,"Completed":100000}\n')
+    status, events = lines(server.url, {"model": "test/fromollama:v1"})
+    assert status == 200 and events[-1] == {"status": "success"}, events
+    progress = [e for e in events if e.get("digest") == f"sha256:{hex_digest}"]
+    assert progress[-1]["completed"] == 600_000
+    ranges = [(s.start, s.end, s.sent) for s in cdn.served_for(hex_digest) if s.end - s.start > 1]
+    assert ranges == [(400_000, 600_000, 200_000)]
+    assert blob_files(server.models, hex_digest) == [f"sha256-{hex_digest}"]
+    assert (blobs / f"sha256-{hex_digest}").read_bytes() == data
 
 
 def test_concurrent_pulls_share_one_download(server, registry, cdn):

@@ -24,6 +24,7 @@ from registries import OllamaRegistry, sha256
 from supervisor.errors import LlamagateError
 from supervisor.models.store import MODEL, Store
 from supervisor.names import ModelName
+from tinymodel import write_tiny_model
 
 MB = 1_000_000
 HOUR = 3600
@@ -224,6 +225,39 @@ def test_a_full_disk_during_an_upload_and_a_pull_is_a_clear_error(small_disk, re
         (small_disk / "filler").unlink()
         assert pull(srv.url, "toolarge").json()["status"] == "success"
         assert verified(small_disk / "models") == ["registry.ollama.ai/library/toolarge/latest"]
+    finally:
+        srv.stop()
+
+
+def test_a_full_disk_during_a_create_is_a_clear_error(small_disk, tmp_path):
+    """A quantize whose output doesn't fit, and a create whose small layers don't: 507 each, no
+    model, nothing half-written; with room again the same create succeeds."""
+    f16 = write_tiny_model(tmp_path / "tiny-f16.gguf", f16=True)
+    models = small_disk / "models"
+    srv = Server(small_disk.parent, env={"OLLAMA_MODELS": str(models)})
+    try:
+        digest = upload(srv.url, f16.read_bytes())
+        before = sorted(p.name for p in (models / "blobs").iterdir())
+        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        filler = small_disk / "filler"
+        filler.write_bytes(b"\0" * (free - f16.stat().st_size // 4))  # room for a quarter of the output
+        body = {"model": "squeezed", "files": {"tiny-f16.gguf": digest}, "quantize": "q8_0", "stream": False}
+        r = httpx.post(f"{srv.url}/api/create", json=body, timeout=120)
+        assert r.status_code == 507, r.text
+        assert "not enough disk space" in r.json()["error"]
+        assert sorted(p.name for p in (models / "blobs").iterdir()) == before
+        # Not even room for a system prompt's layer.
+        filler.write_bytes(b"\0" * (free - 1))
+        body = {"model": "squeezed", "files": {"tiny-f16.gguf": digest}, "system": "x" * 20_000, "stream": False}
+        r = httpx.post(f"{srv.url}/api/create", json=body, timeout=120)
+        assert r.status_code == 507, r.text
+        assert "not enough disk space" in r.json()["error"]
+        assert sorted(p.name for p in (models / "blobs").iterdir()) == before
+        assert not (models / "manifests").exists() or verified(models) == []
+        filler.unlink()
+        r = httpx.post(f"{srv.url}/api/create", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert verified(models) == ["registry.ollama.ai/library/squeezed/latest"]
     finally:
         srv.stop()
 

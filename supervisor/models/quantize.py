@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from supervisor.errors import LlamagateError, bad_request
+from supervisor.models.store import disk_error
 from supervisor.runtime.environment import clean_env
 
 # Ollama's names (F32, F16, BF16, Q8_0, Q4_K_S, Q4_K_M and its alias Q4_K), then the other types
@@ -24,6 +27,8 @@ SOURCES = ("F16", "BF16", "F32")
 
 # llama-quantize's line per tensor: `[  12/ 291]   blk.0.ffn_up.weight - [...], type = f16, ...`
 _TENSOR = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
+# Less room than this left where the output was written, after a failure: the disk filled up.
+_FULL = 1 << 20
 
 
 def parse_type(text: str) -> str:
@@ -54,8 +59,8 @@ async def quantize(
     tool: Path, source: Path, target: Path, type_name: str, threads: int,
 ) -> AsyncIterator[tuple[int, int]]:
     """Write `source` quantized to `target`, yielding (tensors done, tensors in all) as
-    llama-quantize reports each tensor. A failure is a 500 with llama-quantize's last words; a
-    consumer that stops early (a client gone) kills the process."""
+    llama-quantize reports each tensor. A failure is a 500 with llama-quantize's last words (a 507
+    if it filled the disk, which it doesn't say); a consumer that stops early (a client gone) kills the process."""
     proc = await asyncio.create_subprocess_exec(
         str(tool), str(source), str(target), type_name, str(threads), env=clean_env(), cwd=tool.parent,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -69,8 +74,17 @@ async def quantize(
             elif line.strip():
                 last.append(line.decode(errors="replace").strip())
         if await proc.wait() != 0:
+            if _full(target.parent):
+                raise disk_error("quantize", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
             raise LlamagateError(500, "llama-quantize failed: " + " | ".join(last))
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def _full(folder: Path) -> bool:
+    """Whether the file system holding `folder` is (all but) full, the output still on it; root
+    may write into the blocks reserved for it, others may not."""
+    st = os.statvfs(folder)
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize < _FULL
