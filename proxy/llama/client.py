@@ -177,15 +177,16 @@ class Hop:
         if last is not None and chunk is not None:
             last(chunk)
 
-    async def relay(self, target: Target, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
+    async def relay(self, target: Target, path: str, content: bytes) -> AsyncIterator[tuple[str | None, bytes]]:
         """POST a body as the client sent it and yield llama-server's answer as (event, data)
-        pairs: one per SSE event, or ("", body) for a JSON answer. An error status before the
+        pairs: one per SSE event ("" for one without a name), or (None, body) for a JSON answer,
+        whatever the body asked (count_tokens answers JSON to a `stream`). An error status before the
         answer starts is raised; a broken connection after it is raised as a 500."""
         async with self._post(target, path, content) as response:
             if response.status_code != 200:
                 raise _error(response.status_code, await response.aread())
             if not response.header(b"content-type").startswith("text/event-stream"):
-                yield "", await response.aread()
+                yield None, await response.aread()
                 return
             event, buffer = "", b""
             async for data in response.aiter_raw():

@@ -62,7 +62,7 @@ class Lease:
         _count(result)
         return result
 
-    def relay(self, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
+    def relay(self, path: str, content: bytes) -> AsyncIterator[tuple[str | None, bytes]]:
         return self.hop.relay(self.target, path, content)
 
 
@@ -93,7 +93,9 @@ class Inference:
         async with self.lease(model, load) as lease:
             return await lease.post(path, body, result_type)
 
-    async def relay(self, model: Model, load: LoadOptions, path: str, content: bytes) -> AsyncIterator[tuple[str, bytes]]:
+    async def relay(
+        self, model: Model, load: LoadOptions, path: str, content: bytes,
+    ) -> AsyncIterator[tuple[str | None, bytes]]:
         """A client's body passed on as is; llama-server's answer as (event, data) pairs."""
         async with self.lease(model, load) as lease:
             async for event in lease.relay(path, content):

@@ -57,8 +57,7 @@ async def _relay(request: Request, path: str) -> Response[Any]:
         body = translate.with_template_kwargs(body, think_kwargs(think, req.model, model.capabilities))
     events = gate.inference.relay(model, load_options(gate, model, req), path, body)
     event, data = await anext(events)
-    # count_tokens answers one JSON object whatever `stream` says (a copied request may carry it).
-    if not event and (not req.stream or path == "/v1/messages/count_tokens"):
+    if event is None:
         await events.aclose()  # type: ignore[attr-defined]
         return Response(translate.rename_model(data, req.model), media_type=JSON, status_code=200)
 

@@ -171,6 +171,7 @@ class Routed(_Extensions, kw_only=True):
     """What llamagate reads of a request it passes on whole (Responses, Anthropic Messages)."""
 
     model: str = ""
+    # Not read (the answer's content type tells a stream), but checked and in the OpenAPI schema.
     stream: bool = False
     # The Responses API's; Anthropic's `thinking` is llama-server's to read.
     reasoning: Reasoning | None = None
