@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -324,6 +325,10 @@ def run(model: str, prompt: tuple[str, ...], format_: str | None, think: str | N
     from proxy.cli import answer
     from proxy.cli.images import ImageError
 
+    # Ctrl+C stops an answer even where run was started with SIGINT ignored (what a
+    # non-interactive shell does to a command it runs in the background), as in `ollama run`,
+    # whose Go signal.Notify takes an ignored SIGINT back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         opts = answer.RunOptions.from_flags(model, format_, think, hidethinking, keepalive, verbose, nowordwrap)
     except ValueError as e:
