@@ -24,7 +24,7 @@ from supervisor.runners.launch import LaunchSpec
 
 MODEL = "smol"
 GREEDY = {"temperature": 0, "num_predict": 8}
-# About 100 tokens a message: 120 of them are some 12 000 tokens, six times num_ctx 2048.
+# About 100 tokens a message: 120 of them are some 12 000 tokens, twelve times num_ctx 1024.
 FILLER = " ".join(f"word{i}" for i in range(40))
 
 
@@ -57,15 +57,15 @@ def _runner_args(srv: Server) -> list[str]:
 
 
 def test_long_chat_is_cut_to_fit_num_ctx(smol):
-    r = smol.client.chat(model=MODEL, messages=_long_chat(), options={**GREEDY, "num_ctx": 2048})
+    r = smol.client.chat(model=MODEL, messages=_long_chat(), options={**GREEDY, "num_ctx": 1024})
     assert r.message.content and r.done_reason in ("stop", "length")
     # What was kept fills the context as far as whole messages go.
-    assert 1024 < r.prompt_eval_count < 2048
+    assert 512 < r.prompt_eval_count < 1024
 
 
 def test_truncate_false_keeps_the_refusal(smol):
     r = httpx.post(f"{smol.url}/api/chat", timeout=60, json={
-        "model": MODEL, "messages": _long_chat(), "options": {**GREEDY, "num_ctx": 2048},
+        "model": MODEL, "messages": _long_chat(), "options": {**GREEDY, "num_ctx": 1024},
         "truncate": False, "stream": False})
     assert r.status_code == 400
     assert "exceeds the available context size" in r.json()["error"]
