@@ -21,7 +21,7 @@ from supervisor.errors import LlamagateError, bad_request
 from supervisor.httpclient import tls_context
 from supervisor.model_tables import ModelTables
 from supervisor.models.catalog import Catalog
-from supervisor.models.model import LocalFiles
+from supervisor.models.model import LocalFiles, Model
 from supervisor.models.remote import Upstreams
 from supervisor.models.store import Store
 from supervisor.pull.inflight import Pulls
@@ -52,6 +52,7 @@ class Gateway:
         self.pulls = Pulls(self.puller)
         self.pusher = Pusher(self.store, config.registry_mirrors, self.puller.client)
         self._preloading: asyncio.Task[None] | None = None
+        self._discovering: asyncio.Task[None] | None = None
 
     def _gguf(self, name: str) -> Path:
         """The GGUF of a stored model (a draft_model given by name)."""
@@ -79,6 +80,7 @@ class Gateway:
     def start(self) -> None:
         tls_context()  # built now rather than inside the first model load
         self.upstreams.start()
+        self._discovering = asyncio.create_task(self._discover())
         self._preloading = asyncio.create_task(self._preload())
 
     async def _discover(self) -> None:
@@ -91,10 +93,19 @@ class Gateway:
             return
         await self.scheduler.devices.of(binary.path)
 
+    async def num_ctx(self, model: Model, requested: int | None) -> int:
+        """The request's num_ctx (Scheduler.num_ctx), once the startup's GPU listing is in: the
+        default depends on the VRAM, and a request in the first moments must not get the
+        no-GPU default the rest of its model's life."""
+        if self._discovering is not None and not self._discovering.done():
+            await asyncio.shield(self._discovering)
+        return self.scheduler.num_ctx(model, requested)
+
     async def _preload(self) -> None:
         """In the background, the server answering meanwhile: the GPUs listed, then each model
         whose table says `preload` loaded, one after another (a failure is logged, not fatal)."""
-        await self._discover()
+        assert self._discovering is not None
+        await asyncio.shield(self._discovering)
         for name, table in self.tables.items():
             if not table.preload:
                 continue
@@ -122,8 +133,9 @@ class Gateway:
         self.scheduler.close()
 
     async def aclose(self) -> None:
-        if self._preloading:
-            self._preloading.cancel()
+        for task in (self._preloading, self._discovering):
+            if task:
+                task.cancel()
         await self.upstreams.aclose()
         await self.scheduler.shutdown()
         await self.hop.aclose()

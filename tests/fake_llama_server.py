@@ -8,7 +8,8 @@ answers bytes that are no JSON (an SSE event of them when streamed), `die` kills
 (SIGKILL) after the first streamed event, `hang` stops it (SIGSTOP: alive, answering nothing).
 
 GPUs: $FAKE_GPUS lists the machine's, `NAME=description:total MiB:free MiB` separated by `;`.
-`--list-devices` prints them as llama-server does, and a load logs its offload and buffer lines
+`--list-devices` prints them as llama-server does (after $FAKE_LIST_SECONDS, as a GPU build that
+initializes its backend first), and a load logs its offload and buffer lines
 as llama-server does at `--log-verbosity 4`, for a model of $FAKE_MODEL_MIB (default: its file) in
 $FAKE_LAYERS offloadable layers (default 31) with a KV cache of $FAKE_KV_MIB (default 40): every
 layer on the GPUs given by `--device` (else all), split evenly, or `--n-gpu-layers` of them, or
@@ -301,6 +302,7 @@ def _log_load() -> None:
 
 def main() -> None:
     if "--list-devices" in sys.argv:  # not a start: not recorded
+        time.sleep(float(os.environ.get("FAKE_LIST_SECONDS", "0")))
         _list_devices()
         return
     _record({"argv": sys.argv[1:]})

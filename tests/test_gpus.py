@@ -210,6 +210,20 @@ def _buffer_mib(name: str, kind: str, log: list[str]) -> float:
     return sum(float(m[1]) for line in log if (m := re.search(rf"\b{name} {kind} buffer size = +([\d.]+) MiB", line)))
 
 
+def test_a_request_during_the_startup_gpu_listing_gets_the_gpu_default_context(tmp_path: Path):
+    """The listing runs beside the first requests (a GPU build takes seconds to list); a request
+    that comes meanwhile waits for it, rather than keeping the no-GPU num_ctx for its model's life."""
+    srv = _serve(tmp_path, f"CUDA0={RTX}", FAKE_LIST_SECONDS="3")
+    client = ollama.Client(host=srv.url)
+    try:
+        assert "GPUs found by" not in srv.log()  # still listing
+        client.generate(model="big", prompt="hi")
+        assert client.ps().models[0].context_length == 32768
+        assert "--ctx-size" in (argv := _argv(srv)) and argv[argv.index("--ctx-size") + 1] == "32768"
+    finally:
+        srv.stop()
+
+
 def test_one_gpu_full_partial_and_eviction(tmp_path: Path):
     """Each model takes 11.7 GB of a 24 GB card, 2/3 of it KV cache (the fake's placement)."""
     srv = _serve(tmp_path, f"CUDA0={RTX}", FAKE_MODEL_MIB="4000", FAKE_KV_MIB="7700")

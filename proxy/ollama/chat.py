@@ -219,7 +219,7 @@ async def chat(request: Request) -> Response[Any]:
     model = await gate.catalog.resolve(req.model)
     if (forwarded := await gate.remote.forward(request, model)) is not None:
         return forwarded
-    num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
+    num_ctx = await gate.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.messages:
         return await _load_or_unload(
@@ -322,7 +322,7 @@ async def generate(request: Request) -> Response[Any]:
     model = await gate.catalog.resolve(req.model)
     if (forwarded := await gate.remote.forward(request, model)) is not None:
         return forwarded
-    num_ctx = gate.scheduler.num_ctx(model, req.options.num_ctx if req.options else None)
+    num_ctx = await gate.num_ctx(model, req.options.num_ctx if req.options else None)
     load = _load(req.options, num_ctx, request_keep_alive(req.keep_alive), req.shift)
     if not req.prompt and not req.suffix:
         return await _load_or_unload(

@@ -34,10 +34,10 @@ async def embedding_model(gate: Gateway, text: str) -> Model:
     return model
 
 
-def load_options(gate: Gateway, model: Model, options: Options | None, keep_alive: KeepAlive) -> LoadOptions:
+async def load_options(gate: Gateway, model: Model, options: Options | None, keep_alive: KeepAlive) -> LoadOptions:
     """What an embedding (or rerank) request's options start its model's embedding runner with."""
     o = options or Options()
-    return LoadOptions(num_ctx=gate.scheduler.num_ctx(model, o.num_ctx), keep_alive=request_keep_alive(keep_alive),
+    return LoadOptions(num_ctx=await gate.num_ctx(model, o.num_ctx), keep_alive=request_keep_alive(keep_alive),
                        main_gpu=o.main_gpu, use_mmap=o.use_mmap, use_mlock=o.use_mlock, embedding=True)
 
 
@@ -48,8 +48,8 @@ async def _embed(
     """Raw vectors and the token count of `inputs`. An input that may be longer than the context
     is tokenized first, so that it is cut (truncate) or refused with Ollama's 400, not llama-server's."""
     refuse_for_embeddings(model)
-    num_ctx = gate.scheduler.num_ctx(model, options.num_ctx if options else None)
-    async with gate.inference.lease(model, load_options(gate, model, options, keep_alive), timer) as lease:
+    num_ctx = await gate.num_ctx(model, options.num_ctx if options else None)
+    async with gate.inference.lease(model, await load_options(gate, model, options, keep_alive), timer) as lease:
         if not inputs:
             return [], 0
         fitted = await asyncio.gather(*(_fitted(lease, text, num_ctx, truncate) for text in inputs),

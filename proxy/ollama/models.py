@@ -385,7 +385,7 @@ async def show(request: Request) -> Response[bytes]:
     system = req.system if req.system is not None else model.system
     params = dict(model.params)
     if "num_ctx" in params:  # shown as the context the server will really use (clients read it)
-        params["num_ctx"] = gate.scheduler.num_ctx(model, None)
+        params["num_ctx"] = await gate.num_ctx(model, None)
     return json_response(schemas.ShowResponse(
         modelfile=translate.modelfile_text(
             model.name.display, target.location, template=model.template, system=system,

@@ -20,8 +20,8 @@ async def rerank(request: Request) -> Response[bytes]:
     model = await embedding_model(gate, req.model)
     documents = req.documents or []
     timer = Timer()
-    result = await score(gate, model, load_options(gate, model, req.options, req.keep_alive), req.query, documents,
-                         req.top_n, timer)
+    load = await load_options(gate, model, req.options, req.keep_alive)
+    result = await score(gate, model, load, req.query, documents, req.top_n, timer)
     return json_response(schemas.RerankResponse(
         model=req.model,
         results=[schemas.RerankResult(r.index, documents[r.index], r.relevance_score) for r in result.results],

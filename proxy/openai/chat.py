@@ -66,7 +66,7 @@ async def chat_completions(request: Request) -> Response[Any]:
         return forwarded
     if translate.has_images(req.messages) and "vision" not in model.capabilities:
         raise bad_request(f"model '{req.model}' does not support image input")
-    load = load_options(gate, model, req)
+    load = await load_options(gate, model, req)
     rewrites = rewrites_of(gate)
     native_tools = "tools" in model.capabilities
     prompted = translate.prompted_tools(req, native_tools)
@@ -180,7 +180,7 @@ async def completions(request: Request) -> Response[Any]:
     gate, req, model = await begin(request, schemas.CompletionRequest)
     if (forwarded := await gate.remote.forward(request, model)) is not None:
         return forwarded
-    load = load_options(gate, model, req)
+    load = await load_options(gate, model, req)
     rewrites = rewrites_of(gate)
     defaults = ModelDefaults.of(model)
     # Choice p·n + j is the j-th answer to prompt p, as OpenAI numbers them.

@@ -22,8 +22,8 @@ async def embeddings(request: Request) -> Response[bytes]:
         return forwarded
     refuse_for_embeddings(model)
     body = wire.EmbeddingsRequest(translate.embedding_input(req))
-    result = await gate.inference.call(model, load_options(gate, model, req, embedding=True), "/v1/embeddings", body,
-                                       wire.EmbeddingsResponse)
+    load = await load_options(gate, model, req, embedding=True)
+    result = await gate.inference.call(model, load, "/v1/embeddings", body, wire.EmbeddingsResponse)
     return json_answer(schemas.EmbeddingList(
         data=[
             schemas.Embedding(d.index, translate.embedding(d.embedding, req.dimensions, req.encoding_format))

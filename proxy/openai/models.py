@@ -44,12 +44,12 @@ async def require_model(gate: Gateway, name: str) -> Model:
         raise
 
 
-def load_options(gate: Gateway, model: Model, req: schemas._Extensions, embedding: bool = False) -> LoadOptions:
+async def load_options(gate: Gateway, model: Model, req: schemas._Extensions, embedding: bool = False) -> LoadOptions:
     """The load-time options of the `options`, `num_ctx` and `keep_alive` extensions."""
     keep_alive = request_keep_alive(req.keep_alive)
     o = req.options
     return LoadOptions(
-        num_ctx=gate.scheduler.num_ctx(model, translate.requested_num_ctx(req)),
+        num_ctx=await gate.num_ctx(model, translate.requested_num_ctx(req)),
         keep_alive=keep_alive,
         num_gpu=o.num_gpu if o else None,
         num_thread=o.num_thread if o else None,

@@ -55,7 +55,7 @@ async def _relay(request: Request, path: str) -> Response[Any]:
     if path == "/v1/responses" and req.reasoning is not None:
         think = translate.responses_think(req.reasoning.effort)
         body = translate.with_template_kwargs(body, think_kwargs(think, req.model, model.capabilities))
-    events = gate.inference.relay(model, load_options(gate, model, req), path, body)
+    events = gate.inference.relay(model, await load_options(gate, model, req), path, body)
     event, data = await anext(events)
     if event is None:
         await events.aclose()  # type: ignore[attr-defined]

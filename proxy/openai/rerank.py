@@ -16,7 +16,7 @@ from proxy.rerank import rerank as score
 async def rerank(request: Request) -> Response[bytes]:
     gate, req, model = await begin(request, schemas.RerankRequest)
     texts = [d if isinstance(d, str) else d.text for d in req.documents or []]
-    result = await score(gate, model, load_options(gate, model, req, embedding=True), req.query, texts, req.top_n,
+    result = await score(gate, model, await load_options(gate, model, req, embedding=True), req.query, texts, req.top_n,
                          Timer())
     return json_answer(schemas.RerankList(
         id=new_id("rerank-"),
