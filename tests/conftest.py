@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "contrib"))
 
 import default_model  # noqa: E402
+import onefile_build  # noqa: E402
 
 from registries import Cdn, OllamaRegistry  # noqa: E402
 from supervisor.runtime.binary import find_llama_server  # noqa: E402
@@ -31,6 +32,11 @@ from tinymodel import write_tiny_model  # noqa: E402
 # The long suites (the soak, the SIGKILL sequence) run only when asked: contrib/soak.sh, or
 # LLAMAGATE_LONG=1 contrib/test.sh tests/long.
 collect_ignore = [] if os.environ.get("LLAMAGATE_LONG") else ["long"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.path.name == "test_onefile.py" and "onefile" in item.fixturenames for item in session.items):
+        onefile_build.start()
 
 
 def free_port() -> int:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 import ollama
+import onefile_build
 import pytest
 from conftest import ROOT, free_port
 
 from supervisor.runtime.build_tag import CACHE, build_tag
 from supervisor.runtime.layout import META
 
-ONEFILE = ROOT / "dist" / "llamagate"
 # What `--version` must not import: the server (litestar, uvicorn), the HTTP client, the schemas,
 # the release installer (from 100 ms for httpx to half a second for the whole app); the command set
 # (click, 40 ms); and, with no config file, the TOML parser and msgspec (the model tables' types).
@@ -91,17 +91,9 @@ def test_version_is_fast(tmp_path):
     assert cpu <= CHECKOUT_CPU_BOUND, f"--version took {cpu * 1000:.0f} ms of CPU ({wall * 1000:.0f} ms wall)"
 
 
-def _sources() -> list[Path]:
-    return [*ROOT.glob("proxy/**/*.py"), *ROOT.glob("supervisor/**/*.py"), ROOT / "pyproject.toml",
-            ROOT / "contrib" / "build-onefile.sh", ROOT / "contrib" / "onefile_main.py"]
-
-
 @pytest.fixture(scope="module")
 def onefile() -> Path:
-    """dist/llamagate, rebuilt (about a minute on 2 cores) only when a source is newer."""
-    if not ONEFILE.is_file() or ONEFILE.stat().st_mtime < max(p.stat().st_mtime for p in _sources()):
-        subprocess.run([str(ROOT / "contrib" / "build-onefile.sh")], cwd=ROOT, check=True, timeout=900)
-    return ONEFILE
+    return onefile_build.built()
 
 
 def _bare_env(tmp: Path, **extra: str) -> dict[str, str]:
