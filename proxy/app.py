@@ -37,7 +37,8 @@ from supervisor.version import VERSION
 log = logging.getLogger("llamagate")
 
 
-def _version_header(response: Response) -> Response:
+# A coroutine: Litestar runs a plain function hook in a worker thread, a thread hop per request.
+async def _version_header(response: Response) -> Response:
     response.headers["X-Llamagate-Version"] = VERSION
     return response
 
