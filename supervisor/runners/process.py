@@ -35,6 +35,10 @@ _LEVELS = {"D": logging.DEBUG, "W": logging.WARNING, "E": logging.ERROR}
 # What --log-verbosity 4 (runners/launch.py) adds to a load that is no news at INFO: the GGUF's
 # metadata, key by key (`llamagate show -v` prints it), half of a load's lines.
 _DUMP = re.compile(r"[\d.]+ [DI] (llama_model_loader: - |print_info: )")
+# Warnings llama-server writes for every request that repeats a cached prompt (it re-reads the
+# last token): routine, not news, and two log lines a request.
+_ROUTINE = re.compile(r"[\d.]+ W slot +operator\(\): id +\d+ \| task \d+ \| "
+                      r"(need to evaluate at least 1 token|n_past was set to)")
 _PR_SET_PDEATHSIG = 1
 OUTPUT_LINES = 100
 _TAIL_LINES = 20
@@ -130,7 +134,7 @@ class Process:
     def _level(self, line: str) -> int:
         """Warnings and errors always show; the rest at INFO while loading (people watch loads),
         but for the metadata dump, then at DEBUG: a dozen lines a request is no news."""
-        if _DUMP.match(line):
+        if _DUMP.match(line) or _ROUTINE.match(line):
             return logging.DEBUG
         marked = _MARKED.match(line)
         if marked and marked.group(1) in _LEVELS:

@@ -82,11 +82,13 @@ def default_context_length(devices: list[Device], overhead: int) -> int:
 
 
 def _stamp(binary: Path) -> tuple[str, int, int]:
+    """A build's key: its path as found (a downloaded one is already resolved through `current`;
+    resolving on every request, which asks this, was a tenth of a lease's time), size and mtime."""
     try:
         st = binary.stat()
     except OSError:
         return str(binary), 0, 0
-    return str(binary.resolve()), st.st_size, st.st_mtime_ns
+    return str(binary), st.st_size, st.st_mtime_ns
 
 
 class Devices:
