@@ -1,6 +1,7 @@
-"""The benchmark (contrib/bench/run.py) in its quick form: it runs end to end against real
-servers and writes its JSON and charts, so that README's figures can always be measured again.
-Its figures are not checked: a few iterations on a shared machine say nothing."""
+"""The benchmarks in their quick forms: contrib/bench/run.py end to end against real servers,
+writing its JSON and charts, and contrib/bench/cpu.py with a few requests a route, so that
+README's figures can always be measured again. Their figures are not checked: a few iterations
+on a shared machine say nothing."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def test_the_quick_benchmark_runs_and_writes_its_results(tmp_path: Path, llama_s
     for name in ("added_latency.png", "concurrency_chunks.png", "concurrency_gap.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert "| /api/chat, 1 token" in run.stdout
+
+
+def test_the_cpu_per_request_measure_runs(llama_server_binary: Path) -> None:
+    """contrib/bench/cpu.py with a few requests a route: every route answers and a figure is printed."""
+    run = subprocess.run([sys.executable, str(ROOT / "contrib" / "bench" / "cpu.py"), "5"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    for name in ("/api/chat ", "/v1/chat/completions ", "/api/chat, streamed ", "synthetic upstream alone "):
+        assert any(line.startswith(name) and " ms a request" in line for line in lines), run.stdout
