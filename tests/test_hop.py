@@ -42,6 +42,19 @@ async def _requests(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         yield head
 
 
+def _answering(body: bytes, connections: list[int]):  # noqa: ANN202 (a stream handler)
+    """A handler that answers every request on a connection with the JSON `body`, and counts
+    connections in `connections`."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        async for _ in _requests(reader):
+            writer.write(_json(body))
+            await writer.drain()
+        writer.close()
+
+    return answer
+
+
 class _Endpoint:
     """A target as the hop sees one."""
 
@@ -113,15 +126,8 @@ def test_requests_to_one_server_share_its_connection_whatever_holds_them():
     connections belong to the server and key, so sequential requests reuse one."""
     connections: list[int] = []
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        async for _ in _requests(reader):
-            writer.write(_json(b'{"tokens":[1,2]}'))
-            await writer.drain()
-        writer.close()
-
     async def main() -> None:
-        async with _hop_to(answer) as (hop, [endpoint]):
+        async with _hop_to(_answering(b'{"tokens":[1,2]}', connections)) as (hop, [endpoint]):
             for _ in range(5):
                 assert await _tokenize(hop, _Endpoint(endpoint.port)) == [1, 2]
             assert len(connections) == 1
@@ -240,15 +246,8 @@ def test_a_connection_idle_past_the_keep_alive_is_not_reused(monkeypatch):
 
     connections: list[int] = []
 
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        async for _ in _requests(reader):
-            writer.write(_json(b'{"tokens":[]}'))
-            await writer.drain()
-        writer.close()
-
     async def main() -> None:
-        async with _hop_to(answer) as (hop, [endpoint]):
+        async with _hop_to(_answering(b'{"tokens":[]}', connections)) as (hop, [endpoint]):
             await _tokenize(hop, endpoint)
             monkeypatch.setattr(http11, "KEEPALIVE", 0.0)
             await _tokenize(hop, endpoint)

@@ -209,7 +209,11 @@ def test_thinking_is_shown_hidden_or_off(fake):
     _say(child, "/set think high", "Set 'think' mode to 'high'.", ">>> ")
     # A model that can't see takes a line that starts with an image's path for a command.
     _say(child, "/tmp/a\\ cat.png describe it", "Unknown command '/tmp/a\\'. Type /? for help", ">>> ")
-    # Ctrl+C stops an answer (the fake takes a second a piece), not the session.
+    _stop_an_answer_then_leave(child)
+
+
+def _stop_an_answer_then_leave(child: pexpect.spawn) -> None:
+    """Ctrl+C stops an answer (the fake takes a second a piece), not the session; /bye ends it."""
     _say(child, "SLOW:1 take your time", "Thinking...")
     child.sendintr()
     child.expect_exact(">>> ", timeout=5)
@@ -225,12 +229,7 @@ def test_ctrl_c_works_in_a_run_started_with_sigint_ignored(fake):
     child.expect_exact(">>> ")
     child.sendintr()
     child.expect_exact("Use Ctrl + d or /bye to exit.", timeout=5)
-    _say(child, "SLOW:1 take your time", "Thinking...")
-    child.sendintr()
-    child.expect_exact(">>> ", timeout=5)
-    assert "done thinking" not in child.before
-    _say(child, "/bye")
-    child.expect(pexpect.EOF)
+    _stop_an_answer_then_leave(child)
 
 
 def test_image_paths_in_a_prompt(fake, tmp_path):
