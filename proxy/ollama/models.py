@@ -19,7 +19,7 @@ from litestar.enums import HttpMethod
 from proxy.body import convert, decode_body
 from proxy.gateway import Gateway, gate_of
 from proxy.ollama import schemas, translate
-from proxy.ollama.ndjson import json_response, log, ndjson, ndjson_stream
+from proxy.ollama.ndjson import JSON, encode, json_response, log, ndjson, ndjson_stream
 from proxy.semantics import Options
 from supervisor.errors import LlamagateError, bad_request, not_found
 from supervisor.models.gguf import cached_info, read_gguf
@@ -386,28 +386,35 @@ async def show(request: Request) -> Response[bytes]:
     params = dict(model.params)
     if "num_ctx" in params:  # shown as the context the server will really use (clients read it)
         params["num_ctx"] = await gate.num_ctx(model, None)
-    return json_response(schemas.ShowResponse(
-        modelfile=translate.modelfile_text(
-            model.name.display, target.location, template=model.template, system=system,
-            params=model.params, messages=[(m.role, m.content) for m in model.messages],
-            licenses=list(model.licenses), projector=str(target.projector or ""),
-            adapters=[str(a) for a in target.adapters], draft=str(target.draft or ""),
-            renderer=model.details.renderer, parser=model.details.parser,
-        ),
-        parameters=translate.parameters_text(params),
-        template=model.template or translate.shown_template(info.chat_template, model.capabilities),
-        license="\n".join(model.licenses),
-        details=details(model),
-        model_info=translate.model_info(info.metadata, info.parameter_count, req.verbose, model.name.model),
-        capabilities=model.capabilities,
-        modified_at=model.modified_at.isoformat(),
-        system=system,
-        messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,
-        projector_info=translate.model_info(projector.metadata, 0, req.verbose) if projector else None,
-        thinking=translate.thinking(info.chat_template, model.capabilities),
-        tensors=translate.tensors(info.tensors) if req.verbose else None,
-        requires=model.details.requires,
-    ))
+
+    def answer() -> bytes:
+        return encode(schemas.ShowResponse(
+            modelfile=translate.modelfile_text(
+                model.name.display, target.location, template=model.template, system=system,
+                params=model.params, messages=[(m.role, m.content) for m in model.messages],
+                licenses=list(model.licenses), projector=str(target.projector or ""),
+                adapters=[str(a) for a in target.adapters], draft=str(target.draft or ""),
+                renderer=model.details.renderer, parser=model.details.parser,
+            ),
+            parameters=translate.parameters_text(params),
+            template=model.template or translate.shown_template(info.chat_template, model.capabilities),
+            license="\n".join(model.licenses),
+            details=details(model),
+            model_info=translate.model_info(info.metadata, info.parameter_count, req.verbose, model.name.model),
+            capabilities=model.capabilities,
+            modified_at=model.modified_at.isoformat(),
+            system=system,
+            messages=[schemas.ShowMessage(m.role, m.content) for m in model.messages] or None,
+            projector_info=translate.model_info(projector.metadata, 0, req.verbose) if projector else None,
+            thinking=translate.thinking(info.chat_template, model.capabilities),
+            tensors=translate.tensors(info.tensors) if req.verbose else None,
+            requires=model.details.requires,
+        ))
+
+    # A verbose answer holds every array of the header (a big vocabulary's 150k strings and
+    # more): built in a thread, whose Python work then shares the interpreter with the loop.
+    body = await asyncio.to_thread(answer) if req.verbose else answer()
+    return Response(body, status_code=200, media_type=JSON)
 
 
 # `expires_at` of a model kept forever: Ollama's now + max duration (~292 years).
