@@ -23,7 +23,8 @@ from registries import OllamaRegistry
 from supervisor.models.store import MODEL
 from tinymodel import write_tiny_model
 
-# A stall shows as a gap of the work's whole duration (each takes 0.2-1 s here); the stream's own gaps stay well under this. On a crowded machine every gap
+# A stall shows as a gap of the work's whole duration (each takes 0.2-1 s here); the stream's
+# own gaps stay well under this. On a crowded machine every gap
 # grows, so the bound is also at least 5 times the largest gap of an idle stretch before.
 MAX_GAP = 0.3
 # Bytes uploaded and pulled: their fsyncs take a while. The default run's 32 MiB keeps it
