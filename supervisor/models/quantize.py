@@ -60,7 +60,8 @@ async def quantize(
 ) -> AsyncIterator[tuple[int, int]]:
     """Write `source` quantized to `target`, yielding (tensors done, tensors in all) as
     llama-quantize reports each tensor. A failure is a 500 with llama-quantize's last words (a 507
-    if it filled the disk, which it doesn't say); a consumer that stops early (a client gone) kills the process."""
+    if it filled the disk, which it doesn't say); a consumer that stops early (a client gone)
+    kills the process."""
     proc = await asyncio.create_subprocess_exec(
         str(tool), str(source), str(target), type_name, str(threads), env=clean_env(), cwd=tool.parent,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

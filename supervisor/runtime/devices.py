@@ -82,8 +82,8 @@ def default_context_length(devices: list[Device], overhead: int) -> int:
 
 
 def _stamp(binary: Path) -> tuple[str, int, int]:
-    """A build's key: its path as found (a downloaded one is already resolved through `current`;
-    resolving on every request, which asks this, was a tenth of a lease's time), size and mtime."""
+    """A build's key: its path as found (a downloaded one is already resolved through `current`,
+    and every request's launch spec asks this, so it is not resolved again here), size and mtime."""
     try:
         st = binary.stat()
     except OSError:
