@@ -395,7 +395,10 @@ async def loads(srv: rig.Server, gguf: Path, num_ctx: int, sizes: Sizes) -> dict
             "options": {"num_predict": 1},
             "keep_alive": "5m",
         }
-        return (await streamed(gate, "/api/chat", body)).first
+        s = await streamed(gate, "/api/chat", body)
+        # The one token may be the end of the turn, which carries no text: then the answer's
+        # end is when its first token came.
+        return s.first or s.total
 
     cold, warm, swap, own = [], [], [], []
     for i in range(sizes.loads):

@@ -64,7 +64,10 @@ class _Service(uvicorn.Server):
         pinged = 0.0
         while True:
             now = time.monotonic()
-            if interval is not None and now - pinged >= interval:
+            # uvloop's timers tick in whole milliseconds, so a sleep of `interval` may end a
+            # little before time.monotonic() says it has passed: without the slack every other
+            # ping would be skipped.
+            if interval is not None and now - pinged >= interval * 0.95:
                 self.notifier.watchdog()
                 pinged = now
             if self.should_exit:
