@@ -203,7 +203,9 @@ def test_binary_search_order(tmp_path, monkeypatch):
 
 
 # A llama-server that binds and answers /health 503 forever: STUCK prints nothing more, SLOW
-# prints a loader line every 0.2 s for three seconds and then becomes healthy.
+# prints a loader line every 0.2 s for three seconds and then becomes healthy, LOADED becomes
+# healthy 5 ms after answering its third /health (the worst moment for a poller), logs it as
+# llama-server does, and appends to $PWD/gaps the seconds from then to the first 200 it answers.
 _FAKE = """#!{python}
 import http.server, sys, threading, time
 if "--list-devices" in sys.argv:  # as llama-server answers it on a machine without a GPU
@@ -211,9 +213,17 @@ if "--list-devices" in sys.argv:  # as llama-server answers it on a machine with
     sys.exit()
 MODE = "{mode}"
 ready = threading.Event()
+at, polls, polled = [], [], threading.Event()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         code = 200 if ready.is_set() else 503
+        polls.append(code)
+        if polls.count(503) == 3:
+            polled.set()
+        if code == 200 and MODE == "loaded" and len(at) == 1:
+            at.append(time.monotonic())
+            with open("gaps", "a") as f:
+                f.write("%f\\n" % (at[1] - at[0]))
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -228,6 +238,12 @@ if MODE == "slow":
         print("load_tensors: loading %d" % i, flush=True)
         time.sleep(0.2)
     ready.set()
+if MODE == "loaded":
+    polled.wait()
+    time.sleep(0.005)
+    at.append(time.monotonic())
+    ready.set()
+    print("0.00.300.000 I srv          main: model loaded", flush=True)
 time.sleep(3600)
 """
 
@@ -258,6 +274,25 @@ def test_load_timeout_tells_slow_from_stuck(tmp_path, tiny_gguf, mode):
             # Three seconds of loading, twice the timeout, but moving all along.
             assert r.status_code == 200 and r.json()["done_reason"] == "load"
             assert elapsed > 2.5
+    finally:
+        srv.stop()
+
+
+def test_a_runner_is_ready_as_soon_as_it_logs_its_model_loaded(tmp_path, tiny_gguf):
+    """/health is polled every 50 ms while a model loads; the log line llama-server writes as
+    /health turns 200 ends the wait at once, not at the next poll (half a poll, 25 ms, off every
+    load on average). The fake turns healthy just after a poll: polling alone answers 45 ms later."""
+    fake = _fake_llama_server(tmp_path, "loaded")
+    srv = Server(tmp_path, "--llama-server", str(fake))
+    try:
+        srv.create("tiny", tiny_gguf)
+        for _ in range(4):
+            r = _generate(srv, "tiny", prompt="")  # load only
+            assert r.status_code == 200 and r.json()["done_reason"] == "load"
+            assert _generate(srv, "tiny", prompt="", keep_alive=0).json()["done_reason"] == "unload"
+            assert wait_until(lambda: srv.runner_pids() == [])
+        gaps = [float(g) for g in (fake.parent / "gaps").read_text().split()]
+        assert len(gaps) == 4 and max(gaps) < 0.025, gaps
     finally:
         srv.stop()
 

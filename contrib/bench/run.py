@@ -365,17 +365,26 @@ async def concurrency(gate_url: str, pid: int, upstream: str, sizes: Sizes) -> d
 # Loads and footprint ------------------------------------------------------------------------------
 
 
-def _spawn_to_ready(gguf: Path, num_ctx: int) -> float:
-    """llama-server's own spawn → /health 200, with the flags llamagate uses."""
+def _spawn_to_first_token(gguf: Path, num_ctx: int, i: int) -> tuple[float, float]:
+    """llama-server's own spawn → /health 200 and spawn → the first token of a 1-token chat, with
+    the flags llamagate uses. The first request a fresh llama-server serves takes some 250 ms
+    longer than the next ones (its first graph, caches faulted in): it is the engine's part of a
+    cold start, not the front end's, so the overhead is measured against this, not against
+    ready + a warm first token."""
     spec = LaunchSpec(binary=rig.binary(), model_path=gguf, num_ctx=num_ctx, threads=1, parallel=1, context_shift=True)
     args = spec.args()
     port = rig.free_port()
     args[args.index("--port") + 1] = str(port)
+    body = {"messages": [{"role": "user", "content": f"Hello number {i}"}], "max_tokens": 1}
     t = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         rig.wait_up(f"http://127.0.0.1:{port}/health")
-        return time.perf_counter() - t
+        ready = time.perf_counter() - t
+        # One token: the whole answer is its first token (its end, as the through side counts
+        # an answer whose token had no text).
+        rig.httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60).raise_for_status()
+        return ready, time.perf_counter() - t
     finally:
         proc.terminate()
         proc.wait()
@@ -383,8 +392,8 @@ def _spawn_to_ready(gguf: Path, num_ctx: int) -> float:
 
 async def loads(srv: rig.Server, gguf: Path, num_ctx: int, sizes: Sizes) -> dict:
     """Cold start: request → first token of an unloaded model, less llama-server's own spawn →
-    ready and the first token of the loaded model. Swap: the same while the room for two
-    runners is full (another model's runner stopped first)."""
+    first token. Swap: the same while the room for two runners is full (another model's runner
+    stopped first)."""
     c = Clients()
     gate = c.of(srv.url)
 
@@ -400,7 +409,7 @@ async def loads(srv: rig.Server, gguf: Path, num_ctx: int, sizes: Sizes) -> dict
         # end is when its first token came.
         return s.first or s.total
 
-    cold, warm, swap, own = [], [], [], []
+    cold, warm, swap, ready, own = [], [], [], [], []
     for i in range(sizes.loads):
         for model in ("smollm2", "other", "third"):
             await whole(gate, "/api/chat", {"model": model, "keep_alive": 0})
@@ -409,16 +418,19 @@ async def loads(srv: rig.Server, gguf: Path, num_ctx: int, sizes: Sizes) -> dict
         await first_token("other", i)  # the room for two is full
         await first_token("third", i)  # smollm2 out (the soonest to expire), the third in
         swap.append(await first_token("smollm2", i + 2000))  # the other out, smollm2 in
-        own.append(await asyncio.to_thread(_spawn_to_ready, gguf, num_ctx))
+        up, first = await asyncio.to_thread(_spawn_to_first_token, gguf, num_ctx, i)
+        ready.append(up)
+        own.append(first)
     c.close()
-    spawn, first = statistics.median(own), statistics.median(warm)
+    direct = statistics.median(own)
     return {
         "cold_start_ms": statistics.median(cold) * 1e3,
         "swap_ms": statistics.median(swap) * 1e3,
-        "llama_server_spawn_to_ready_ms": spawn * 1e3,
-        "first_token_loaded_ms": first * 1e3,
-        "cold_start_overhead_ms": (statistics.median(cold) - spawn - first) * 1e3,
-        "swap_overhead_ms": (statistics.median(swap) - spawn - first) * 1e3,
+        "llama_server_spawn_to_ready_ms": statistics.median(ready) * 1e3,
+        "llama_server_spawn_to_first_token_ms": direct * 1e3,
+        "first_token_loaded_ms": statistics.median(warm) * 1e3,
+        "cold_start_overhead_ms": (statistics.median(cold) - direct) * 1e3,
+        "swap_overhead_ms": (statistics.median(swap) - direct) * 1e3,
     }
 
 
@@ -486,8 +498,8 @@ def table(results: dict) -> str:
     lo = results["loads"]
     rows.append(
         f"| cold start (request → first token) | {lo['cold_start_ms']:.0f} ms | "
-        f"{lo['llama_server_spawn_to_ready_ms']:.0f} ms spawn → ready + {lo['first_token_loaded_ms']:.0f} ms "
-        f"first token | {lo['cold_start_overhead_ms']:+.0f} ms | |"
+        f"{lo['llama_server_spawn_to_first_token_ms']:.0f} ms spawn → first token (ready at "
+        f"{lo['llama_server_spawn_to_ready_ms']:.0f} ms) | {lo['cold_start_overhead_ms']:+.0f} ms | |"
     )
     rows.append(
         f"| swap (room full: another model stopped first) | {lo['swap_ms']:.0f} ms | same | "
