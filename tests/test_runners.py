@@ -243,7 +243,7 @@ if MODE == "loaded":
     time.sleep(0.005)
     at.append(time.monotonic())
     ready.set()
-    print("0.00.300.000 I srv          main: model loaded", flush=True)
+    print("0.00.515.519 I srv  llama_server: model loaded", flush=True)  # as this build logs it
 time.sleep(3600)
 """
 
